@@ -1,0 +1,1 @@
+//! rba-device library: the board runtime.

@@ -1,0 +1,2 @@
+//! rba host library.
+pub mod onnx;
