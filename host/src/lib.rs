@@ -1,2 +1,9 @@
-//! rba host library.
+//! rba host library: read ONNX models, find their blocks, score and replace
+//! redundant ones, and write standard ONNX back.
+pub mod blocks;
+pub mod cost;
+pub mod inspect;
+pub mod model;
 pub mod onnx;
+pub mod runtime;
+pub mod surgery;

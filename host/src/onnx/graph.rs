@@ -1,0 +1,266 @@
+//! A read-only index over an ONNX graph: who produces and consumes each
+//! tensor, a topological order, and which tensors carry activations (depend
+//! on the model input) as opposed to constants and shape computations.
+
+use std::collections::{HashMap, HashSet};
+
+use super::proto::GraphProto;
+
+/// Operators whose output describes a tensor's shape, not its values: data
+/// flowing through them is shape bookkeeping, not activations.
+const SHAPE_OPS: [&str; 2] = ["Shape", "Size"];
+
+#[derive(Debug)]
+pub struct GraphIndex {
+    /// Tensor name -> index of the node producing it.
+    pub producer: HashMap<String, usize>,
+    /// Tensor name -> indices of the nodes reading it (in node order, each once).
+    pub consumers: HashMap<String, Vec<usize>>,
+    /// Names of initializers.
+    pub initializers: HashSet<String>,
+    /// Graph inputs that are real inputs (not initializers listed as inputs).
+    pub inputs: Vec<String>,
+    pub outputs: Vec<String>,
+    /// Node indices in a topological order.
+    pub order: Vec<usize>,
+    /// Tensors that depend on a graph input through value-carrying operators.
+    pub activations: HashSet<String>,
+    /// Activation tensors from which a graph output can be reached through
+    /// activation edges (the live data path).
+    pub live: HashSet<String>,
+}
+
+impl GraphIndex {
+    /// Builds the index; fails with a description if the graph has a cycle
+    /// or a node reads a tensor nobody defines.
+    pub fn new(graph: &GraphProto) -> Result<Self, String> {
+        let initializers: HashSet<String> = graph
+            .initializer
+            .iter()
+            .map(|t| t.name().to_string())
+            .collect();
+        let inputs: Vec<String> = graph
+            .input
+            .iter()
+            .map(|i| i.name().to_string())
+            .filter(|n| !initializers.contains(n))
+            .collect();
+        let outputs: Vec<String> = graph.output.iter().map(|o| o.name().to_string()).collect();
+        let mut producer = HashMap::new();
+        let mut consumers: HashMap<String, Vec<usize>> = HashMap::new();
+        for (i, node) in graph.node.iter().enumerate() {
+            for out in node.output.iter().filter(|o| !o.is_empty()) {
+                if producer.insert(out.clone(), i).is_some() {
+                    return Err(format!("tensor '{out}' is produced by more than one node"));
+                }
+            }
+            let mut seen = HashSet::new();
+            for inp in node.input.iter().filter(|s| !s.is_empty()) {
+                if seen.insert(inp) {
+                    consumers.entry(inp.clone()).or_default().push(i);
+                }
+            }
+        }
+        // Kahn's algorithm, preferring the file's order (which is already
+        // topological for well-formed exports).
+        let defined =
+            |t: &String| initializers.contains(t) || inputs.contains(t) || producer.contains_key(t);
+        let mut pending: Vec<usize> = Vec::with_capacity(graph.node.len());
+        for node in graph.node.iter() {
+            if let Some(t) = node.input.iter().find(|t| !t.is_empty() && !defined(t)) {
+                return Err(format!(
+                    "node '{}' ({}) reads tensor '{t}' which no node, input or initializer defines",
+                    node.name(),
+                    node.op_type()
+                ));
+            }
+            let deps: HashSet<&String> = node
+                .input
+                .iter()
+                .filter(|t| producer.contains_key(*t))
+                .collect();
+            pending.push(deps.len());
+        }
+        let mut order = Vec::with_capacity(graph.node.len());
+        let mut ready: std::collections::BTreeSet<usize> =
+            (0..graph.node.len()).filter(|&i| pending[i] == 0).collect();
+        while let Some(i) = ready.pop_first() {
+            order.push(i);
+            for out in graph.node[i].output.iter() {
+                for &c in consumers.get(out).map(Vec::as_slice).unwrap_or(&[]) {
+                    pending[c] -= 1;
+                    if pending[c] == 0 {
+                        ready.insert(c);
+                    }
+                }
+            }
+        }
+        if order.len() != graph.node.len() {
+            return Err("the graph has a cycle".into());
+        }
+
+        let mut activations: HashSet<String> = inputs.iter().cloned().collect();
+        for &i in &order {
+            let node = &graph.node[i];
+            if SHAPE_OPS.contains(&node.op_type()) {
+                continue;
+            }
+            if node.input.iter().any(|t| activations.contains(t)) {
+                activations.extend(node.output.iter().filter(|o| !o.is_empty()).cloned());
+            }
+        }
+        let mut live: HashSet<String> = outputs
+            .iter()
+            .filter(|o| activations.contains(*o))
+            .cloned()
+            .collect();
+        for &i in order.iter().rev() {
+            let node = &graph.node[i];
+            if SHAPE_OPS.contains(&node.op_type()) || !node.output.iter().any(|o| live.contains(o))
+            {
+                continue;
+            }
+            live.extend(
+                node.input
+                    .iter()
+                    .filter(|t| activations.contains(*t))
+                    .cloned(),
+            );
+        }
+        Ok(Self {
+            producer,
+            consumers,
+            initializers,
+            inputs,
+            outputs,
+            order,
+            activations,
+            live,
+        })
+    }
+
+    /// Live activation inputs of a node, deduplicated, in input order.
+    pub fn live_inputs<'g>(&self, graph: &'g GraphProto, node: usize) -> Vec<&'g str> {
+        let mut seen = Vec::new();
+        if SHAPE_OPS.contains(&graph.node[node].op_type()) {
+            return seen;
+        }
+        for t in &graph.node[node].input {
+            if self.live.contains(t) && !seen.contains(&t.as_str()) {
+                seen.push(t.as_str());
+            }
+        }
+        seen
+    }
+
+    /// Whether a node is on the live data path.
+    pub fn is_live_node(&self, graph: &GraphProto, node: usize) -> bool {
+        graph.node[node]
+            .output
+            .iter()
+            .any(|o| self.live.contains(o))
+            && !self.live_inputs(graph, node).is_empty()
+    }
+
+    /// Tensors every path from the inputs to the outputs passes through, in
+    /// data-flow order (the graph's cut points). Computed as the dominators of
+    /// a virtual sink over the live activation graph.
+    pub fn cut_tensors(&self, graph: &GraphProto) -> Vec<String> {
+        // Live tensors in topological order; index 0 is a virtual source
+        // feeding every input, the last a virtual sink fed by every output.
+        let mut names: Vec<&str> = vec!["<source>"];
+        names.extend(
+            self.inputs
+                .iter()
+                .filter(|t| self.live.contains(*t))
+                .map(String::as_str),
+        );
+        for &i in &self.order {
+            if self.is_live_node(graph, i) {
+                names.extend(
+                    graph.node[i]
+                        .output
+                        .iter()
+                        .filter(|o| self.live.contains(*o))
+                        .map(String::as_str),
+                );
+            }
+        }
+        let position: HashMap<&str, usize> =
+            names.iter().enumerate().map(|(i, n)| (*n, i)).collect();
+        let sink = names.len();
+        let mut preds: Vec<Vec<usize>> = vec![Vec::new(); sink + 1];
+        for t in self.inputs.iter().filter(|t| self.live.contains(*t)) {
+            preds[position[t.as_str()]].push(0);
+        }
+        for &i in &self.order {
+            if !self.is_live_node(graph, i) {
+                continue;
+            }
+            let ins: Vec<usize> = self
+                .live_inputs(graph, i)
+                .iter()
+                .map(|t| position[t])
+                .collect();
+            for o in graph.node[i]
+                .output
+                .iter()
+                .filter(|o| self.live.contains(*o))
+            {
+                preds[position[o.as_str()]].extend(&ins);
+            }
+        }
+        for o in self.outputs.iter().filter(|o| self.live.contains(*o)) {
+            preds[sink].push(position[o.as_str()]);
+        }
+        // Immediate dominators on a DAG numbered topologically: intersect the
+        // dominator chains of all predecessors.
+        let mut idom: Vec<usize> = vec![0; sink + 1];
+        for v in 1..=sink {
+            let mut it = preds[v].iter().copied();
+            let Some(mut d) = it.next() else { continue };
+            for mut p in it {
+                while d != p {
+                    if d > p {
+                        d = idom[d];
+                    } else {
+                        p = idom[p];
+                    }
+                }
+            }
+            idom[v] = d;
+        }
+        let mut cuts = Vec::new();
+        let mut v = idom[sink];
+        while v != 0 {
+            cuts.push(names[v].to_string());
+            v = idom[v];
+        }
+        cuts.reverse();
+        cuts
+    }
+
+    /// Live nodes on the paths from tensor `from` to tensor `to` (both cut
+    /// tensors, `from` before `to`), in topological order.
+    pub fn nodes_between(&self, graph: &GraphProto, from: &str, to: &str) -> Vec<usize> {
+        let mut inside: HashSet<usize> = HashSet::new();
+        let mut stack: Vec<&str> = vec![to];
+        let mut visited: HashSet<&str> = HashSet::new();
+        while let Some(t) = stack.pop() {
+            if t == from || !visited.insert(t) {
+                continue;
+            }
+            let Some(&p) = self.producer.get(t) else {
+                continue;
+            };
+            if self.is_live_node(graph, p) && inside.insert(p) {
+                stack.extend(self.live_inputs(graph, p));
+            }
+        }
+        self.order
+            .iter()
+            .copied()
+            .filter(|i| inside.contains(i))
+            .collect()
+    }
+}
