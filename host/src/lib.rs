@@ -4,6 +4,7 @@ pub mod blocks;
 pub mod cost;
 pub mod inspect;
 pub mod model;
+pub mod npy;
 pub mod onnx;
 pub mod runtime;
 pub mod surgery;

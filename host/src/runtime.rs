@@ -214,7 +214,13 @@ pub fn tensor_shapes(
     let outlets: Vec<OutletId> = labels.iter().map(|(o, _)| *o).collect();
     let m = m.with_output_outlets(&outlets).map_err(load)?;
     let typed = m.into_typed().map_err(load)?;
-    let mut shapes = HashMap::new();
+    // Inputs are source nodes, which tract names but does not label.
+    let mut shapes: HashMap<String, Vec<usize>> = typed
+        .input_outlets()
+        .map_err(load)?
+        .iter()
+        .map(|o| (typed.node(o.node).name.clone(), shape.clone()))
+        .collect();
     for (ix, (_, label)) in labels.iter().enumerate() {
         let fact = typed.output_fact(ix).map_err(load)?;
         if let Some(s) = fact.shape.as_concrete() {
