@@ -1,0 +1,101 @@
+//! Models written by rba must run in onnxruntime too, not only in tract.
+//! Uses onnxruntime's Python package (installed by .ci/run); skips with a
+//! message where it is missing.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+use rba_host::model::Model;
+use rba_host::npy;
+use rba_host::onnx::{DataPlacement, OnnxModel};
+use rba_host::runtime::nd;
+use rba_host::surgery::{replace_spans, Span, Translator};
+
+/// Runs `model` on `input` with onnxruntime; `None` when onnxruntime is not installed.
+fn onnxruntime(model: &Path, input: &nd::ArrayD<f32>) -> Option<nd::ArrayD<f32>> {
+    let probe = Command::new("python3")
+        .args(["-c", "import onnxruntime"])
+        .output();
+    if !probe.is_ok_and(|o| o.status.success()) {
+        eprintln!("skipped: python3 with onnxruntime is not installed (pip install onnxruntime)");
+        return None;
+    }
+    let dir = model.parent().expect("model dir");
+    let (x, y) = (dir.join("input.npy"), dir.join("output.npy"));
+    std::fs::write(&x, npy::to_bytes_f32(input)).expect("write input");
+    let script = "import sys, numpy as np, onnxruntime as ort\n\
+                  s = ort.InferenceSession(sys.argv[1], providers=['CPUExecutionProvider'])\n\
+                  x = np.load(sys.argv[2])\n\
+                  np.save(sys.argv[3], s.run(None, {s.get_inputs()[0].name: x})[0].astype(np.float32))\n";
+    let out = Command::new("python3")
+        .args(["-c", script])
+        .arg(model)
+        .arg(&x)
+        .arg(&y)
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "onnxruntime failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(npy::read_f32(&y).expect("read output"))
+}
+
+fn check_same_in_both(model: &OnnxModel, input: &nd::ArrayD<f32>, placement: DataPlacement) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("model.onnx");
+    model.save(&path, &placement).expect("save");
+    let tract = run(&OnnxModel::load(&path).expect("reload"), input);
+    if let Some(ort) = onnxruntime(&path, input) {
+        let diff = max_abs_diff(&ort, &tract);
+        assert!(diff < 1e-4, "onnxruntime and tract differ by {diff}");
+    }
+}
+
+#[test]
+fn compacted_token_model_runs_in_onnxruntime() {
+    let full = Model::new(token_model(&[1, 2, 3, 4], 5, 8, Some(16)), None).expect("blocks");
+    let weight: Vec<f32> = values(3, 64, 0.2);
+    let slim = replace_spans(
+        &full.onnx,
+        &full.blocks,
+        &[
+            (Span::new(0, 1), Translator::Identity),
+            (
+                Span::new(2, 4),
+                Translator::Linear {
+                    weight,
+                    bias: Some(values(4, 8, 0.1)),
+                },
+            ),
+        ],
+    )
+    .expect("surgery");
+    check_same_in_both(&slim, &random_input(&[3, 5, 8], 1), DataPlacement::Inline);
+}
+
+#[test]
+fn compacted_conv_model_with_external_data_runs_in_onnxruntime() {
+    let full = Model::new(conv_model(&[1, 2, 3], 6, 5), None).expect("blocks");
+    let slim = replace_spans(
+        &full.onnx,
+        &full.blocks,
+        &[(
+            Span::new(1, 3),
+            Translator::Linear {
+                weight: values(5, 36, 0.2),
+                bias: Some(values(6, 6, 0.1)),
+            },
+        )],
+    )
+    .expect("surgery");
+    check_same_in_both(
+        &slim,
+        &random_input(&[2, 1, 5, 5], 2),
+        DataPlacement::External { min_bytes: 64 },
+    );
+}
