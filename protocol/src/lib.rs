@@ -1,1 +1,59 @@
 //! rba-protocol: the wire contract between the rba host and rba-device boards.
+//!
+//! - [`message`]: every message (postcard-encoded, versioned by
+//!   [`PROTOCOL_VERSION`]); [`error::RemoteError`] is the typed error on the wire.
+//! - [`frame`]: `COBS(postcard || CRC32) 0x00` framing with a hard size limit
+//!   and resynchronisation.
+//! - [`client`] / [`server`] (feature `std`): blocking, transport-agnostic
+//!   cores over `Read + Write`; the board implements [`server::DeviceHandler`].
+//! - [`mem`] (feature `std`): an in-memory duplex link, optionally lossy.
+//! - [`stats`], [`bundle`], [`name`], [`auth`]: shared helpers.
+//!
+//! The wire format and session state machine are specified in `PROTOCOL.md`.
+#![cfg_attr(not(feature = "std"), no_std)]
+
+extern crate alloc;
+
+pub mod auth;
+pub mod bundle;
+pub mod error;
+pub mod frame;
+pub mod message;
+pub mod name;
+pub mod stats;
+
+#[cfg(feature = "std")]
+pub mod client;
+#[cfg(feature = "std")]
+pub mod mem;
+#[cfg(feature = "std")]
+pub mod server;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use auth::PreSharedKey;
+pub use bundle::{BundleError, EvalBundle, TensorF32};
+pub use error::{FrameError, RemoteError};
+pub use frame::{decode_envelope, encode_frame, FrameDecoder, FrameEncoder, DEFAULT_MAX_FRAME, MAX_CHUNK};
+pub use message::*;
+pub use name::{is_valid_name, validate_name};
+pub use stats::LatencyStats;
+
+#[cfg(feature = "std")]
+pub use client::{Client, ClientConfig, ClientError, Session, UploadProgress};
+#[cfg(feature = "std")]
+pub use server::{serve, serve_tcp, DeviceHandler, Job, ServerConfig, ServerError, SessionEnd};
+
+/// Version of the wire format. Peers must agree exactly.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// Version of this crate, sent in the handshake.
+pub const RBA_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Default upload chunk on serial links: a few hundred ms at 115200 baud,
+/// framing overhead about 1%.
+pub const DEFAULT_SERIAL_CHUNK: u32 = 4096;
+
+/// Default upload chunk on TCP: large enough that per-chunk round trips
+/// do not limit throughput on a LAN.
+pub const DEFAULT_TCP_CHUNK: u32 = 256 * 1024;

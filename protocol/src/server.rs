@@ -1,0 +1,643 @@
+//! Blocking server core: the board side of a session.
+//!
+//! The core owns the protocol: handshake and authentication, request
+//! dispatch, the upload state machine (offsets, sizes, duplicate chunks) and
+//! the SHA-256 check of the staged bytes before commit. The board supplies a
+//! [`DeviceHandler`] that stores bytes, runs models and reports results.
+//!
+//! A session runs one request at a time on the calling thread; a helper
+//! thread reads the link so that `Cancel` reaches a running job.
+
+use std::io::{self, Read, Write};
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+use crate::auth::PreSharedKey;
+use crate::error::RemoteError;
+use crate::frame::{decode_envelope, FrameDecoder, FrameEncoder, DEFAULT_MAX_FRAME, MAX_CHUNK, MIN_MAX_FRAME};
+use crate::message::*;
+use crate::name::validate_name;
+use crate::PROTOCOL_VERSION;
+
+/// Bytes of a chunk frame that are not chunk data (id, tags, offset,
+/// length, CRC), rounded up; keeps a negotiated chunk inside the frame limit.
+pub const CHUNK_FRAME_OVERHEAD: u32 = 64;
+
+/// Smallest chunk the server negotiates.
+pub const MIN_CHUNK: u32 = 64;
+
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// Required on TCP. `None` lets any peer in (serial: physical access).
+    pub key: Option<PreSharedKey>,
+    /// Largest frame this server accepts (decoded payload + CRC).
+    pub max_frame: usize,
+    /// Largest upload chunk this server accepts.
+    pub max_chunk: u32,
+    /// Largest artifact accepted.
+    pub max_upload: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig { key: None, max_frame: DEFAULT_MAX_FRAME, max_chunk: MAX_CHUNK, max_upload: 4 << 30 }
+    }
+}
+
+/// What the board implements. Errors are sent to the host as they are.
+///
+/// Upload contract: the core calls `upload_begin` and then writes strictly
+/// contiguous chunks from the returned offset; before `upload_commit` it
+/// reads the staged bytes back with `upload_read` and checks their SHA-256.
+/// `upload_commit` makes the staged artifact visible atomically (temp file
+/// + rename). Staged bytes survive a broken link, so a later `upload_begin`
+/// with the same kind, name, size and digest can resume.
+pub trait DeviceHandler {
+    /// Sent in `Welcome` (only after authentication).
+    fn identity(&self) -> DeviceIdentity;
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::ALL
+    }
+
+    fn device_info(&mut self) -> Result<DeviceInfo, RemoteError>;
+
+    /// Prepares staging for `target` (name already validated). Returns how
+    /// many bytes of a matching earlier staging are kept (resume offset,
+    /// at most `target.size`); anything else staged is discarded (return 0).
+    fn upload_begin(&mut self, target: &UploadBegin) -> Result<u64, RemoteError>;
+
+    /// Stores `data` at `offset` (always the current staged length).
+    fn upload_write(&mut self, offset: u64, data: &[u8]) -> Result<(), RemoteError>;
+
+    /// Reads staged bytes at `offset` into `buf`; returns the count (0 at end).
+    fn upload_read(&mut self, offset: u64, buf: &mut [u8]) -> Result<usize, RemoteError>;
+
+    /// Atomically publishes the staged (and verified) artifact.
+    fn upload_commit(&mut self) -> Result<ArtifactInfo, RemoteError>;
+
+    /// Drops the staged data (verification failed, or the host aborted).
+    fn upload_discard(&mut self) -> Result<(), RemoteError>;
+
+    fn list(&mut self, kind: Option<ArtifactKind>) -> Result<Vec<ArtifactInfo>, RemoteError>;
+
+    fn delete(&mut self, kind: ArtifactKind, name: &str) -> Result<(), RemoteError>;
+
+    fn benchmark(&mut self, req: &BenchmarkRequest, job: &Job) -> Result<BenchmarkResult, RemoteError>;
+
+    fn evaluate(&mut self, req: &EvalRequest, job: &Job) -> Result<EvalResult, RemoteError>;
+
+    /// Runs of A and B must be interleaved.
+    fn compare(&mut self, req: &CompareRequest, job: &Job) -> Result<CompareResult, RemoteError>;
+}
+
+/// Handle given to a running job: report progress, observe cancellation.
+pub struct Job<'a> {
+    id: u32,
+    shared: &'a Shared,
+}
+
+impl Job<'_> {
+    /// Id of the request being served.
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
+    /// Sends a progress event. Report at least every few seconds: the host
+    /// treats a long silence as a dead link.
+    pub fn progress(&self, phase: Phase, done: u64, total: Option<u64>, message: Option<String>) {
+        let env = Envelope { id: self.id, msg: Message::Progress(Progress { phase, done, total, message }) };
+        // A failed write ends the session at the next response anyway.
+        let _ = self.shared.send(&env);
+    }
+
+    /// True once the host asked to cancel this job.
+    pub fn is_cancelled(&self) -> bool {
+        self.shared.cancel.load(Ordering::SeqCst)
+    }
+
+    /// `Err(Cancelled)` once cancelled: `job.check()?` between runs.
+    pub fn check(&self) -> Result<(), RemoteError> {
+        if self.is_cancelled() {
+            Err(RemoteError::Cancelled)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("link error: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// How a session ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SessionEnd {
+    /// The peer closed the link (or it broke).
+    Closed,
+    /// The peer failed authentication; the link should be dropped.
+    AuthFailed,
+}
+
+struct Writer {
+    sink: Box<dyn Write + Send>,
+    encoder: FrameEncoder,
+    buf: Vec<u8>,
+}
+
+struct Shared {
+    writer: Mutex<Writer>,
+    /// Id of the running job (0: none).
+    running: AtomicU32,
+    cancel: AtomicBool,
+    /// Handshake (and authentication) complete: Cancel may bypass the queue.
+    ready: AtomicBool,
+    /// Tells the reader thread to stop at its next timeout.
+    stop: AtomicBool,
+}
+
+impl Shared {
+    fn send(&self, env: &Envelope) -> io::Result<()> {
+        let mut w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let Writer { sink, encoder, buf } = &mut *w;
+        buf.clear();
+        if let Err(e) = encoder.encode(env, buf) {
+            // Too large for the peer: tell it instead of sending nothing.
+            buf.clear();
+            let err = Envelope {
+                id: env.id,
+                msg: Message::Response(Response::Error(RemoteError::Internal(format!("response not sendable: {e}")))),
+            };
+            encoder.encode(&err, buf).map_err(io::Error::other)?;
+        }
+        sink.write_all(buf)?;
+        sink.flush()
+    }
+
+    fn respond(&self, id: u32, r: Response) -> io::Result<()> {
+        self.send(&Envelope { id, msg: Message::Response(r) })
+    }
+}
+
+enum Incoming {
+    Frame(Envelope),
+    /// CRC-valid but undecodable payload (maybe a newer peer).
+    Undecodable(Vec<u8>),
+}
+
+fn reader_loop<R: Read>(mut reader: R, max_frame: usize, shared: Arc<Shared>, tx: mpsc::Sender<Incoming>) {
+    let mut decoder = FrameDecoder::new(max_frame);
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        if shared.stop.load(Ordering::SeqCst) {
+            return;
+        }
+        let n = match reader.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) =>
+            {
+                continue
+            }
+            Err(_) => return,
+        };
+        let mut gone = false;
+        decoder.feed_payloads(&buf[..n], |r| {
+            let item = match r {
+                Ok(payload) => match decode_envelope(payload) {
+                    Ok(env) => Incoming::Frame(env),
+                    Err(_) => Incoming::Undecodable(payload.to_vec()),
+                },
+                // Damaged frames are dropped; the client retries on timeout.
+                Err(_) => return,
+            };
+            if let Incoming::Frame(Envelope { id, msg: Message::Request(Request::Cancel { target }) }) = &item {
+                if shared.ready.load(Ordering::SeqCst) {
+                    let running = *target != 0 && shared.running.load(Ordering::SeqCst) == *target;
+                    if running {
+                        shared.cancel.store(true, Ordering::SeqCst);
+                    }
+                    let _ = shared.respond(*id, Response::CancelAck { was_running: running });
+                    return;
+                }
+            }
+            if tx.send(item).is_err() {
+                gone = true;
+            }
+        });
+        if gone {
+            return;
+        }
+    }
+}
+
+/// Serves one session over a TCP connection (read timeout set so the
+/// reader thread notices the end of the session; socket shut down after).
+pub fn serve_tcp<H: DeviceHandler>(
+    handler: &mut H,
+    config: &ServerConfig,
+    stream: TcpStream,
+) -> Result<SessionEnd, ServerError> {
+    stream.set_nodelay(true)?;
+    stream.set_read_timeout(Some(Duration::from_millis(500)))?;
+    let reader = stream.try_clone()?;
+    let writer = stream.try_clone()?;
+    let r = serve(handler, config, reader, writer);
+    let _ = stream.shutdown(std::net::Shutdown::Both);
+    r
+}
+
+/// Serves one session until the peer closes the link or fails to
+/// authenticate. `reader` is moved to a helper thread: give it a read
+/// timeout (serial port timeout, `set_read_timeout`) so that thread ends
+/// with the session even if the peer stays silent.
+pub fn serve<H, R, W>(handler: &mut H, config: &ServerConfig, reader: R, writer: W) -> Result<SessionEnd, ServerError>
+where
+    H: DeviceHandler,
+    R: Read + Send + 'static,
+    W: Write + Send + 'static,
+{
+    let shared = Arc::new(Shared {
+        writer: Mutex::new(Writer {
+            sink: Box::new(writer),
+            // Until the peer announces its limit, keep to the minimum.
+            encoder: FrameEncoder::new(MIN_MAX_FRAME.max(4096)),
+            buf: Vec::new(),
+        }),
+        running: AtomicU32::new(0),
+        cancel: AtomicBool::new(false),
+        ready: AtomicBool::new(false),
+        stop: AtomicBool::new(false),
+    });
+    let (tx, rx) = mpsc::channel();
+    let reader_shared = shared.clone();
+    let max_frame = config.max_frame;
+    std::thread::Builder::new()
+        .name("rba-session-reader".into())
+        .spawn(move || reader_loop(reader, max_frame, reader_shared, tx))?;
+    let mut session = Session {
+        config,
+        shared: &shared,
+        state: State::AwaitHello,
+        chunk_size: MIN_CHUNK,
+        upload: None,
+        last_commit: None,
+    };
+    let result = loop {
+        let Ok(item) = rx.recv() else {
+            break Ok(SessionEnd::Closed);
+        };
+        match session.handle(handler, item) {
+            Ok(Flow::Continue) => {}
+            Ok(Flow::End(end)) => break Ok(end),
+            Err(e) if is_link_closed(&e) => break Ok(SessionEnd::Closed),
+            Err(e) => break Err(ServerError::Io(e)),
+        }
+    };
+    shared.stop.store(true, Ordering::SeqCst);
+    result
+}
+
+fn is_link_closed(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::BrokenPipe
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::UnexpectedEof
+    )
+}
+
+enum State {
+    AwaitHello,
+    /// Challenge sent; waiting for the client's proof.
+    AwaitProof {
+        client_nonce: [u8; 32],
+        server_nonce: [u8; 32],
+    },
+    Ready {
+        nonces: Option<([u8; 32], [u8; 32])>,
+    },
+}
+
+enum Flow {
+    Continue,
+    End(SessionEnd),
+}
+
+struct UploadState {
+    target: UploadBegin,
+    /// Bytes staged so far.
+    next: u64,
+}
+
+struct Session<'a> {
+    config: &'a ServerConfig,
+    shared: &'a Shared,
+    state: State,
+    chunk_size: u32,
+    upload: Option<UploadState>,
+    last_commit: Option<(UploadCommit, ArtifactInfo)>,
+}
+
+fn random_nonce() -> io::Result<[u8; 32]> {
+    let mut n = [0u8; 32];
+    getrandom::fill(&mut n).map_err(|e| io::Error::other(format!("no randomness: {e}")))?;
+    Ok(n)
+}
+
+/// Reads the prefix every version shares: id, `Message::Request`,
+/// `Request::Hello`, protocol version.
+fn hello_version(payload: &[u8]) -> Option<(u32, u16)> {
+    let ((id, msg, req, version), _) = postcard::take_from_bytes::<(u32, u32, u32, u16)>(payload).ok()?;
+    (msg == 0 && req == 0).then_some((id, version))
+}
+
+impl Session<'_> {
+    fn unauthorised(&self) -> RemoteError {
+        if self.config.key.is_some() {
+            RemoteError::AuthRequired
+        } else {
+            RemoteError::HandshakeRequired
+        }
+    }
+
+    fn handle<H: DeviceHandler>(&mut self, h: &mut H, item: Incoming) -> io::Result<Flow> {
+        let env = match item {
+            Incoming::Frame(env) => env,
+            Incoming::Undecodable(payload) => {
+                if let Some((id, v)) = hello_version(&payload) {
+                    if v != PROTOCOL_VERSION {
+                        self.shared.respond(id, version_mismatch(v))?;
+                        return Ok(Flow::Continue);
+                    }
+                }
+                if let Ok((id, _)) = postcard::take_from_bytes::<u32>(&payload) {
+                    let err = match self.state {
+                        State::Ready { .. } => RemoteError::BadRequest("undecodable message".into()),
+                        _ => self.unauthorised(),
+                    };
+                    self.shared.respond(id, Response::Error(err))?;
+                }
+                return Ok(Flow::Continue);
+            }
+        };
+        let id = env.id;
+        // Only requests are served; anything else from a client is ignored.
+        let Message::Request(req) = env.msg else {
+            return Ok(Flow::Continue);
+        };
+        match req {
+            Request::Hello(hello) => self.hello(h, id, &hello),
+            Request::AuthProof(p) => self.auth_proof(h, id, &p),
+            req => {
+                if !matches!(self.state, State::Ready { .. }) {
+                    let err = self.unauthorised();
+                    self.shared.respond(id, Response::Error(err))?;
+                    return Ok(Flow::Continue);
+                }
+                let resp = self.dispatch(h, id, req);
+                let resp = resp.unwrap_or_else(Response::Error);
+                self.shared.respond(id, resp)?;
+                Ok(Flow::Continue)
+            }
+        }
+    }
+
+    fn welcome<H: DeviceHandler>(&self, h: &H, server_mac: Option<[u8; 32]>) -> Response {
+        Response::Welcome(Welcome {
+            protocol_version: PROTOCOL_VERSION,
+            device: h.identity(),
+            capabilities: h.capabilities(),
+            max_frame: u32::try_from(self.config.max_frame).unwrap_or(u32::MAX),
+            chunk_size: self.chunk_size,
+            max_upload: self.config.max_upload,
+            server_mac,
+        })
+    }
+
+    fn hello<H: DeviceHandler>(&mut self, h: &mut H, id: u32, hello: &Hello) -> io::Result<Flow> {
+        // Hello always restarts the handshake (also after a lost Welcome).
+        self.shared.ready.store(false, Ordering::SeqCst);
+        self.state = State::AwaitHello;
+        if hello.protocol_version != PROTOCOL_VERSION {
+            self.shared.respond(id, version_mismatch(hello.protocol_version))?;
+            return Ok(Flow::Continue);
+        }
+        let peer_max = (hello.max_frame as usize).max(MIN_MAX_FRAME);
+        let frame_room = peer_max.min(self.config.max_frame).saturating_sub(CHUNK_FRAME_OVERHEAD as usize);
+        self.chunk_size = hello
+            .preferred_chunk
+            .min(self.config.max_chunk)
+            .min(u32::try_from(frame_room).unwrap_or(u32::MAX))
+            .max(MIN_CHUNK);
+        {
+            let mut w = self.shared.writer.lock().unwrap_or_else(|e| e.into_inner());
+            w.encoder.set_max_frame(peer_max);
+        }
+        match &self.config.key {
+            Some(_) => {
+                let server_nonce = random_nonce()?;
+                self.state = State::AwaitProof { client_nonce: hello.client_nonce, server_nonce };
+                self.shared.respond(id, Response::AuthChallenge { server_nonce })?;
+            }
+            None => {
+                self.state = State::Ready { nonces: None };
+                self.shared.ready.store(true, Ordering::SeqCst);
+                let w = self.welcome(h, None);
+                self.shared.respond(id, w)?;
+            }
+        }
+        Ok(Flow::Continue)
+    }
+
+    fn auth_proof<H: DeviceHandler>(&mut self, h: &mut H, id: u32, p: &AuthProof) -> io::Result<Flow> {
+        let nonces = match self.state {
+            State::AwaitProof { client_nonce, server_nonce } => Some((client_nonce, server_nonce)),
+            // A retried proof after a lost Welcome.
+            State::Ready { nonces } => nonces,
+            State::AwaitHello => None,
+        };
+        let (Some(key), Some((cn, sn))) = (&self.config.key, nonces) else {
+            let err = self.unauthorised();
+            self.shared.respond(id, Response::Error(err))?;
+            return Ok(Flow::Continue);
+        };
+        if !key.verify(false, &cn, &sn, &p.mac) {
+            self.shared.ready.store(false, Ordering::SeqCst);
+            self.state = State::AwaitHello;
+            self.shared.respond(id, Response::Error(RemoteError::AuthFailed))?;
+            return Ok(Flow::End(SessionEnd::AuthFailed));
+        }
+        let server_mac = key.proof(true, &cn, &sn);
+        self.state = State::Ready { nonces: Some((cn, sn)) };
+        self.shared.ready.store(true, Ordering::SeqCst);
+        let w = self.welcome(h, Some(server_mac));
+        self.shared.respond(id, w)?;
+        Ok(Flow::Continue)
+    }
+
+    fn dispatch<H: DeviceHandler>(&mut self, h: &mut H, id: u32, req: Request) -> Result<Response, RemoteError> {
+        match req {
+            Request::Hello(_) | Request::AuthProof(_) => {
+                Err(RemoteError::Internal("handshake routed to dispatch".into()))
+            }
+            Request::DeviceInfo => h.device_info().map(Response::DeviceInfo),
+            Request::UploadBegin(b) => self.upload_begin(h, b),
+            Request::UploadChunk(c) => self.upload_chunk(h, &c),
+            Request::UploadCommit(c) => self.upload_commit(h, c),
+            Request::UploadAbort => {
+                self.upload = None;
+                h.upload_discard().map(|()| Response::Aborted)
+            }
+            Request::List { kind } => h.list(kind).map(Response::Artifacts),
+            Request::Delete { kind, name } => {
+                validate_name(&name)?;
+                h.delete(kind, &name).map(|()| Response::Deleted)
+            }
+            Request::Benchmark(r) => {
+                validate_name(&r.model)?;
+                check_opt_name(&r.input_bundle)?;
+                self.run_job(id, |job| h.benchmark(&r, job)).map(Response::Benchmark)
+            }
+            Request::Evaluate(r) => {
+                validate_name(&r.model)?;
+                validate_name(&r.bundle)?;
+                self.run_job(id, |job| h.evaluate(&r, job)).map(Response::Evaluation)
+            }
+            Request::Compare(r) => {
+                validate_name(&r.model_a)?;
+                validate_name(&r.model_b)?;
+                check_opt_name(&r.input_bundle)?;
+                self.run_job(id, |job| h.compare(&r, job)).map(Response::Compare)
+            }
+            // Cancels normally bypass the queue in the reader thread; one
+            // that got here found nothing running.
+            Request::Cancel { .. } => Ok(Response::CancelAck { was_running: false }),
+            Request::Ping { nonce } => Ok(Response::Pong { nonce }),
+        }
+    }
+
+    fn run_job<T>(&mut self, id: u32, f: impl FnOnce(&Job) -> Result<T, RemoteError>) -> Result<T, RemoteError> {
+        self.shared.cancel.store(false, Ordering::SeqCst);
+        self.shared.running.store(id, Ordering::SeqCst);
+        let job = Job { id, shared: self.shared };
+        job.progress(Phase::Started, 0, None, None);
+        let r = f(&job);
+        self.shared.running.store(0, Ordering::SeqCst);
+        self.shared.cancel.store(false, Ordering::SeqCst);
+        r
+    }
+
+    fn upload_begin<H: DeviceHandler>(&mut self, h: &mut H, b: UploadBegin) -> Result<Response, RemoteError> {
+        validate_name(&b.name)?;
+        if b.size > self.config.max_upload {
+            return Err(RemoteError::TooLarge { size: b.size, max: self.config.max_upload });
+        }
+        self.upload = None;
+        let resume = h.upload_begin(&b)?;
+        if resume > b.size {
+            let _ = h.upload_discard();
+            return Err(RemoteError::Internal(format!("handler resumed at {resume} beyond size {}", b.size)));
+        }
+        self.upload = Some(UploadState { target: b, next: resume });
+        Ok(Response::UploadReady { resume_offset: resume, chunk_size: self.chunk_size })
+    }
+
+    fn upload_chunk<H: DeviceHandler>(&mut self, h: &mut H, c: &UploadChunk) -> Result<Response, RemoteError> {
+        let chunk_size = self.chunk_size;
+        let up = self.upload.as_mut().ok_or(RemoteError::NoUpload)?;
+        let len = c.data.0.len();
+        if len > chunk_size as usize {
+            return Err(RemoteError::ChunkTooLarge { max: chunk_size, got: u32::try_from(len).unwrap_or(u32::MAX) });
+        }
+        let size = up.target.size;
+        let end = c.offset.checked_add(len as u64).unwrap_or(u64::MAX);
+        if end > size {
+            return Err(RemoteError::ChunkBeyondSize { size, end });
+        }
+        if c.offset > up.next {
+            return Err(RemoteError::OffsetMismatch { expected: up.next, got: c.offset });
+        }
+        if end > up.next {
+            // Overlaps with staged data (a duplicate or re-cut chunk): store
+            // only the new tail. Wrong old bytes are caught by the digest.
+            let skip = usize::try_from(up.next - c.offset).map_err(|_| RemoteError::Internal("offset".into()))?;
+            h.upload_write(up.next, &c.data.0[skip..])?;
+            up.next = end;
+        }
+        Ok(Response::ChunkAck { next_offset: up.next })
+    }
+
+    fn upload_commit<H: DeviceHandler>(&mut self, h: &mut H, c: UploadCommit) -> Result<Response, RemoteError> {
+        let Some(up) = &self.upload else {
+            // A retried commit whose first answer was lost.
+            return match &self.last_commit {
+                Some((last, info)) if *last == c => Ok(Response::Committed(info.clone())),
+                _ => Err(RemoteError::NoUpload),
+            };
+        };
+        let t = &up.target;
+        if t.kind != c.kind || t.name != c.name || t.sha256 != c.sha256 {
+            return Err(RemoteError::BadRequest("commit does not match the upload in progress".into()));
+        }
+        if up.next < t.size {
+            return Err(RemoteError::Incomplete { received: up.next, size: t.size });
+        }
+        let (size, expected) = (t.size, t.sha256);
+        let actual = staged_digest(h, size);
+        let actual = match actual {
+            Ok(d) => d,
+            Err(e) => {
+                self.upload = None;
+                let _ = h.upload_discard();
+                return Err(e);
+            }
+        };
+        if actual != expected {
+            self.upload = None;
+            h.upload_discard()?;
+            return Err(RemoteError::ShaMismatch { expected, actual });
+        }
+        let info = h.upload_commit()?;
+        self.upload = None;
+        self.last_commit = Some((c, info.clone()));
+        Ok(Response::Committed(info))
+    }
+}
+
+/// SHA-256 of exactly `size` staged bytes, read back from the handler.
+fn staged_digest<H: DeviceHandler>(h: &mut H, size: u64) -> Result<Sha256Digest, RemoteError> {
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut offset = 0u64;
+    while offset < size {
+        let want = usize::try_from((size - offset).min(buf.len() as u64)).unwrap_or(buf.len());
+        let n = h.upload_read(offset, &mut buf[..want])?;
+        if n == 0 {
+            return Err(RemoteError::Storage(format!("staged data ends at {offset} of {size} bytes")));
+        }
+        hasher.update(&buf[..n.min(want)]);
+        offset += n.min(want) as u64;
+    }
+    Ok(hasher.finalize().into())
+}
+
+fn check_opt_name(n: &Option<String>) -> Result<(), RemoteError> {
+    n.as_deref().map_or(Ok(()), validate_name)
+}
+
+fn version_mismatch(requested: u16) -> Response {
+    Response::Error(RemoteError::VersionMismatch { supported: PROTOCOL_VERSION, requested })
+}

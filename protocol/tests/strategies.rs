@@ -1,0 +1,312 @@
+//! Proptest strategies for every message type (shared by the test files).
+#![allow(dead_code)]
+
+use proptest::collection::vec;
+use proptest::option;
+use proptest::prelude::*;
+use rba_protocol::*;
+
+pub fn s() -> impl Strategy<Value = String> {
+    "[a-zA-Z0-9._ -]{0,12}"
+}
+
+fn f() -> impl Strategy<Value = f64> {
+    -1e12f64..1e12
+}
+
+fn f32s() -> impl Strategy<Value = f32> {
+    -1e6f32..1e6
+}
+
+fn digest() -> impl Strategy<Value = [u8; 32]> {
+    any::<[u8; 32]>()
+}
+
+fn kind() -> impl Strategy<Value = ArtifactKind> {
+    prop_oneof![Just(ArtifactKind::Model), Just(ArtifactKind::EvalBundle)]
+}
+
+fn identity() -> impl Strategy<Value = DeviceIdentity> {
+    (s(), s(), s(), any::<u32>(), any::<u64>(), s(), s(), s()).prop_map(
+        |(board, arch, os, cores, memory_bytes, runtime, rba_version, hostname)| DeviceIdentity {
+            board,
+            arch,
+            os,
+            cores,
+            memory_bytes,
+            runtime,
+            rba_version,
+            hostname,
+        },
+    )
+}
+
+fn throttling() -> impl Strategy<Value = Throttling> {
+    (any::<bool>(), any::<bool>(), any::<bool>(), option::of(any::<u32>())).prop_map(
+        |(throttled, under_voltage, soft_temp_limit, raw)| Throttling {
+            throttled,
+            under_voltage,
+            soft_temp_limit,
+            raw,
+        },
+    )
+}
+
+fn stats() -> impl Strategy<Value = LatencyStats> {
+    (any::<[u64; 7]>(), f(), f(), f(), any::<bool>()).prop_map(|(v, mean_ns, std_ns, cv, unstable)| LatencyStats {
+        count: v[0],
+        min_ns: v[1],
+        p50_ns: v[2],
+        p90_ns: v[3],
+        p95_ns: v[4],
+        p99_ns: v[5],
+        max_ns: v[6],
+        mean_ns,
+        std_ns,
+        cv,
+        unstable,
+    })
+}
+
+fn policy() -> impl Strategy<Value = RunPolicy> {
+    (any::<u32>(), any::<u32>()).prop_map(|(count, min_time_ms)| RunPolicy { count, min_time_ms })
+}
+
+fn bench_result() -> impl Strategy<Value = BenchmarkResult> {
+    (
+        (s(), any::<u32>(), any::<u64>(), any::<u64>(), any::<u32>()),
+        vec(any::<u64>(), 0..40),
+        stats(),
+        (option::of(any::<u64>()), option::of(f32s()), option::of(f32s()), option::of(throttling())),
+    )
+        .prop_map(
+            |(
+                (model, threads, load_time_ns, first_run_ns, warmup_runs),
+                samples_ns,
+                stats,
+                (peak_rss_bytes, t0, t1, throttling),
+            )| {
+                BenchmarkResult {
+                    model,
+                    threads,
+                    load_time_ns,
+                    first_run_ns,
+                    warmup_runs,
+                    samples_ns,
+                    stats,
+                    peak_rss_bytes,
+                    cpu_temp_start_c: t0,
+                    cpu_temp_end_c: t1,
+                    throttling,
+                }
+            },
+        )
+}
+
+pub fn remote_error() -> impl Strategy<Value = RemoteError> {
+    prop_oneof![
+        (any::<u16>(), any::<u16>())
+            .prop_map(|(supported, requested)| RemoteError::VersionMismatch { supported, requested }),
+        Just(RemoteError::AuthRequired),
+        Just(RemoteError::AuthFailed),
+        Just(RemoteError::HandshakeRequired),
+        s().prop_map(RemoteError::BadRequest),
+        s().prop_map(RemoteError::InvalidName),
+        s().prop_map(RemoteError::NotFound),
+        Just(RemoteError::NoUpload),
+        (any::<u64>(), any::<u64>()).prop_map(|(expected, got)| RemoteError::OffsetMismatch { expected, got }),
+        (any::<u32>(), any::<u32>()).prop_map(|(max, got)| RemoteError::ChunkTooLarge { max, got }),
+        (any::<u64>(), any::<u64>()).prop_map(|(size, end)| RemoteError::ChunkBeyondSize { size, end }),
+        (any::<u64>(), any::<u64>()).prop_map(|(received, size)| RemoteError::Incomplete { received, size }),
+        (digest(), digest()).prop_map(|(expected, actual)| RemoteError::ShaMismatch { expected, actual }),
+        (any::<u64>(), any::<u64>()).prop_map(|(size, max)| RemoteError::TooLarge { size, max }),
+        Just(RemoteError::Busy),
+        Just(RemoteError::Cancelled),
+        s().prop_map(RemoteError::Storage),
+        s().prop_map(RemoteError::Runtime),
+        s().prop_map(RemoteError::Unsupported),
+        s().prop_map(RemoteError::Internal),
+    ]
+}
+
+pub fn request() -> impl Strategy<Value = Request> {
+    prop_oneof![
+        (any::<u16>(), s(), s(), any::<u64>(), any::<u32>(), any::<u32>(), digest()).prop_map(
+            |(protocol_version, client, rba_version, caps, max_frame, preferred_chunk, client_nonce)| Request::Hello(
+                Hello {
+                    protocol_version,
+                    client,
+                    rba_version,
+                    capabilities: Capabilities(caps),
+                    max_frame,
+                    preferred_chunk,
+                    client_nonce,
+                }
+            )
+        ),
+        digest().prop_map(|mac| Request::AuthProof(AuthProof { mac })),
+        Just(Request::DeviceInfo),
+        (kind(), s(), any::<u64>(), digest())
+            .prop_map(|(kind, name, size, sha256)| Request::UploadBegin(UploadBegin { kind, name, size, sha256 })),
+        (any::<u64>(), vec(any::<u8>(), 0..300))
+            .prop_map(|(offset, d)| Request::UploadChunk(UploadChunk { offset, data: Bytes(d) })),
+        (kind(), s(), digest()).prop_map(|(kind, name, sha256)| Request::UploadCommit(UploadCommit {
+            kind,
+            name,
+            sha256
+        })),
+        Just(Request::UploadAbort),
+        option::of(kind()).prop_map(|kind| Request::List { kind }),
+        (kind(), s()).prop_map(|(kind, name)| Request::Delete { kind, name }),
+        (s(), option::of(any::<u32>()), policy(), policy(), option::of(s())).prop_map(
+            |(model, threads, warmup, runs, input_bundle)| {
+                Request::Benchmark(BenchmarkRequest { model, threads, warmup, runs, input_bundle })
+            }
+        ),
+        (s(), s(), option::of(any::<u32>())).prop_map(|(model, bundle, threads)| Request::Evaluate(EvalRequest {
+            model,
+            bundle,
+            threads
+        })),
+        (s(), s(), option::of(any::<u32>()), policy(), policy(), option::of(s())).prop_map(
+            |(model_a, model_b, threads, warmup, runs, input_bundle)| Request::Compare(CompareRequest {
+                model_a,
+                model_b,
+                threads,
+                warmup,
+                runs,
+                input_bundle
+            })
+        ),
+        any::<u32>().prop_map(|target| Request::Cancel { target }),
+        any::<u64>().prop_map(|nonce| Request::Ping { nonce }),
+    ]
+}
+
+fn artifact() -> impl Strategy<Value = ArtifactInfo> {
+    (kind(), s(), any::<u64>(), digest()).prop_map(|(kind, name, size, sha256)| ArtifactInfo {
+        kind,
+        name,
+        size,
+        sha256,
+    })
+}
+
+pub fn response() -> impl Strategy<Value = Response> {
+    prop_oneof![
+        digest().prop_map(|server_nonce| Response::AuthChallenge { server_nonce }),
+        (any::<u16>(), identity(), any::<u64>(), any::<u32>(), any::<u32>(), any::<u64>(), option::of(digest()))
+            .prop_map(|(protocol_version, device, caps, max_frame, chunk_size, max_upload, server_mac)| {
+                Response::Welcome(Welcome {
+                    protocol_version,
+                    device,
+                    capabilities: Capabilities(caps),
+                    max_frame,
+                    chunk_size,
+                    max_upload,
+                    server_mac,
+                })
+            }),
+        (
+            identity(),
+            any::<u64>(),
+            option::of(any::<u64>()),
+            option::of(any::<u64>()),
+            option::of(f32s()),
+            option::of(throttling()),
+            any::<u32>()
+        )
+            .prop_map(
+                |(
+                    identity,
+                    uptime_s,
+                    free_storage_bytes,
+                    available_memory_bytes,
+                    cpu_temp_c,
+                    throttling,
+                    artifacts,
+                )| Response::DeviceInfo(DeviceInfo {
+                    identity,
+                    uptime_s,
+                    free_storage_bytes,
+                    available_memory_bytes,
+                    cpu_temp_c,
+                    throttling,
+                    artifacts,
+                })
+            ),
+        (any::<u64>(), any::<u32>())
+            .prop_map(|(resume_offset, chunk_size)| Response::UploadReady { resume_offset, chunk_size }),
+        any::<u64>().prop_map(|next_offset| Response::ChunkAck { next_offset }),
+        artifact().prop_map(Response::Committed),
+        Just(Response::Aborted),
+        vec(artifact(), 0..5).prop_map(Response::Artifacts),
+        Just(Response::Deleted),
+        bench_result().prop_map(Response::Benchmark),
+        (
+            s(),
+            s(),
+            any::<u32>(),
+            option::of(f()),
+            option::of(f()),
+            option::of(f32s()),
+            option::of(f()),
+            option::of(stats()),
+            option::of(any::<u64>())
+        )
+            .prop_map(
+                |(
+                    model,
+                    bundle,
+                    samples,
+                    top1_accuracy,
+                    top1_agreement,
+                    max_abs_diff,
+                    mean_cosine,
+                    latency,
+                    peak_rss_bytes,
+                )| {
+                    Response::Evaluation(EvalResult {
+                        model,
+                        bundle,
+                        samples,
+                        top1_accuracy,
+                        top1_agreement,
+                        max_abs_diff,
+                        mean_cosine,
+                        latency,
+                        peak_rss_bytes,
+                    })
+                }
+            ),
+        (bench_result(), bench_result(), f()).prop_map(|(a, b, ratio_of_medians)| Response::Compare(CompareResult {
+            a,
+            b,
+            ratio_of_medians
+        })),
+        any::<bool>().prop_map(|was_running| Response::CancelAck { was_running }),
+        any::<u64>().prop_map(|nonce| Response::Pong { nonce }),
+        remote_error().prop_map(Response::Error),
+    ]
+}
+
+pub fn progress() -> impl Strategy<Value = Progress> {
+    let phase = prop_oneof![
+        Just(Phase::Started),
+        Just(Phase::Loading),
+        Just(Phase::WarmUp),
+        Just(Phase::Measuring),
+        Just(Phase::Evaluating)
+    ];
+    (phase, any::<u64>(), option::of(any::<u64>()), option::of(s()))
+        .prop_map(|(phase, done, total, message)| Progress { phase, done, total, message })
+}
+
+pub fn envelope() -> impl Strategy<Value = Envelope> {
+    let msg = prop_oneof![
+        request().prop_map(Message::Request),
+        response().prop_map(Message::Response),
+        progress().prop_map(Message::Progress),
+    ];
+    (any::<u32>(), msg).prop_map(|(id, msg)| Envelope { id, msg })
+}
