@@ -11,9 +11,10 @@
 //!    ResNet residual add); after the last unit, only glue that repeats the
 //!    pattern seen after earlier units is taken (so a ViT's final LayerNorm
 //!    stays outside the blocks);
-//! 3. units that alternate in structure (attention, MLP, attention, ...) are
-//!    paired into one block; units that repeat one by one (ResNet basic
-//!    blocks) are a block each.
+//! 3. a token-mixing unit (attention: a MatMul of two activations, or a
+//!    Softmax) followed by a channel-mixing unit (the MLP) is one transformer
+//!    layer; any other unit (a ResNet basic or bottleneck block) is a block
+//!    on its own.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -116,11 +117,7 @@ impl BlockMap {
         names: &[String],
     ) -> Result<Self, BlockError> {
         let cuts = index.cut_tensors(graph);
-        let position: HashMap<&str, usize> = cuts
-            .iter()
-            .enumerate()
-            .map(|(i, c)| (c.as_str(), i))
-            .collect();
+        let position: HashMap<&str, usize> = cuts.iter().enumerate().map(|(i, c)| (c.as_str(), i)).collect();
         let mut chosen = Vec::new();
         for name in names {
             let known = index.producer.contains_key(name) || index.inputs.contains(name);
@@ -130,9 +127,7 @@ impl BlockMap {
             if !index.live.contains(name) {
                 return Err(BlockError::NotActivation(name.clone()));
             }
-            let &p = position
-                .get(name.as_str())
-                .ok_or_else(|| BlockError::NotCut(name.clone()))?;
+            let &p = position.get(name.as_str()).ok_or_else(|| BlockError::NotCut(name.clone()))?;
             chosen.push((p, name.clone()));
         }
         chosen.sort();
@@ -140,13 +135,7 @@ impl BlockMap {
         if chosen.len() < 2 {
             return Err(BlockError::TooFew(chosen.len()));
         }
-        Ok(Self::build(
-            graph,
-            index,
-            shapes,
-            chosen.into_iter().map(|(_, n)| n).collect(),
-            "user",
-        ))
+        Ok(Self::build(graph, index, shapes, chosen.into_iter().map(|(_, n)| n).collect(), "user"))
     }
 
     fn build(
@@ -169,10 +158,7 @@ impl BlockMap {
                 } else if input_shape != output_shape {
                     Some(format!("changes shape {input_shape:?} -> {output_shape:?}"))
                 } else if layout.is_none() {
-                    Some(format!(
-                        "rank {} tensors are not supported",
-                        input_shape.len()
-                    ))
+                    Some(format!("rank {} tensors are not supported", input_shape.len()))
                 } else {
                     None
                 };
@@ -190,11 +176,7 @@ impl BlockMap {
                 }
             })
             .collect();
-        Self {
-            boundaries,
-            blocks,
-            source,
-        }
+        Self { boundaries, blocks, source }
     }
 
     pub fn replaceable_count(&self) -> usize {
@@ -205,27 +187,15 @@ impl BlockMap {
 /// Rank 2/3 tensors carry features last. Rank 4 maps are channels-first
 /// (ONNX's Conv layout) unless the block immediately transposes them from
 /// NHWC, as TF/Keras exports do.
-fn feature_layout(
-    graph: &GraphProto,
-    index: &GraphIndex,
-    tensor: &str,
-    shape: &[usize],
-) -> Option<FeatureLayout> {
+fn feature_layout(graph: &GraphProto, index: &GraphIndex, tensor: &str, shape: &[usize]) -> Option<FeatureLayout> {
     match shape.len() {
         2 | 3 => Some(FeatureLayout::Last),
         4 => {
             let nhwc_to_nchw = index.consumers.get(tensor).into_iter().flatten().any(|&c| {
                 let n = &graph.node[c];
-                n.op_type() == "Transpose"
-                    && n.attribute
-                        .iter()
-                        .any(|a| a.name() == "perm" && a.ints == [0, 3, 1, 2])
+                n.op_type() == "Transpose" && n.attribute.iter().any(|a| a.name() == "perm" && a.ints == [0, 3, 1, 2])
             });
-            Some(if nhwc_to_nchw {
-                FeatureLayout::Last
-            } else {
-                FeatureLayout::ChannelsFirst
-            })
+            Some(if nhwc_to_nchw { FeatureLayout::Last } else { FeatureLayout::ChannelsFirst })
         }
         _ => None,
     }
@@ -234,6 +204,8 @@ fn feature_layout(
 struct Segment {
     end: usize,
     unit: bool,
+    /// Mixes tokens (attention), so pairs with the channel-mixing unit after it.
+    token_mixer: bool,
     signature: String,
 }
 
@@ -242,88 +214,51 @@ fn signature(graph: &GraphProto, nodes: &[usize]) -> String {
     for &i in nodes {
         *ops.entry(graph.node[i].op_type()).or_default() += 1;
     }
-    ops.iter()
-        .map(|(op, n)| format!("{op}x{n}"))
-        .collect::<Vec<_>>()
-        .join(",")
+    ops.iter().map(|(op, n)| format!("{op}x{n}")).collect::<Vec<_>>().join(",")
 }
 
 /// Chooses block boundaries among the cut tensors (see the module docs).
-fn group_boundaries(
-    graph: &GraphProto,
-    index: &GraphIndex,
-    cuts: &[String],
-) -> Result<Vec<String>, BlockError> {
+fn group_boundaries(graph: &GraphProto, index: &GraphIndex, cuts: &[String]) -> Result<Vec<String>, BlockError> {
     let segments: Vec<Segment> = cuts
         .windows(2)
         .enumerate()
         .map(|(i, pair)| {
             let nodes = index.nodes_between(graph, &pair[0], &pair[1]);
-            let forks = nodes
-                .iter()
-                .any(|&n| index.live_inputs(graph, n).len() >= 2);
-            let weighted = nodes
-                .iter()
-                .any(|&n| WEIGHT_OPS.contains(&graph.node[n].op_type()));
-            Segment {
-                end: i + 1,
-                unit: forks && weighted,
-                signature: signature(graph, &nodes),
-            }
+            let forks = nodes.iter().any(|&n| index.live_inputs(graph, n).len() >= 2);
+            let weighted = nodes.iter().any(|&n| WEIGHT_OPS.contains(&graph.node[n].op_type()));
+            let token_mixer = nodes.iter().any(|&n| {
+                let op = graph.node[n].op_type();
+                op == "Softmax" || (WEIGHT_OPS.contains(&op) && index.live_inputs(graph, n).len() >= 2)
+            });
+            Segment { end: i + 1, unit: forks && weighted, token_mixer, signature: signature(graph, &nodes) }
         })
         .collect();
     let units: Vec<usize> = (0..segments.len()).filter(|&s| segments[s].unit).collect();
     let Some(&first) = units.first() else {
         return Err(BlockError::NoBlocks);
     };
-    // Each group: a unit, then its trailing glue; the group's signature
-    // decides whether units pair up.
-    let mut group_ends: Vec<usize> = Vec::new();
-    let mut group_sigs: Vec<String> = Vec::new();
+    // Each unit ends after its trailing glue.
+    let mut unit_ends: Vec<usize> = Vec::new();
     let mut previous_glue: Vec<&str> = Vec::new();
     for (k, &u) in units.iter().enumerate() {
         let glue_end = units.get(k + 1).copied().unwrap_or(segments.len());
-        let mut glue: Vec<&str> = segments[u + 1..glue_end]
-            .iter()
-            .map(|s| s.signature.as_str())
-            .collect();
+        let mut glue: Vec<&str> = segments[u + 1..glue_end].iter().map(|s| s.signature.as_str()).collect();
         if k + 1 == units.len() {
             // After the last unit, keep only the glue that repeats what
             // followed the earlier units.
-            let keep = glue
-                .iter()
-                .zip(&previous_glue)
-                .take_while(|(a, b)| a == b)
-                .count();
+            let keep = glue.iter().zip(&previous_glue).take_while(|(a, b)| a == b).count();
             glue.truncate(keep);
         }
-        let end = u + glue.len();
-        group_ends.push(segments[end].end);
-        group_sigs.push(
-            std::iter::once(segments[u].signature.as_str())
-                .chain(glue.iter().copied())
-                .collect::<Vec<_>>()
-                .join("|"),
-        );
+        unit_ends.push(segments[u + glue.len()].end);
         previous_glue = glue;
     }
-    let same = |d: usize| {
-        (0..group_sigs.len().saturating_sub(d))
-            .filter(|&i| group_sigs[i] == group_sigs[i + d])
-            .count()
-    };
-    let period = if group_sigs.len() >= 4 && same(2) > same(1) {
-        2
-    } else {
-        1
-    };
     let mut boundaries = vec![cuts[segments[first].end - 1].clone()];
-    boundaries.extend(
-        group_ends
-            .chunks(period)
-            .filter_map(|c| c.last())
-            .map(|&e| cuts[e].clone()),
-    );
+    let mut k = 0;
+    while k < units.len() {
+        let pairs = segments[units[k]].token_mixer && units.get(k + 1).is_some_and(|&next| !segments[next].token_mixer);
+        k += if pairs { 2 } else { 1 };
+        boundaries.push(cuts[unit_ends[k - 1]].clone());
+    }
     let unique: HashSet<&String> = boundaries.iter().collect();
     debug_assert_eq!(unique.len(), boundaries.len());
     Ok(boundaries)

@@ -43,10 +43,7 @@ fn summary(vi: &ValueInfoProto) -> TensorSummary {
         .into_iter()
         .map(|d| d.map_or("?".to_string(), |d| d.to_string()))
         .collect();
-    TensorSummary {
-        name: vi.name().to_string(),
-        shape,
-    }
+    TensorSummary { name: vi.name().to_string(), shape }
 }
 
 pub fn inspect(model: &Model) -> Inspection {
@@ -61,19 +58,8 @@ pub fn inspect(model: &Model) -> Inspection {
         file: onnx.path.display().to_string(),
         ir_version: onnx.proto.ir_version(),
         opset: onnx.opset().unwrap_or(0),
-        producer: format!(
-            "{} {}",
-            onnx.proto.producer_name(),
-            onnx.proto.producer_version()
-        )
-        .trim()
-        .to_string(),
-        inputs: graph
-            .input
-            .iter()
-            .filter(|i| model.index.inputs.iter().any(|n| n == i.name()))
-            .map(summary)
-            .collect(),
+        producer: format!("{} {}", onnx.proto.producer_name(), onnx.proto.producer_version()).trim().to_string(),
+        inputs: graph.input.iter().filter(|i| model.index.inputs.iter().any(|n| n == i.name())).map(summary).collect(),
         outputs: graph.output.iter().map(summary).collect(),
         nodes: graph.node.len(),
         op_histogram,
@@ -94,46 +80,20 @@ pub fn si(n: u64) -> String {
 }
 
 fn shape_text(s: &[usize]) -> String {
-    format!(
-        "[{}]",
-        s.iter()
-            .map(|d| d.to_string())
-            .collect::<Vec<_>>()
-            .join(",")
-    )
+    format!("[{}]", s.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(","))
 }
 
 pub fn render_text(i: &Inspection) -> String {
     let mut out = String::new();
     let io = |t: &TensorSummary| format!("{} [{}]", t.name, t.shape.join(","));
     out += &format!("model     {}\n", i.file);
-    out += &format!(
-        "producer  {} (ir {}, opset {})\n",
-        i.producer, i.ir_version, i.opset
-    );
-    out += &format!(
-        "inputs    {}\n",
-        i.inputs.iter().map(io).collect::<Vec<_>>().join(", ")
-    );
-    out += &format!(
-        "outputs   {}\n",
-        i.outputs.iter().map(io).collect::<Vec<_>>().join(", ")
-    );
-    out += &format!(
-        "size      {} nodes, {} parameters, {} MACs per image\n",
-        i.nodes,
-        si(i.params),
-        si(i.macs)
-    );
+    out += &format!("producer  {} (ir {}, opset {})\n", i.producer, i.ir_version, i.opset);
+    out += &format!("inputs    {}\n", i.inputs.iter().map(io).collect::<Vec<_>>().join(", "));
+    out += &format!("outputs   {}\n", i.outputs.iter().map(io).collect::<Vec<_>>().join(", "));
+    out += &format!("size      {} nodes, {} parameters, {} MACs per image\n", i.nodes, si(i.params), si(i.macs));
     let mut ops: Vec<(&String, &usize)> = i.op_histogram.iter().collect();
     ops.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
-    out += &format!(
-        "ops       {}\n",
-        ops.iter()
-            .map(|(op, n)| format!("{op} {n}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
+    out += &format!("ops       {}\n", ops.iter().map(|(op, n)| format!("{op} {n}")).collect::<Vec<_>>().join(", "));
     let b = &i.blocks;
     let block_params: u64 = b.blocks.iter().map(|x| x.params).sum();
     out += &format!(
@@ -143,13 +103,7 @@ pub fn render_text(i: &Inspection) -> String {
         b.replaceable_count(),
         100.0 * block_params as f64 / i.params.max(1) as f64
     );
-    let width = b
-        .blocks
-        .iter()
-        .flat_map(|x| [x.input.len(), x.output.len()])
-        .max()
-        .unwrap_or(5)
-        .clamp(5, 48);
+    let width = b.blocks.iter().flat_map(|x| [x.input.len(), x.output.len()]).max().unwrap_or(5).clamp(5, 48);
     out += &format!(
         "{:>5}  {:<width$}  {:<width$}  {:<16}  {:>8}  {:>8}  {}\n",
         "block", "input", "output", "shape", "params", "MACs", "replaceable"
@@ -158,11 +112,7 @@ pub fn render_text(i: &Inspection) -> String {
         let shape = if x.input_shape == x.output_shape {
             shape_text(&x.input_shape)
         } else {
-            format!(
-                "{}->{}",
-                shape_text(&x.input_shape),
-                shape_text(&x.output_shape)
-            )
+            format!("{}->{}", shape_text(&x.input_shape), shape_text(&x.output_shape))
         };
         out += &format!(
             "{:>5}  {:<width$}  {:<width$}  {:<16}  {:>8}  {:>8}  {}\n",
@@ -172,9 +122,7 @@ pub fn render_text(i: &Inspection) -> String {
             shape,
             si(x.params),
             si(x.macs),
-            x.not_replaceable
-                .as_deref()
-                .map_or("yes".to_string(), |why| format!("no: {why}"))
+            x.not_replaceable.as_deref().map_or("yes".to_string(), |why| format!("no: {why}"))
         );
     }
     out

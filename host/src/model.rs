@@ -37,10 +37,8 @@ impl Model {
 
     pub fn new(onnx: OnnxModel, boundaries: Option<&[String]>) -> Result<Self, ModelError> {
         let path = onnx.path.clone();
-        let index = GraphIndex::new(onnx.graph()).map_err(|problem| ModelError::Graph {
-            path: path.clone(),
-            problem,
-        })?;
+        let index =
+            GraphIndex::new(onnx.graph()).map_err(|problem| ModelError::Graph { path: path.clone(), problem })?;
         let shapes = runtime::tensor_shapes(&onnx, 1)?;
         let graph = onnx.graph();
         let blocks = match boundaries {
@@ -48,11 +46,6 @@ impl Model {
             None => BlockMap::detect(graph, &index, &shapes),
         }
         .map_err(|source| ModelError::Blocks { path, source })?;
-        Ok(Self {
-            onnx,
-            index,
-            shapes,
-            blocks,
-        })
+        Ok(Self { onnx, index, shapes, blocks })
     }
 }

@@ -23,29 +23,11 @@ pub enum SurgeryError {
     #[error("spans {a} and {b} overlap")]
     Overlap { a: String, b: String },
     #[error("span {s}..{e}: block {block} is not replaceable: {why}")]
-    NotReplaceable {
-        s: usize,
-        e: usize,
-        block: usize,
-        why: String,
-    },
+    NotReplaceable { s: usize, e: usize, block: usize, why: String },
     #[error("span {s}..{e}: input shape {from:?} differs from output shape {to:?}")]
-    ShapeChange {
-        s: usize,
-        e: usize,
-        from: Vec<usize>,
-        to: Vec<usize>,
-    },
-    #[error(
-        "span {s}..{e}: translator is {got} values, expected {expected} for {features} features"
-    )]
-    TranslatorSize {
-        s: usize,
-        e: usize,
-        got: usize,
-        expected: usize,
-        features: usize,
-    },
+    ShapeChange { s: usize, e: usize, from: Vec<usize>, to: Vec<usize> },
+    #[error("span {s}..{e}: translator is {got} values, expected {expected} for {features} features")]
+    TranslatorSize { s: usize, e: usize, got: usize, expected: usize, features: usize },
 }
 
 /// What stands in for a span.
@@ -55,10 +37,7 @@ pub enum Translator {
     Identity,
     /// `y = x W (+ b)` on the feature axis; `weight` is `D x D` row-major
     /// (row = input feature), `bias` has `D` values.
-    Linear {
-        weight: Vec<f32>,
-        bias: Option<Vec<f32>>,
-    },
+    Linear { weight: Vec<f32>, bias: Option<Vec<f32>> },
 }
 
 impl Translator {
@@ -66,9 +45,7 @@ impl Translator {
     pub fn params(&self) -> u64 {
         match self {
             Translator::Identity => 0,
-            Translator::Linear { weight, bias } => {
-                (weight.len() + bias.as_ref().map_or(0, Vec::len)) as u64
-            }
+            Translator::Linear { weight, bias } => (weight.len() + bias.as_ref().map_or(0, Vec::len)) as u64,
         }
     }
 }
@@ -98,14 +75,9 @@ impl std::fmt::Display for Span {
 impl std::str::FromStr for Span {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let (a, b) = s
-            .split_once("..")
-            .ok_or_else(|| format!("span '{s}' is not of the form START..END"))?;
-        let parse = |v: &str| {
-            v.trim()
-                .parse::<usize>()
-                .map_err(|_| format!("span '{s}': '{v}' is not a boundary index"))
-        };
+        let (a, b) = s.split_once("..").ok_or_else(|| format!("span '{s}' is not of the form START..END"))?;
+        let parse =
+            |v: &str| v.trim().parse::<usize>().map_err(|_| format!("span '{s}': '{v}' is not a boundary index"));
         Ok(Span::new(parse(a)?, parse(b)?))
     }
 }
@@ -127,33 +99,17 @@ pub fn check_spans(blocks: &BlockMap, spans: &[Span]) -> Result<Vec<Span>, Surge
         for b in sp.blocks() {
             let block = &blocks.blocks[b - 1];
             if let Some(why) = &block.not_replaceable {
-                return Err(SurgeryError::NotReplaceable {
-                    s,
-                    e,
-                    block: b,
-                    why: why.clone(),
-                });
+                return Err(SurgeryError::NotReplaceable { s, e, block: b, why: why.clone() });
             }
         }
-        let (from, to) = (
-            &blocks.blocks[s].input_shape,
-            &blocks.blocks[e - 1].output_shape,
-        );
+        let (from, to) = (&blocks.blocks[s].input_shape, &blocks.blocks[e - 1].output_shape);
         if from != to {
-            return Err(SurgeryError::ShapeChange {
-                s,
-                e,
-                from: from.clone(),
-                to: to.clone(),
-            });
+            return Err(SurgeryError::ShapeChange { s, e, from: from.clone(), to: to.clone() });
         }
     }
     for pair in sorted.windows(2) {
         if pair[1].start < pair[0].end {
-            return Err(SurgeryError::Overlap {
-                a: pair[0].to_string(),
-                b: pair[1].to_string(),
-            });
+            return Err(SurgeryError::Overlap { a: pair[0].to_string(), b: pair[1].to_string() });
         }
     }
     Ok(sorted)
@@ -184,11 +140,7 @@ pub fn replace_spans(
         let prefix = format!("rba/span_{s}_{e}");
         let graph = out.graph_mut();
         let is_output = graph.output.iter().any(|o| o.name() == old);
-        let new_out = if is_output {
-            old.clone()
-        } else {
-            format!("{prefix}/out")
-        };
+        let new_out = if is_output { old.clone() } else { format!("{prefix}/out") };
         if is_output {
             // The graph output keeps its name: retire the old producer's.
             let retired = format!("{prefix}/replaced");
@@ -199,41 +151,21 @@ pub fn replace_spans(
             }
         }
         let new_nodes = match translator {
-            Translator::Identity => vec![node(
-                "Identity",
-                &format!("{prefix}/Identity"),
-                &[&input],
-                &[&new_out],
-            )],
+            Translator::Identity => vec![node("Identity", &format!("{prefix}/Identity"), &[&input], &[&new_out])],
             Translator::Linear { weight, bias } => {
                 let features = first.features().unwrap_or(0);
                 let check = |got: usize, expected: usize| {
                     if got == expected {
                         Ok(())
                     } else {
-                        Err(SurgeryError::TranslatorSize {
-                            s,
-                            e,
-                            got,
-                            expected,
-                            features,
-                        })
+                        Err(SurgeryError::TranslatorSize { s, e, got, expected, features })
                     }
                 };
                 check(weight.len(), features * features)?;
                 if let Some(b) = bias {
                     check(b.len(), features)?;
                 }
-                linear_nodes(
-                    graph,
-                    &prefix,
-                    &input,
-                    &new_out,
-                    first.layout,
-                    features,
-                    weight,
-                    bias.as_deref(),
-                )
+                linear_nodes(graph, &prefix, &input, &new_out, first.layout, features, weight, bias.as_deref())
             }
         };
         if !is_output {
@@ -245,11 +177,7 @@ pub fn replace_spans(
         }
         // Insert after the producer of the span's input to keep the node
         // list topologically sorted.
-        let at = graph
-            .node
-            .iter()
-            .position(|n| n.output.contains(&input))
-            .map_or(0, |p| p + 1);
+        let at = graph.node.iter().position(|n| n.output.contains(&input)).map_or(0, |p| p + 1);
         graph.node.splice(at..at, new_nodes);
         renamed_start = Some((e, new_out));
     }
@@ -279,9 +207,7 @@ fn linear_nodes(
                     conv_w[o * d + i] = weight[i * d + o];
                 }
             }
-            graph
-                .initializer
-                .push(f32_tensor(&w_name, &[d, d, 1, 1], &conv_w));
+            graph.initializer.push(f32_tensor(&w_name, &[d, d, 1, 1], &conv_w));
             let mut inputs = vec![input, w_name.as_str()];
             if let Some(b) = bias {
                 graph.initializer.push(f32_tensor(&b_name, &[d], b));
@@ -294,22 +220,12 @@ fn linear_nodes(
         _ => {
             graph.initializer.push(f32_tensor(&w_name, &[d, d], weight));
             match bias {
-                None => vec![node(
-                    "MatMul",
-                    &format!("{prefix}/MatMul"),
-                    &[input, &w_name],
-                    &[output],
-                )],
+                None => vec![node("MatMul", &format!("{prefix}/MatMul"), &[input, &w_name], &[output])],
                 Some(b) => {
                     graph.initializer.push(f32_tensor(&b_name, &[d], b));
                     let mm = format!("{prefix}/matmul_out");
                     vec![
-                        node(
-                            "MatMul",
-                            &format!("{prefix}/MatMul"),
-                            &[input, &w_name],
-                            &[&mm],
-                        ),
+                        node("MatMul", &format!("{prefix}/MatMul"), &[input, &w_name], &[&mm]),
                         node("Add", &format!("{prefix}/Add"), &[&mm, &b_name], &[output]),
                     ]
                 }
@@ -327,11 +243,7 @@ pub fn prune(graph: &mut GraphProto) {
         let keep: Vec<bool> = graph
             .node
             .iter()
-            .map(|n| {
-                n.output
-                    .iter()
-                    .any(|o| !o.is_empty() && (read.contains(o) || outputs.contains(o)))
-            })
+            .map(|n| n.output.iter().any(|o| !o.is_empty() && (read.contains(o) || outputs.contains(o))))
             .collect();
         if keep.iter().all(|k| *k) {
             break;
@@ -339,26 +251,12 @@ pub fn prune(graph: &mut GraphProto) {
         let mut it = keep.iter();
         graph.node.retain(|_| *it.next().unwrap_or(&true));
     }
-    let used: HashSet<String> = graph
-        .node
-        .iter()
-        .flat_map(|n| n.input.iter().cloned())
-        .chain(outputs.iter().cloned())
-        .collect();
-    let before: HashSet<String> = graph
-        .initializer
-        .iter()
-        .map(|t| t.name().to_string())
-        .collect();
+    let used: HashSet<String> =
+        graph.node.iter().flat_map(|n| n.input.iter().cloned()).chain(outputs.iter().cloned()).collect();
+    let before: HashSet<String> = graph.initializer.iter().map(|t| t.name().to_string()).collect();
     graph.initializer.retain(|t| used.contains(t.name()));
     // Old IRs list initializers among the inputs too: drop the removed ones.
-    graph
-        .input
-        .retain(|i| !before.contains(i.name()) || used.contains(i.name()));
-    let produced: HashSet<String> = graph
-        .node
-        .iter()
-        .flat_map(|n| n.output.iter().cloned())
-        .collect();
+    graph.input.retain(|i| !before.contains(i.name()) || used.contains(i.name()));
+    let produced: HashSet<String> = graph.node.iter().flat_map(|n| n.output.iter().cloned()).collect();
     graph.value_info.retain(|v| produced.contains(v.name()));
 }

@@ -16,9 +16,7 @@ use rba_host::surgery::{replace_spans, Span, Translator};
 
 /// Runs `model` on `input` with onnxruntime; `None` when onnxruntime is not installed.
 fn onnxruntime(model: &Path, input: &nd::ArrayD<f32>) -> Option<nd::ArrayD<f32>> {
-    let probe = Command::new("python3")
-        .args(["-c", "import onnxruntime"])
-        .output();
+    let probe = Command::new("python3").args(["-c", "import onnxruntime"]).output();
     if !probe.is_ok_and(|o| o.status.success()) {
         eprintln!("skipped: python3 with onnxruntime is not installed (pip install onnxruntime)");
         return None;
@@ -30,18 +28,8 @@ fn onnxruntime(model: &Path, input: &nd::ArrayD<f32>) -> Option<nd::ArrayD<f32>>
                   s = ort.InferenceSession(sys.argv[1], providers=['CPUExecutionProvider'])\n\
                   x = np.load(sys.argv[2])\n\
                   np.save(sys.argv[3], s.run(None, {s.get_inputs()[0].name: x})[0].astype(np.float32))\n";
-    let out = Command::new("python3")
-        .args(["-c", script])
-        .arg(model)
-        .arg(&x)
-        .arg(&y)
-        .output()
-        .expect("python3");
-    assert!(
-        out.status.success(),
-        "onnxruntime failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = Command::new("python3").args(["-c", script]).arg(model).arg(&x).arg(&y).output().expect("python3");
+    assert!(out.status.success(), "onnxruntime failed: {}", String::from_utf8_lossy(&out.stderr));
     Some(npy::read_f32(&y).expect("read output"))
 }
 
@@ -65,13 +53,7 @@ fn compacted_token_model_runs_in_onnxruntime() {
         &full.blocks,
         &[
             (Span::new(0, 1), Translator::Identity),
-            (
-                Span::new(2, 4),
-                Translator::Linear {
-                    weight,
-                    bias: Some(values(4, 8, 0.1)),
-                },
-            ),
+            (Span::new(2, 4), Translator::Linear { weight, bias: Some(values(4, 8, 0.1)) }),
         ],
     )
     .expect("surgery");
@@ -84,18 +66,8 @@ fn compacted_conv_model_with_external_data_runs_in_onnxruntime() {
     let slim = replace_spans(
         &full.onnx,
         &full.blocks,
-        &[(
-            Span::new(1, 3),
-            Translator::Linear {
-                weight: values(5, 36, 0.2),
-                bias: Some(values(6, 6, 0.1)),
-            },
-        )],
+        &[(Span::new(1, 3), Translator::Linear { weight: values(5, 36, 0.2), bias: Some(values(6, 6, 0.1)) })],
     )
     .expect("surgery");
-    check_same_in_both(
-        &slim,
-        &random_input(&[2, 1, 5, 5], 2),
-        DataPlacement::External { min_bytes: 64 },
-    );
+    check_same_in_both(&slim, &random_input(&[2, 1, 5, 5], 2), DataPlacement::External { min_bytes: 64 });
 }

@@ -40,11 +40,7 @@ fn real_models_round_trip_detect_and_cut() {
             b.boundaries[b.boundaries.len() - 1]
         );
         assert!(b.replaceable_count() > 0);
-        let first = b
-            .blocks
-            .iter()
-            .find(|x| x.replaceable())
-            .expect("replaceable block");
+        let first = b.blocks.iter().find(|x| x.replaceable()).expect("replaceable block");
         let span = Span::new(first.index - 1, first.index);
         let slim = replace_spans(&onnx, b, &[(span, Translator::Identity)]).expect("surgery");
         let shape = rba_host::runtime::input_shape(&slim, 1).expect("input shape");

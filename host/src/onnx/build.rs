@@ -2,8 +2,8 @@
 //! tensor data, used by graph surgery and by tests that build models.
 
 use super::proto::{
-    attribute_proto::AttributeType, tensor_proto::DataType, tensor_shape_proto, type_proto,
-    AttributeProto, NodeProto, TensorProto, TensorShapeProto, TypeProto, ValueInfoProto,
+    attribute_proto::AttributeType, tensor_proto::DataType, tensor_shape_proto, type_proto, AttributeProto, NodeProto,
+    TensorProto, TensorShapeProto, TypeProto, ValueInfoProto,
 };
 
 /// An f32 tensor stored as little-endian `raw_data` (the compact form every
@@ -42,10 +42,7 @@ pub fn f32_values(t: &TensorProto) -> Option<Vec<f32>> {
     }
     let n = element_count(t);
     let values: Vec<f32> = match &t.raw_data {
-        Some(raw) => raw
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect(),
+        Some(raw) => raw.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
         None => t.float_data.clone(),
     };
     (values.len() == n).then_some(values)
@@ -131,12 +128,8 @@ pub fn value_info_dims(vi: &ValueInfoProto) -> Option<Vec<Option<Dim>>> {
             .dim
             .iter()
             .map(|d| match &d.value {
-                Some(tensor_shape_proto::dimension::Value::DimValue(v)) if *v >= 0 => {
-                    Some(Dim::Fixed(*v as usize))
-                }
-                Some(tensor_shape_proto::dimension::Value::DimParam(s)) => {
-                    Some(Dim::Named(s.clone()))
-                }
+                Some(tensor_shape_proto::dimension::Value::DimValue(v)) if *v >= 0 => Some(Dim::Fixed(*v as usize)),
+                Some(tensor_shape_proto::dimension::Value::DimParam(s)) => Some(Dim::Named(s.clone())),
                 _ => None,
             })
             .collect(),

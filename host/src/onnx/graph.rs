@@ -34,17 +34,9 @@ impl GraphIndex {
     /// Builds the index; fails with a description if the graph has a cycle
     /// or a node reads a tensor nobody defines.
     pub fn new(graph: &GraphProto) -> Result<Self, String> {
-        let initializers: HashSet<String> = graph
-            .initializer
-            .iter()
-            .map(|t| t.name().to_string())
-            .collect();
-        let inputs: Vec<String> = graph
-            .input
-            .iter()
-            .map(|i| i.name().to_string())
-            .filter(|n| !initializers.contains(n))
-            .collect();
+        let initializers: HashSet<String> = graph.initializer.iter().map(|t| t.name().to_string()).collect();
+        let inputs: Vec<String> =
+            graph.input.iter().map(|i| i.name().to_string()).filter(|n| !initializers.contains(n)).collect();
         let outputs: Vec<String> = graph.output.iter().map(|o| o.name().to_string()).collect();
         let mut producer = HashMap::new();
         let mut consumers: HashMap<String, Vec<usize>> = HashMap::new();
@@ -63,8 +55,7 @@ impl GraphIndex {
         }
         // Kahn's algorithm, preferring the file's order (which is already
         // topological for well-formed exports).
-        let defined =
-            |t: &String| initializers.contains(t) || inputs.contains(t) || producer.contains_key(t);
+        let defined = |t: &String| initializers.contains(t) || inputs.contains(t) || producer.contains_key(t);
         let mut pending: Vec<usize> = Vec::with_capacity(graph.node.len());
         for node in graph.node.iter() {
             if let Some(t) = node.input.iter().find(|t| !t.is_empty() && !defined(t)) {
@@ -74,16 +65,11 @@ impl GraphIndex {
                     node.op_type()
                 ));
             }
-            let deps: HashSet<&String> = node
-                .input
-                .iter()
-                .filter(|t| producer.contains_key(*t))
-                .collect();
+            let deps: HashSet<&String> = node.input.iter().filter(|t| producer.contains_key(*t)).collect();
             pending.push(deps.len());
         }
         let mut order = Vec::with_capacity(graph.node.len());
-        let mut ready: std::collections::BTreeSet<usize> =
-            (0..graph.node.len()).filter(|&i| pending[i] == 0).collect();
+        let mut ready: std::collections::BTreeSet<usize> = (0..graph.node.len()).filter(|&i| pending[i] == 0).collect();
         while let Some(i) = ready.pop_first() {
             order.push(i);
             for out in graph.node[i].output.iter() {
@@ -109,34 +95,15 @@ impl GraphIndex {
                 activations.extend(node.output.iter().filter(|o| !o.is_empty()).cloned());
             }
         }
-        let mut live: HashSet<String> = outputs
-            .iter()
-            .filter(|o| activations.contains(*o))
-            .cloned()
-            .collect();
+        let mut live: HashSet<String> = outputs.iter().filter(|o| activations.contains(*o)).cloned().collect();
         for &i in order.iter().rev() {
             let node = &graph.node[i];
-            if SHAPE_OPS.contains(&node.op_type()) || !node.output.iter().any(|o| live.contains(o))
-            {
+            if SHAPE_OPS.contains(&node.op_type()) || !node.output.iter().any(|o| live.contains(o)) {
                 continue;
             }
-            live.extend(
-                node.input
-                    .iter()
-                    .filter(|t| activations.contains(*t))
-                    .cloned(),
-            );
+            live.extend(node.input.iter().filter(|t| activations.contains(*t)).cloned());
         }
-        Ok(Self {
-            producer,
-            consumers,
-            initializers,
-            inputs,
-            outputs,
-            order,
-            activations,
-            live,
-        })
+        Ok(Self { producer, consumers, initializers, inputs, outputs, order, activations, live })
     }
 
     /// Live activation inputs of a node, deduplicated, in input order.
@@ -155,11 +122,7 @@ impl GraphIndex {
 
     /// Whether a node is on the live data path.
     pub fn is_live_node(&self, graph: &GraphProto, node: usize) -> bool {
-        graph.node[node]
-            .output
-            .iter()
-            .any(|o| self.live.contains(o))
-            && !self.live_inputs(graph, node).is_empty()
+        graph.node[node].output.iter().any(|o| self.live.contains(o)) && !self.live_inputs(graph, node).is_empty()
     }
 
     /// Tensors every path from the inputs to the outputs passes through, in
@@ -169,25 +132,13 @@ impl GraphIndex {
         // Live tensors in topological order; index 0 is a virtual source
         // feeding every input, the last a virtual sink fed by every output.
         let mut names: Vec<&str> = vec!["<source>"];
-        names.extend(
-            self.inputs
-                .iter()
-                .filter(|t| self.live.contains(*t))
-                .map(String::as_str),
-        );
+        names.extend(self.inputs.iter().filter(|t| self.live.contains(*t)).map(String::as_str));
         for &i in &self.order {
             if self.is_live_node(graph, i) {
-                names.extend(
-                    graph.node[i]
-                        .output
-                        .iter()
-                        .filter(|o| self.live.contains(*o))
-                        .map(String::as_str),
-                );
+                names.extend(graph.node[i].output.iter().filter(|o| self.live.contains(*o)).map(String::as_str));
             }
         }
-        let position: HashMap<&str, usize> =
-            names.iter().enumerate().map(|(i, n)| (*n, i)).collect();
+        let position: HashMap<&str, usize> = names.iter().enumerate().map(|(i, n)| (*n, i)).collect();
         let sink = names.len();
         let mut preds: Vec<Vec<usize>> = vec![Vec::new(); sink + 1];
         for t in self.inputs.iter().filter(|t| self.live.contains(*t)) {
@@ -197,16 +148,8 @@ impl GraphIndex {
             if !self.is_live_node(graph, i) {
                 continue;
             }
-            let ins: Vec<usize> = self
-                .live_inputs(graph, i)
-                .iter()
-                .map(|t| position[t])
-                .collect();
-            for o in graph.node[i]
-                .output
-                .iter()
-                .filter(|o| self.live.contains(*o))
-            {
+            let ins: Vec<usize> = self.live_inputs(graph, i).iter().map(|t| position[t]).collect();
+            for o in graph.node[i].output.iter().filter(|o| self.live.contains(*o)) {
                 preds[position[o.as_str()]].extend(&ins);
             }
         }
@@ -257,10 +200,6 @@ impl GraphIndex {
                 stack.extend(self.live_inputs(graph, p));
             }
         }
-        self.order
-            .iter()
-            .copied()
-            .filter(|i| inside.contains(i))
-            .collect()
+        self.order.iter().copied().filter(|i| inside.contains(i)).collect()
     }
 }

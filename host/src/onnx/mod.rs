@@ -42,25 +42,15 @@ const PROTOBUF_LIMIT: usize = (1 << 31) - 1;
 #[derive(Debug, thiserror::Error)]
 pub enum OnnxError {
     #[error("{path}: cannot read: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("{path}: cannot write: {source}")]
-    Write {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Write { path: PathBuf, source: std::io::Error },
     #[error("{path}: not a valid ONNX model (truncated or not ONNX): {reason}")]
     Decode { path: PathBuf, reason: String },
     #[error("{path}: {problem}")]
     Invalid { path: PathBuf, problem: String },
     #[error("{path}: external data for tensor '{tensor}': {problem}")]
-    ExternalData {
-        path: PathBuf,
-        tensor: String,
-        problem: String,
-    },
+    ExternalData { path: PathBuf, tensor: String, problem: String },
 }
 
 /// An ONNX model in memory, with every tensor's data inline.
@@ -86,10 +76,7 @@ impl OnnxModel {
     /// (relative to the model's directory) inline.
     pub fn load(path: impl AsRef<Path>) -> Result<Self, OnnxError> {
         let path = path.as_ref();
-        let bytes = fs::read(path).map_err(|source| OnnxError::Read {
-            path: path.into(),
-            source,
-        })?;
+        let bytes = fs::read(path).map_err(|source| OnnxError::Read { path: path.into(), source })?;
         let mut model = Self::from_bytes(&bytes, path)?;
         let dir = path.parent().unwrap_or(Path::new("."));
         model.inline_external_data(dir)?;
@@ -99,28 +86,25 @@ impl OnnxModel {
     /// Decodes and validates a model held in memory. `origin` names it in errors.
     pub fn from_bytes(bytes: &[u8], origin: impl Into<PathBuf>) -> Result<Self, OnnxError> {
         let path = origin.into();
-        let proto = ModelProto::decode(bytes).map_err(|e| OnnxError::Decode {
-            path: path.clone(),
-            reason: e.to_string(),
-        })?;
+        let proto =
+            ModelProto::decode(bytes).map_err(|e| OnnxError::Decode { path: path.clone(), reason: e.to_string() })?;
         let model = Self { proto, path };
         model.validate()?;
         Ok(model)
     }
 
     fn invalid(&self, problem: impl Into<String>) -> OnnxError {
-        OnnxError::Invalid {
-            path: self.path.clone(),
-            problem: problem.into(),
-        }
+        OnnxError::Invalid { path: self.path.clone(), problem: problem.into() }
     }
 
     /// Structural checks that catch non-ONNX input that happens to decode as
     /// protobuf, and opsets we do not support.
     fn validate(&self) -> Result<(), OnnxError> {
-        let graph = self.proto.graph.as_ref().ok_or_else(|| {
-            self.invalid("not a valid ONNX model: it has no graph (truncated or not ONNX)")
-        })?;
+        let graph = self
+            .proto
+            .graph
+            .as_ref()
+            .ok_or_else(|| self.invalid("not a valid ONNX model: it has no graph (truncated or not ONNX)"))?;
         if self.proto.ir_version.is_none() {
             return Err(self.invalid("not a valid ONNX model: ir_version is missing"));
         }
@@ -134,19 +118,12 @@ impl OnnxModel {
         match opset {
             None => return Err(self.invalid("no opset for the default ONNX domain")),
             Some(v) if !(MIN_OPSET..=MAX_OPSET).contains(&v) => {
-                return Err(self.invalid(format!(
-                    "unsupported opset {v} (supported: {MIN_OPSET}..={MAX_OPSET})"
-                )))
+                return Err(self.invalid(format!("unsupported opset {v} (supported: {MIN_OPSET}..={MAX_OPSET})")))
             }
             _ => {}
         }
-        let unknown: Vec<&str> = self
-            .proto
-            .opset_import
-            .iter()
-            .map(|o| o.domain())
-            .filter(|d| !KNOWN_DOMAINS.contains(d))
-            .collect();
+        let unknown: Vec<&str> =
+            self.proto.opset_import.iter().map(|o| o.domain()).filter(|d| !KNOWN_DOMAINS.contains(d)).collect();
         // A domain is only a problem if a node actually uses it.
         if let Some(node) = graph.node.iter().find(|n| unknown.contains(&n.domain())) {
             return Err(self.invalid(format!(
@@ -161,20 +138,13 @@ impl OnnxModel {
 
     /// The default-domain opset version.
     pub fn opset(&self) -> Option<i64> {
-        self.proto
-            .opset_import
-            .iter()
-            .find(|o| o.domain() == "" || o.domain() == "ai.onnx")
-            .map(|o| o.version())
+        self.proto.opset_import.iter().find(|o| o.domain() == "" || o.domain() == "ai.onnx").map(|o| o.version())
     }
 
     pub fn graph(&self) -> &proto::GraphProto {
         // `validate` guarantees the graph exists; an empty default keeps this total.
         static EMPTY: std::sync::OnceLock<proto::GraphProto> = std::sync::OnceLock::new();
-        self.proto
-            .graph
-            .as_ref()
-            .unwrap_or_else(|| EMPTY.get_or_init(Default::default))
+        self.proto.graph.as_ref().unwrap_or_else(|| EMPTY.get_or_init(Default::default))
     }
 
     pub fn graph_mut(&mut self) -> &mut proto::GraphProto {
@@ -188,27 +158,17 @@ impl OnnxModel {
 
     /// Model-level metadata as a map (later entries win on duplicate keys).
     pub fn metadata(&self) -> HashMap<&str, &str> {
-        self.proto
-            .metadata_props
-            .iter()
-            .map(|e| (e.key(), e.value()))
-            .collect()
+        self.proto.metadata_props.iter().map(|e| (e.key(), e.value())).collect()
     }
 
     /// Sets (or replaces) one model-level metadata entry.
     pub fn set_metadata(&mut self, key: &str, value: impl Into<String>) {
         let value = value.into();
-        match self
-            .proto
-            .metadata_props
-            .iter_mut()
-            .find(|e| e.key() == key)
-        {
+        match self.proto.metadata_props.iter_mut().find(|e| e.key() == key) {
             Some(entry) => entry.value = Some(value),
-            None => self.proto.metadata_props.push(StringStringEntryProto {
-                key: Some(key.into()),
-                value: Some(value),
-            }),
+            None => {
+                self.proto.metadata_props.push(StringStringEntryProto { key: Some(key.into()), value: Some(value) })
+            }
         }
     }
 
@@ -224,40 +184,20 @@ impl OnnxModel {
                 tensor: tensor.name().to_string(),
                 problem,
             };
-            let entries: HashMap<&str, &str> = tensor
-                .external_data
-                .iter()
-                .map(|e| (e.key(), e.value()))
-                .collect();
-            let location = entries
-                .get("location")
-                .ok_or_else(|| err("no 'location' entry".into()))?;
+            let entries: HashMap<&str, &str> = tensor.external_data.iter().map(|e| (e.key(), e.value())).collect();
+            let location = entries.get("location").ok_or_else(|| err("no 'location' entry".into()))?;
             let location = Path::new(location);
-            if location.is_absolute()
-                || location
-                    .components()
-                    .any(|c| matches!(c, std::path::Component::ParentDir))
-            {
-                return Err(err(format!(
-                    "location '{}' points outside the model's directory",
-                    location.display()
-                )));
+            if location.is_absolute() || location.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
+                return Err(err(format!("location '{}' points outside the model's directory", location.display())));
             }
             let parse = |key: &str| -> Result<Option<usize>, OnnxError> {
-                entries
-                    .get(key)
-                    .map(|v| {
-                        v.parse::<usize>()
-                            .map_err(|_| err(format!("bad {key} '{v}'")))
-                    })
-                    .transpose()
+                entries.get(key).map(|v| v.parse::<usize>().map_err(|_| err(format!("bad {key} '{v}'")))).transpose()
             };
             let offset = parse("offset")?.unwrap_or(0);
             let length = parse("length")?;
             let file = dir.join(location);
             if !files.contains_key(&file) {
-                let data = fs::read(&file)
-                    .map_err(|e| err(format!("cannot read {}: {e}", file.display())))?;
+                let data = fs::read(&file).map_err(|e| err(format!("cannot read {}: {e}", file.display())))?;
                 files.insert(file.clone(), data);
             }
             let data = &files[&file];
@@ -283,10 +223,7 @@ impl OnnxModel {
     /// never leaves a partial model behind.
     pub fn save(&self, path: impl AsRef<Path>, placement: &DataPlacement) -> Result<(), OnnxError> {
         let path = path.as_ref();
-        let write_err = |source| OnnxError::Write {
-            path: path.into(),
-            source,
-        };
+        let write_err = |source| OnnxError::Write { path: path.into(), source };
         let mut proto = self.proto.clone();
         let mut sidecar = None;
         if let DataPlacement::External { min_bytes } = placement {
@@ -303,10 +240,7 @@ impl OnnxModel {
                 };
                 // 4 KiB alignment lets runtimes memory-map tensors.
                 data.resize(data.len().next_multiple_of(4096), 0);
-                let entry = |k: &str, v: String| StringStringEntryProto {
-                    key: Some(k.into()),
-                    value: Some(v),
-                };
+                let entry = |k: &str, v: String| StringStringEntryProto { key: Some(k.into()), value: Some(v) };
                 tensor.external_data = vec![
                     entry("location", location.clone()),
                     entry("offset", data.len().to_string()),
@@ -339,10 +273,7 @@ impl OnnxModel {
 /// Writes `bytes` to `path` through a temporary file in the same directory and
 /// a rename, so readers see either the old file or the complete new one.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), OnnxError> {
-    let write_err = |source| OnnxError::Write {
-        path: path.into(),
-        source,
-    };
+    let write_err = |source| OnnxError::Write { path: path.into(), source };
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
