@@ -60,6 +60,7 @@ impl PreSharedKey {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -212,6 +212,7 @@ impl Write for MemLink {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

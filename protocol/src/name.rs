@@ -23,6 +23,7 @@ pub fn validate_name(name: &str) -> Result<(), RemoteError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -54,8 +54,8 @@ impl Default for ServerConfig {
 /// Upload contract: the core calls `upload_begin` and then writes strictly
 /// contiguous chunks from the returned offset; before `upload_commit` it
 /// reads the staged bytes back with `upload_read` and checks their SHA-256.
-/// `upload_commit` makes the staged artifact visible atomically (temp file
-/// + rename). Staged bytes survive a broken link, so a later `upload_begin`
+/// `upload_commit` makes the staged artifact visible atomically (a temp
+/// file, then a rename). Staged bytes survive a broken link, so a later `upload_begin`
 /// with the same kind, name, size and digest can resume.
 pub trait DeviceHandler {
     /// Sent in `Welcome` (only after authentication).
@@ -186,6 +186,7 @@ impl Shared {
     }
 }
 
+#[allow(clippy::large_enum_variant)] // short-lived, moved once
 enum Incoming {
     Frame(Envelope),
     /// CRC-valid but undecodable payload (maybe a newer peer).
@@ -563,7 +564,7 @@ impl Session<'_> {
             return Err(RemoteError::ChunkTooLarge { max: chunk_size, got: u32::try_from(len).unwrap_or(u32::MAX) });
         }
         let size = up.target.size;
-        let end = c.offset.checked_add(len as u64).unwrap_or(u64::MAX);
+        let end = c.offset.saturating_add(len as u64);
         if end > size {
             return Err(RemoteError::ChunkBeyondSize { size, end });
         }

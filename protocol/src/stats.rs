@@ -71,6 +71,7 @@ impl LatencyStats {
 }
 
 #[cfg(all(test, feature = "std"))]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

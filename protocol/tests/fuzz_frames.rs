@@ -3,6 +3,8 @@
 //! must stay within the frame limit, and whatever decodes must re-encode to
 //! the same message.
 
+#![allow(clippy::unwrap_used)] // tests may panic
+
 mod strategies;
 
 use proptest::prelude::*;

@@ -1,5 +1,7 @@
 //! Every message survives encode -> frame -> decode unchanged.
 
+#![allow(clippy::unwrap_used)] // tests may panic
+
 mod strategies;
 
 use proptest::prelude::*;
