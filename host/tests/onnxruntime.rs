@@ -71,3 +71,20 @@ fn compacted_conv_model_with_external_data_runs_in_onnxruntime() {
     .expect("surgery");
     check_same_in_both(&slim, &random_input(&[2, 1, 5, 5], 2), DataPlacement::External { min_bytes: 64 });
 }
+
+#[test]
+fn compacted_demo_vit_runs_in_onnxruntime() {
+    use rba_host::demo::{DemoModel, Digits, Split};
+    let full = Model::new(DemoModel::Vit.load().expect("vit"), None).expect("blocks");
+    let d = 96;
+    let weight: Vec<f32> = identity(d).iter().zip(values(8, d * d, 0.01)).map(|(i, r)| i + r).collect();
+    let slim = replace_spans(
+        &full.onnx,
+        &full.blocks,
+        &[(Span::new(3, 4), Translator::Identity), (Span::new(9, 11), Translator::Linear { weight, bias: None })],
+    )
+    .expect("surgery");
+    assert_eq!(slim.graph().node.iter().filter(|n| n.name().starts_with("rba/")).count(), 2);
+    let digits = Digits::embedded().expect("digits");
+    check_same_in_both(&slim, &digits.batch(&digits.indices(Split::Test)[..8]), DataPlacement::Inline);
+}
