@@ -1,1 +1,174 @@
-fn main() {}
+//! `cargo bench -p rba-protocol`: framing throughput and overhead, and
+//! upload throughput over TCP loopback, each against a baseline measured in
+//! the same run (memcpy, raw TCP).
+
+#![allow(clippy::unwrap_used)] // a benchmark may panic
+
+use std::hint::black_box;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+use rba_protocol::testing::MemoryHandler;
+use rba_protocol::*;
+
+const MB: f64 = 1_000_000.0;
+
+fn rate(bytes: usize, d: Duration) -> f64 {
+    bytes as f64 / MB / d.as_secs_f64()
+}
+
+/// Best of `reps` timings of `f`.
+fn best(reps: usize, mut f: impl FnMut()) -> Duration {
+    (0..reps)
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed()
+        })
+        .min()
+        .unwrap()
+}
+
+fn chunk_env(offset: u64, data: Vec<u8>) -> Envelope {
+    Envelope { id: 123_456, msg: Message::Request(Request::UploadChunk(UploadChunk { offset, data: Bytes(data) })) }
+}
+
+fn codec() {
+    let chunk = DEFAULT_TCP_CHUNK as usize;
+    let data: Vec<u8> = (0..chunk).map(|i| (i * 7 + 1) as u8).collect();
+    let n = 200;
+    let memcpy = best(5, || {
+        for _ in 0..n {
+            black_box(black_box(&data).clone());
+        }
+    });
+    let env = chunk_env(1 << 24, data.clone());
+    let mut enc = FrameEncoder::new(DEFAULT_MAX_FRAME);
+    let mut out = Vec::new();
+    let encode = best(5, || {
+        for _ in 0..n {
+            out.clear();
+            enc.encode(black_box(&env), &mut out).unwrap();
+        }
+    });
+    let frame = out.clone();
+    let mut dec = FrameDecoder::new(DEFAULT_MAX_FRAME);
+    let decode = best(5, || {
+        for _ in 0..n {
+            dec.feed(black_box(&frame), |r| {
+                black_box(r.unwrap());
+            });
+        }
+    });
+    let total = n * chunk;
+    let base = rate(total, memcpy);
+    println!("codec ({} KiB chunks, {} MB):", chunk / 1024, total as f64 / MB);
+    println!("  baseline memcpy       {:>9.0} MB/s", base);
+    println!("  encode frame          {:>9.0} MB/s  ({:.3} x memcpy)", rate(total, encode), rate(total, encode) / base);
+    println!("  decode frame          {:>9.0} MB/s  ({:.3} x memcpy)", rate(total, decode), rate(total, decode) / base);
+}
+
+fn overhead() {
+    println!("framing overhead per chunk (chunk frame + its ack frame, offset ~16 MB):");
+    for chunk in [DEFAULT_SERIAL_CHUNK, DEFAULT_TCP_CHUNK] {
+        let data: Vec<u8> = (0..chunk).map(|i| (i % 251 + 1) as u8).collect();
+        let worst: Vec<u8> = vec![0; chunk as usize];
+        let ack = Envelope {
+            id: 123_456,
+            msg: Message::Response(Response::ChunkAck { next_offset: (1 << 24) + u64::from(chunk) }),
+        };
+        let ack_len = encode_frame(&ack, DEFAULT_MAX_FRAME).unwrap().len();
+        for (label, d) in [("typical", data), ("all-zero", worst)] {
+            let frame = encode_frame(&chunk_env(1 << 24, d), DEFAULT_MAX_FRAME).unwrap().len();
+            let extra = frame + ack_len - chunk as usize;
+            println!(
+                "  {:>7} B chunk, {:8}: frame {} B + ack {} B -> {} B overhead = {:.2}%",
+                chunk,
+                label,
+                frame,
+                ack_len,
+                extra,
+                100.0 * extra as f64 / f64::from(chunk)
+            );
+        }
+    }
+}
+
+fn tcp_raw(total: usize) -> Duration {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let sink = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut got = 0;
+        while got < total {
+            let n = s.read(&mut buf).unwrap();
+            assert!(n > 0);
+            got += n;
+        }
+        s.write_all(b"k").unwrap();
+    });
+    let data = vec![7u8; total];
+    let t = Instant::now();
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_nodelay(true).unwrap();
+    for c in data.chunks(DEFAULT_TCP_CHUNK as usize) {
+        s.write_all(c).unwrap();
+    }
+    let mut k = [0u8; 1];
+    s.read_exact(&mut k).unwrap();
+    let d = t.elapsed();
+    sink.join().unwrap();
+    d
+}
+
+fn tcp_upload(data: &[u8], chunk: u32) -> Duration {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let key = PreSharedKey::new(b"bench-key".to_vec());
+    let server_key = key.clone();
+    let server = std::thread::spawn(move || {
+        let mut h = MemoryHandler::new();
+        let cfg = ServerConfig { key: Some(server_key), ..ServerConfig::default() };
+        let (stream, _) = listener.accept().unwrap();
+        serve_tcp(&mut h, &cfg, stream).unwrap();
+        h
+    });
+    let t = Instant::now();
+    let mut c = Client::connect_tcp(addr, ClientConfig { preferred_chunk: chunk, ..ClientConfig::tcp(key) }).unwrap();
+    let info = c.upload(ArtifactKind::Model, "bench.onnx", data, |_| {}).unwrap();
+    let d = t.elapsed();
+    assert_eq!(info.size, data.len() as u64);
+    drop(c);
+    let h = server.join().unwrap();
+    assert_eq!(h.get(ArtifactKind::Model, "bench.onnx"), Some(data));
+    d
+}
+
+fn upload() {
+    let total = 25 * 1024 * 1024;
+    let data: Vec<u8> = (0..total).map(|i| (i * 13 + i / 4096) as u8).collect();
+    let raw = (0..3).map(|_| tcp_raw(total)).min().unwrap();
+    let base = rate(total, raw);
+    println!("upload of a 25 MiB model over TCP loopback (handshake, SHA-256 on both sides, per-chunk acks):");
+    println!("  baseline raw TCP write {:>8.0} MB/s", base);
+    for chunk in [64 * 1024, DEFAULT_TCP_CHUNK, 1024 * 1024 - 64] {
+        let d = (0..3).map(|_| tcp_upload(&data, chunk)).min().unwrap();
+        let r = rate(total, d);
+        println!(
+            "  framed upload, {:>4} KiB chunks {:>7.0} MB/s  ({:.3} x raw TCP)  {:?}",
+            chunk / 1024,
+            r,
+            r / base,
+            d
+        );
+    }
+}
+
+fn main() {
+    // `cargo test --benches` passes --bench-less args; run everything anyway, it is quick.
+    codec();
+    overhead();
+    upload();
+}

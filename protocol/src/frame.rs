@@ -10,7 +10,8 @@ use crate::error::FrameError;
 use crate::message::Envelope;
 
 /// CRC-32/ISO-HDLC (the zlib/Ethernet CRC) over the postcard payload.
-pub const CRC32: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISO_HDLC);
+/// Slice-by-16 tables: ~10x the byte-wise speed for 16 KiB of tables.
+pub const CRC32: crc::Crc<u32, crc::Table<16>> = crc::Crc::<u32, crc::Table<16>>::new(&crc::CRC_32_ISO_HDLC);
 
 /// Largest upload chunk any peer may negotiate.
 pub const MAX_CHUNK: u32 = 1024 * 1024;
