@@ -154,4 +154,5 @@ fn wire_bytes_match_protocol_md_example() {
     let mut expected = cobs::encode_vec(&body);
     expected.push(0);
     assert_eq!(frame, expected);
+    assert_eq!(frame, [0x02, 0x01, 0x08, 0x0D, 0xAC, 0x02, 0x37, 0xDF, 0x26, 0x1F, 0x00]);
 }
