@@ -188,7 +188,7 @@ pub struct DeviceInfo {
 }
 
 /// What an uploaded artifact is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum ArtifactKind {
     /// An ONNX model.
     Model,

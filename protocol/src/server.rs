@@ -502,7 +502,13 @@ impl Session<'_> {
                 self.upload = None;
                 h.upload_discard().map(|()| Response::Aborted)
             }
-            Request::List { kind } => h.list(kind).map(Response::Artifacts),
+            Request::List { kind } => {
+                let mut list = h.list(kind)?;
+                // A stable order whatever the store does (PROTOCOL.md 5.4).
+                list.retain(|a| kind.is_none_or(|k| k == a.kind));
+                list.sort_by(|a, b| (a.kind, &a.name).cmp(&(b.kind, &b.name)));
+                Ok(Response::Artifacts(list))
+            }
             Request::Delete { kind, name } => {
                 validate_name(&name)?;
                 h.delete(kind, &name).map(|()| Response::Deleted)
