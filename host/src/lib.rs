@@ -3,6 +3,7 @@
 pub mod blocks;
 pub mod cost;
 pub mod demo;
+pub mod fit;
 pub mod inspect;
 pub mod model;
 pub mod npy;

@@ -1,0 +1,391 @@
+//! Closed-form least-squares translators from streaming sufficient
+//! statistics (METHOD.md, "Fitting").
+//!
+//! Rows are token (or pixel) feature vectors. For inputs `X` (`n x dx`) and
+//! targets `Y` (`n x dy`) we accumulate, in f64, `G = X^T X`, `C = X^T Y`,
+//! `sum X`, `sum Y` and `||Y||^2`; memory is O(d^2) whatever `n` is. Each
+//! chunk's products are computed in f32 by faer and summed into f64.
+
+use faer::linalg::matmul::matmul;
+use faer::linalg::solvers::Solve;
+use faer::{Accum, Mat, MatRef, Par, Side};
+use serde::Serialize;
+
+/// First and second moments of one tensor's rows.
+#[derive(Debug, Clone)]
+pub struct Moments {
+    pub rows: f64,
+    pub sum: Vec<f64>,
+    /// `X^T X`.
+    pub gram: Mat<f64>,
+    /// `sum ||x||^2` (the trace of `gram`, kept exact for scores).
+    pub sq_norm: f64,
+}
+
+/// Cross products of two tensors' rows (`X^T Y`).
+#[derive(Debug, Clone)]
+pub struct Cross {
+    pub xy: Mat<f64>,
+}
+
+/// Adds `a^T b` (f32 product, f64 accumulation) into `acc`.
+fn add_product(acc: &mut Mat<f64>, a: MatRef<'_, f32>, b: MatRef<'_, f32>, par: Par) {
+    let mut chunk = Mat::<f32>::zeros(a.ncols(), b.ncols());
+    matmul(&mut chunk, Accum::Replace, a.transpose(), b, 1.0f32, par);
+    for j in 0..acc.ncols() {
+        for i in 0..acc.nrows() {
+            acc[(i, j)] += chunk[(i, j)] as f64;
+        }
+    }
+}
+
+/// Views `rows x cols` row-major data as a matrix.
+pub fn rows_view(data: &[f32], cols: usize) -> MatRef<'_, f32> {
+    MatRef::from_row_major_slice(data, data.len() / cols.max(1), cols)
+}
+
+impl Moments {
+    pub fn new(d: usize) -> Self {
+        Self { rows: 0.0, sum: vec![0.0; d], gram: Mat::zeros(d, d), sq_norm: 0.0 }
+    }
+
+    pub fn dim(&self) -> usize {
+        self.sum.len()
+    }
+
+    /// Adds a chunk of rows (row-major, `dim()` columns).
+    pub fn update(&mut self, x: &[f32], par: Par) {
+        let d = self.dim();
+        let view = rows_view(x, d);
+        add_product(&mut self.gram, view, view, par);
+        for row in x.chunks_exact(d) {
+            for (s, &v) in self.sum.iter_mut().zip(row) {
+                *s += v as f64;
+            }
+            self.sq_norm += row.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>();
+        }
+        self.rows += (x.len() / d.max(1)) as f64;
+    }
+
+    pub fn mean(&self) -> Vec<f64> {
+        self.sum.iter().map(|s| s / self.rows.max(1.0)).collect()
+    }
+}
+
+impl Cross {
+    pub fn new(dx: usize, dy: usize) -> Self {
+        Self { xy: Mat::zeros(dx, dy) }
+    }
+
+    pub fn update(&mut self, x: &[f32], y: &[f32], par: Par) {
+        let (dx, dy) = (self.xy.nrows(), self.xy.ncols());
+        add_product(&mut self.xy, rows_view(x, dx), rows_view(y, dy), par);
+    }
+}
+
+/// The kind of map fitted (METHOD.md).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FitKind {
+    /// `T = G^-1 C` (the paper's choice).
+    Linear,
+    /// With a bias: centre, solve, recover `b = mean(Y) - mean(X) T`.
+    Affine,
+    /// `T = (G + lambda I)^-1 C`, lambda relative to `trace(G) / d`.
+    Ridge { relative_lambda: f64 },
+    /// No parameters: `T = I`.
+    Identity,
+}
+
+/// How the normal equations were solved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Solver {
+    Cholesky,
+    /// The Gram was ill-conditioned (rank-deficient features): truncated
+    /// eigendecomposition pseudo-inverse.
+    PseudoInverse,
+    None,
+}
+
+#[derive(Debug, Clone)]
+pub struct Fit {
+    pub kind: FitKind,
+    /// `dx x dy`.
+    pub weight: Mat<f64>,
+    pub bias: Option<Vec<f64>>,
+    /// `||X T + b - Y||_F^2 / ||Y - mean(Y)||_F^2` on the fitting data (1 - R^2).
+    pub relative_residual: f64,
+    pub solver: Solver,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum FitError {
+    #[error("no rows to fit on")]
+    Empty,
+    #[error("identity needs equal widths, got {dx} -> {dy}")]
+    Widths { dx: usize, dy: usize },
+    #[error("the Gram matrix has non-finite entries (NaN/Inf activations)")]
+    NonFinite,
+}
+
+/// Eigenvalues below this fraction of the largest are treated as zero: the
+/// Gram is summed from f32 products, so directions weaker than f32 rounding
+/// carry no information.
+const RCOND: f64 = 1e-6;
+
+/// Solves `A T = B` for symmetric positive semi-definite `A`: Cholesky when
+/// `A` is well conditioned, else a truncated eigendecomposition.
+fn solve_spd(a: &Mat<f64>, b: &Mat<f64>) -> (Mat<f64>, Solver) {
+    if let Ok(llt) = a.llt(Side::Lower) {
+        // cond(A) ~ (max L_ii / min L_ii)^2.
+        let l = llt.L();
+        let diag: Vec<f64> = (0..l.nrows()).map(|i| l[(i, i)].abs()).collect();
+        let (lo, hi) = diag.iter().fold((f64::INFINITY, 0f64), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+        if hi > 0.0 && (lo / hi).powi(2) > RCOND {
+            return (llt.solve(b), Solver::Cholesky);
+        }
+    }
+    let Ok(evd) = a.self_adjoint_eigen(Side::Lower) else {
+        return (Mat::zeros(a.nrows(), b.ncols()), Solver::PseudoInverse);
+    };
+    let (u, s) = (evd.U(), evd.S().column_vector());
+    let top = (0..s.nrows()).map(|i| s[i]).fold(0f64, f64::max);
+    // T = U diag(1/s) U^T B over the informative directions.
+    let mut ut_b = u.transpose() * b;
+    for i in 0..s.nrows() {
+        let inv = if s[i] > RCOND * top { 1.0 / s[i] } else { 0.0 };
+        for j in 0..ut_b.ncols() {
+            ut_b[(i, j)] *= inv;
+        }
+    }
+    (u * &ut_b, Solver::PseudoInverse)
+}
+
+/// `trace(A^T B)` (the Frobenius inner product).
+fn inner(a: &Mat<f64>, b: &Mat<f64>) -> f64 {
+    let mut s = 0.0;
+    for j in 0..a.ncols() {
+        for i in 0..a.nrows() {
+            s += a[(i, j)] * b[(i, j)];
+        }
+    }
+    s
+}
+
+/// Fits `Y ~ X T (+ b)` from the moments of `X` and `Y` and their cross products.
+pub fn fit(kind: FitKind, x: &Moments, y: &Moments, cross: &Cross) -> Result<Fit, FitError> {
+    let (dx, dy) = (x.dim(), y.dim());
+    let n = x.rows;
+    if n <= 0.0 {
+        return Err(FitError::Empty);
+    }
+    let finite = |m: &Mat<f64>| (0..m.ncols()).all(|j| (0..m.nrows()).all(|i| m[(i, j)].is_finite()));
+    if !finite(&x.gram) || !finite(&cross.xy) || !y.sq_norm.is_finite() {
+        return Err(FitError::NonFinite);
+    }
+    let (mx, my) = (x.mean(), y.mean());
+    let total = y.sq_norm - n * my.iter().map(|v| v * v).sum::<f64>();
+    let centred = kind == FitKind::Affine;
+    // The (optionally centred) normal equations.
+    let mut g = x.gram.clone();
+    let mut c = cross.xy.clone();
+    let mut y_sq = y.sq_norm;
+    if centred {
+        for j in 0..dx {
+            for i in 0..dx {
+                g[(i, j)] -= n * mx[i] * mx[j];
+            }
+        }
+        for j in 0..dy {
+            for i in 0..dx {
+                c[(i, j)] -= n * mx[i] * my[j];
+            }
+        }
+        y_sq = total;
+    }
+    let (weight, solver) = match kind {
+        FitKind::Identity => {
+            if dx != dy {
+                return Err(FitError::Widths { dx, dy });
+            }
+            (Mat::identity(dx, dx), Solver::None)
+        }
+        FitKind::Ridge { relative_lambda } => {
+            let lambda = relative_lambda * (0..dx).map(|i| g[(i, i)]).sum::<f64>() / dx as f64;
+            let mut reg = g.clone();
+            for i in 0..dx {
+                reg[(i, i)] += lambda;
+            }
+            solve_spd(&reg, &c)
+        }
+        FitKind::Linear | FitKind::Affine => solve_spd(&g, &c),
+    };
+    // ||X T - Y||^2 = ||Y||^2 - 2 <T, C> + <T, G T> (all centred for affine).
+    let gt = &g * &weight;
+    let residual = (y_sq - 2.0 * inner(&weight, &c) + inner(&weight, &gt)).max(0.0);
+    let bias = centred.then(|| (0..dy).map(|j| my[j] - (0..dx).map(|i| mx[i] * weight[(i, j)]).sum::<f64>()).collect());
+    let relative_residual = if total > 0.0 { residual / total } else { 0.0 };
+    Ok(Fit { kind, weight, bias, relative_residual, solver })
+}
+
+impl Fit {
+    /// The weight as row-major f32 (row = input feature), for graph surgery.
+    pub fn weight_f32(&self) -> Vec<f32> {
+        let (r, c) = (self.weight.nrows(), self.weight.ncols());
+        (0..r * c).map(|k| self.weight[(k / c, k % c)] as f32).collect()
+    }
+
+    pub fn bias_f32(&self) -> Option<Vec<f32>> {
+        self.bias.as_ref().map(|b| b.iter().map(|&v| v as f32).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Deterministic values in [-1, 1).
+    fn noise(seed: u64, n: usize) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+            })
+            .collect()
+    }
+
+    /// Y = X T0 + b0 + eps * noise, row-major.
+    fn data(n: usize, d: usize, bias: bool, eps: f32) -> (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>) {
+        let x = noise(1, n * d);
+        let t0 = noise(2, d * d);
+        let b0: Vec<f32> = if bias { noise(3, d).iter().map(|v| v * 3.0).collect() } else { vec![0.0; d] };
+        let e = noise(4, n * d);
+        let mut y = vec![0f32; n * d];
+        for r in 0..n {
+            for j in 0..d {
+                let v: f32 = (0..d).map(|k| x[r * d + k] * t0[k * d + j]).sum();
+                y[r * d + j] = v + b0[j] + eps * e[r * d + j];
+            }
+        }
+        (x, y, t0, b0)
+    }
+
+    fn stats(x: &[f32], y: &[f32], d: usize, chunk_rows: usize) -> (Moments, Moments, Cross) {
+        let (mut mx, mut my, mut c) = (Moments::new(d), Moments::new(d), Cross::new(d, d));
+        for (xc, yc) in x.chunks(chunk_rows * d).zip(y.chunks(chunk_rows * d)) {
+            mx.update(xc, Par::Seq);
+            my.update(yc, Par::Seq);
+            c.update(xc, yc, Par::Seq);
+        }
+        (mx, my, c)
+    }
+
+    /// Direct (non-streaming) relative residual of a map.
+    fn direct_residual(x: &[f32], y: &[f32], d: usize, f: &Fit) -> f64 {
+        let n = x.len() / d;
+        let mean: Vec<f64> = (0..d).map(|j| (0..n).map(|r| y[r * d + j] as f64).sum::<f64>() / n as f64).collect();
+        let (mut res, mut tot) = (0.0, 0.0);
+        for r in 0..n {
+            for j in 0..d {
+                let pred: f64 = (0..d).map(|k| x[r * d + k] as f64 * f.weight[(k, j)]).sum::<f64>()
+                    + f.bias.as_ref().map_or(0.0, |b| b[j]);
+                res += (pred - y[r * d + j] as f64).powi(2);
+                tot += (y[r * d + j] as f64 - mean[j]).powi(2);
+            }
+        }
+        res / tot
+    }
+
+    #[test]
+    fn linear_map_is_recovered_exactly() {
+        let d = 6;
+        let (x, y, t0, _) = data(400, d, false, 0.0);
+        let (mx, my, c) = stats(&x, &y, d, 37);
+        let f = fit(FitKind::Linear, &mx, &my, &c).expect("fit");
+        assert_eq!(f.solver, Solver::Cholesky);
+        for k in 0..d * d {
+            assert!((f.weight[(k / d, k % d)] - t0[k] as f64).abs() < 1e-4, "entry {k}");
+        }
+        assert!(f.relative_residual < 1e-8);
+    }
+
+    #[test]
+    fn affine_recovers_the_bias_that_linear_cannot() {
+        let d = 5;
+        let (x, y, _, b0) = data(500, d, true, 0.0);
+        let (mx, my, c) = stats(&x, &y, d, 64);
+        let affine = fit(FitKind::Affine, &mx, &my, &c).expect("fit");
+        let bias = affine.bias.as_ref().expect("bias");
+        for j in 0..d {
+            assert!((bias[j] - b0[j] as f64).abs() < 1e-4, "bias {j}: {} vs {}", bias[j], b0[j]);
+        }
+        assert!(affine.relative_residual < 1e-8);
+        let linear = fit(FitKind::Linear, &mx, &my, &c).expect("fit");
+        assert!(linear.relative_residual > 0.01, "a bias-free map cannot absorb the offset");
+    }
+
+    #[test]
+    fn streamed_residuals_match_direct_computation() {
+        let d = 7;
+        let (x, y, _, _) = data(300, d, true, 0.5);
+        let (mx, my, c) = stats(&x, &y, d, 11);
+        for kind in [FitKind::Linear, FitKind::Affine, FitKind::Ridge { relative_lambda: 0.1 }] {
+            let f = fit(kind, &mx, &my, &c).expect("fit");
+            let direct = direct_residual(&x, &y, d, &f);
+            assert!(
+                (f.relative_residual - direct).abs() <= 1e-6 * direct,
+                "{kind:?}: {} vs {direct}",
+                f.relative_residual
+            );
+        }
+        let id = fit(FitKind::Identity, &mx, &my, &c).expect("fit");
+        let direct = direct_residual(&x, &y, d, &id);
+        assert!((id.relative_residual - direct).abs() <= 1e-6 * direct);
+    }
+
+    #[test]
+    fn chunking_does_not_change_the_statistics() {
+        let d = 4;
+        let (x, y, _, _) = data(100, d, true, 0.3);
+        let (a, _, ca) = stats(&x, &y, d, 100);
+        let (b, _, cb) = stats(&x, &y, d, 7);
+        for i in 0..d {
+            for j in 0..d {
+                assert!((a.gram[(i, j)] - b.gram[(i, j)]).abs() < 1e-5 * a.gram[(i, j)].abs().max(1.0));
+                assert!((ca.xy[(i, j)] - cb.xy[(i, j)]).abs() < 1e-5 * ca.xy[(i, j)].abs().max(1.0));
+            }
+        }
+        assert_eq!(a.rows, 100.0);
+    }
+
+    #[test]
+    fn singular_gram_falls_back_to_pseudo_inverse() {
+        let d = 4;
+        let (mut x, _, _, _) = data(200, d, false, 0.0);
+        for r in 0..200 {
+            x[r * d + 3] = x[r * d + 2]; // duplicate feature: rank 3
+        }
+        let y = x.clone();
+        let (mx, my, c) = stats(&x, &y, d, 50);
+        let f = fit(FitKind::Linear, &mx, &my, &c).expect("fit");
+        assert_eq!(f.solver, Solver::PseudoInverse);
+        assert!(f.relative_residual < 1e-6, "Y = X is still reproduced: {}", f.relative_residual);
+        assert!(f.weight.norm_max() < 10.0, "no blow-up along the null direction");
+    }
+
+    #[test]
+    fn non_finite_activations_are_an_error() {
+        let d = 2;
+        let mut mx = Moments::new(d);
+        mx.update(&[1.0, f32::NAN, 0.5, 0.5], Par::Seq);
+        let my = mx.clone();
+        let mut c = Cross::new(d, d);
+        c.update(&[1.0, f32::NAN, 0.5, 0.5], &[1.0, f32::NAN, 0.5, 0.5], Par::Seq);
+        assert_eq!(fit(FitKind::Linear, &mx, &my, &c).unwrap_err(), FitError::NonFinite);
+        assert_eq!(fit(FitKind::Linear, &Moments::new(d), &my, &c).unwrap_err(), FitError::Empty);
+    }
+}
