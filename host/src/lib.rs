@@ -2,6 +2,7 @@
 //! redundant ones, and write standard ONNX back.
 pub mod blocks;
 pub mod cost;
+pub mod data;
 pub mod demo;
 pub mod fit;
 pub mod inspect;
