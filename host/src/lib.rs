@@ -1,6 +1,8 @@
 //! rba host library: read ONNX models, find their blocks, score and replace
 //! redundant ones, and write standard ONNX back.
+pub mod analyze;
 pub mod blocks;
+pub mod capture;
 pub mod cost;
 pub mod data;
 pub mod demo;
@@ -10,4 +12,5 @@ pub mod model;
 pub mod npy;
 pub mod onnx;
 pub mod runtime;
+pub mod scores;
 pub mod surgery;

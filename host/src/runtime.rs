@@ -107,7 +107,8 @@ impl Runner {
         let mut m = inference_model(model, &input_shape)?;
         let mut outputs: Vec<String> = model.graph().output.iter().map(|o| o.name().to_string()).collect();
         for t in extra_outputs {
-            if m.find_outlet_label(t).is_none() {
+            // Inputs are named nodes rather than labelled outlets.
+            if m.find_outlet_label(t).is_none() && m.node_by_name(t).is_err() {
                 return Err(RuntimeError::UnknownTensor { path: path.clone(), tensor: t.clone() });
             }
         }

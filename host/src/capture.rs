@@ -1,0 +1,231 @@
+//! Capture: run the model with its boundary tensors exposed as extra outputs
+//! and stream every batch into fixed-size statistics (METHOD.md, "Scores").
+//! Memory is O(boundaries^2 * D^2), independent of the number of images.
+//!
+//! Two views of each boundary activation are kept:
+//! - *token rows*: every token (or pixel) is a row of `D` features, for the
+//!   least-squares fits, the all-token BR, and per-token cosines;
+//! - *image rows*: one row per image, the CLS token (token 0) for `[B, T, D]`
+//!   tensors and the spatial mean for `[B, C, H, W]`, for linear CKA and the
+//!   CLS-token BR.
+
+use faer::Par;
+
+use crate::blocks::{BlockMap, FeatureLayout};
+use crate::fit::{Cross, Moments};
+use crate::runtime::nd;
+
+/// Statistics of one boundary tensor.
+#[derive(Debug, Clone)]
+pub struct BoundaryStats {
+    pub name: String,
+    /// Shape at batch 1.
+    pub shape: Vec<usize>,
+    pub layout: FeatureLayout,
+    pub tokens: Moments,
+    pub images: Moments,
+}
+
+/// Statistics of a candidate span `h_s -> h_e` over token rows.
+#[derive(Debug, Clone)]
+pub struct SpanStats {
+    pub start: usize,
+    pub end: usize,
+    pub cross: Cross,
+    /// Sum over tokens of cos(h_s, h_e) and of arccos(cos) / pi.
+    pub cosine_sum: f64,
+    pub angle_sum: f64,
+}
+
+/// Everything `analyze` needs, accumulated over all calibration images.
+#[derive(Debug, Clone)]
+pub struct Statistics {
+    pub images: usize,
+    pub boundaries: Vec<BoundaryStats>,
+    /// Spans of up to `max_span` blocks between boundaries of equal shape.
+    pub spans: Vec<SpanStats>,
+    /// Image-row cross products for every boundary pair `i < j`, indexed by
+    /// `pair_index(i, j)`.
+    pub image_cross: Vec<Cross>,
+    /// Sum over images of the cosine between the flattened activations, for
+    /// pairs of equal shape (`None` otherwise).
+    pub sample_cosine_sum: Vec<Option<f64>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    #[error("boundary '{name}' has shape {shape:?}; only [B, T, D] and [B, C, H, W] tensors can be analysed")]
+    Unsupported { name: String, shape: Vec<usize> },
+    #[error("boundary '{0}' produced NaN or Inf activations")]
+    NonFinite(String),
+    #[error("boundary '{name}' has shape {got:?} in a batch, expected {expected:?}")]
+    Shape { name: String, got: Vec<usize>, expected: Vec<usize> },
+}
+
+/// Index of pair `(i, j)`, `i < j`, in a flat upper-triangular list over `n` items.
+pub fn pair_index(n: usize, i: usize, j: usize) -> usize {
+    i * n - i * (i + 1) / 2 + (j - i - 1)
+}
+
+/// One boundary activation for a batch, rearranged for the statistics.
+struct Views {
+    /// `(batch * tokens) x d`, row-major.
+    tokens: Vec<f32>,
+    /// `batch x d`, row-major.
+    images: Vec<f32>,
+}
+
+fn views(activation: &nd::ArrayD<f32>, layout: FeatureLayout) -> Views {
+    let shape = activation.shape();
+    let batch = shape[0];
+    let (tokens, d) = match (layout, shape.len()) {
+        (FeatureLayout::ChannelsFirst, 4) => {
+            // [B, C, H, W] -> [B, H, W, C] rows.
+            let c = shape[1];
+            let rows = activation.view().permuted_axes(vec![0, 2, 3, 1]);
+            (rows.as_standard_layout().iter().copied().collect::<Vec<f32>>(), c)
+        }
+        _ => {
+            let d = *shape.last().unwrap_or(&1);
+            (activation.as_standard_layout().iter().copied().collect(), d)
+        }
+    };
+    let per_image = tokens.len() / batch.max(1) / d.max(1);
+    let mut images = vec![0f32; batch * d];
+    for b in 0..batch {
+        let image = &tokens[b * per_image * d..(b + 1) * per_image * d];
+        let row = &mut images[b * d..(b + 1) * d];
+        match layout {
+            // The CLS token.
+            FeatureLayout::Last if shape.len() == 3 => row.copy_from_slice(&image[..d]),
+            // Spatial (or token) mean.
+            _ => {
+                for t in image.chunks_exact(d) {
+                    for (r, v) in row.iter_mut().zip(t) {
+                        *r += v / per_image as f32;
+                    }
+                }
+            }
+        }
+    }
+    Views { tokens, images }
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let (mut ab, mut aa, mut bb) = (0f64, 0f64, 0f64);
+    for (&x, &y) in a.iter().zip(b) {
+        ab += x as f64 * y as f64;
+        aa += x as f64 * x as f64;
+        bb += y as f64 * y as f64;
+    }
+    if aa == 0.0 || bb == 0.0 {
+        return if aa == bb { 1.0 } else { 0.0 };
+    }
+    (ab / (aa.sqrt() * bb.sqrt())).clamp(-1.0, 1.0)
+}
+
+impl Statistics {
+    /// Empty statistics for the boundaries of `blocks` (shapes at batch 1),
+    /// with fit statistics for spans of up to `max_span` blocks.
+    pub fn new(blocks: &BlockMap, max_span: usize) -> Result<Self, CaptureError> {
+        let mut boundaries = Vec::new();
+        for (i, name) in blocks.boundaries.iter().enumerate() {
+            let (shape, layout) = match blocks.blocks.get(i) {
+                Some(b) => (b.input_shape.clone(), b.layout),
+                None => {
+                    let last = &blocks.blocks[i - 1];
+                    (last.output_shape.clone(), last.layout)
+                }
+            };
+            let layout = match (layout, shape.len()) {
+                (Some(l), 3 | 4) => l,
+                _ => return Err(CaptureError::Unsupported { name: name.clone(), shape }),
+            };
+            let d = match layout {
+                FeatureLayout::Last => shape[shape.len() - 1],
+                FeatureLayout::ChannelsFirst => shape[1],
+            };
+            boundaries.push(BoundaryStats {
+                name: name.clone(),
+                shape,
+                layout,
+                tokens: Moments::new(d),
+                images: Moments::new(d),
+            });
+        }
+        let n = boundaries.len();
+        let mut spans = Vec::new();
+        for s in 0..n {
+            for e in s + 1..n.min(s + max_span + 1) {
+                if boundaries[s].shape == boundaries[e].shape {
+                    let d = boundaries[s].tokens.dim();
+                    spans.push(SpanStats {
+                        start: s,
+                        end: e,
+                        cross: Cross::new(d, d),
+                        cosine_sum: 0.0,
+                        angle_sum: 0.0,
+                    });
+                }
+            }
+        }
+        let mut image_cross = Vec::new();
+        let mut sample_cosine_sum = Vec::new();
+        for i in 0..n {
+            for j in i + 1..n {
+                image_cross.push(Cross::new(boundaries[i].images.dim(), boundaries[j].images.dim()));
+                sample_cosine_sum.push((boundaries[i].shape == boundaries[j].shape).then_some(0.0));
+            }
+        }
+        Ok(Self { images: 0, boundaries, spans, image_cross, sample_cosine_sum })
+    }
+
+    /// Adds one batch: `activations[b]` is boundary `b`'s tensor for `valid`
+    /// real images (a padded last batch has extra rows, which are ignored).
+    pub fn update(&mut self, activations: &[nd::ArrayD<f32>], valid: usize, par: Par) -> Result<(), CaptureError> {
+        let mut all = Vec::with_capacity(activations.len());
+        for (stats, act) in self.boundaries.iter().zip(activations) {
+            if act.shape()[1..] != stats.shape[1..] {
+                return Err(CaptureError::Shape {
+                    name: stats.name.clone(),
+                    got: act.shape().to_vec(),
+                    expected: stats.shape.clone(),
+                });
+            }
+            let act = act.slice_axis(nd::Axis(0), (0..valid).into()).to_owned();
+            if act.iter().any(|v| !v.is_finite()) {
+                return Err(CaptureError::NonFinite(stats.name.clone()));
+            }
+            all.push(views(&act, stats.layout));
+        }
+        for (stats, v) in self.boundaries.iter_mut().zip(&all) {
+            stats.tokens.update(&v.tokens, par);
+            stats.images.update(&v.images, par);
+        }
+        for span in self.spans.iter_mut() {
+            let (x, y) = (&all[span.start].tokens, &all[span.end].tokens);
+            span.cross.update(x, y, par);
+            let d = self.boundaries[span.start].tokens.dim();
+            for (a, b) in x.chunks_exact(d).zip(y.chunks_exact(d)) {
+                let c = cosine(a, b);
+                span.cosine_sum += c;
+                span.angle_sum += c.acos() / std::f64::consts::PI;
+            }
+        }
+        let n = self.boundaries.len();
+        for i in 0..n {
+            for j in i + 1..n {
+                let k = pair_index(n, i, j);
+                self.image_cross[k].update(&all[i].images, &all[j].images, par);
+                if let Some(sum) = self.sample_cosine_sum[k].as_mut() {
+                    let per = all[i].tokens.len() / valid.max(1);
+                    for (a, b) in all[i].tokens.chunks_exact(per).zip(all[j].tokens.chunks_exact(per)) {
+                        *sum += cosine(a, b);
+                    }
+                }
+            }
+        }
+        self.images += valid;
+        Ok(())
+    }
+}
