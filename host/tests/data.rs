@@ -150,6 +150,13 @@ fn center_crop_and_resize_shorter() {
     // Offsets (4-2)/2 = 1: p(1,1)=80, p(1,2)=96, p(2,1)=144, p(2,2)=160.
     assert_close(&values(&data, &pre).1, &[80.0, 96.0, 144.0, 160.0]);
 
+    // Odd margins round down: 3x3 cropped to 2x2 starts at (0, 0).
+    let dir = tempfile::tempdir().expect("tempdir");
+    gray_png(&dir.path().join("odd.png"), 3, 3, |x, y| (10 * (3 * y + x)) as u8);
+    let data = Dataset::image_files(dir.path()).expect("open");
+    let pre = pre_from(&["--crop", "2", "--scale", "1", "--channels", "1"], None).expect("pre");
+    assert_close(&values(&data, &pre).1, &[0.0, 10.0, 30.0, 40.0]);
+
     // 4 high x 6 wide, shorter side to 2 -> 2x3, then crop 2x2 at left (3-2)/2 = 0.
     let dir = tempfile::tempdir().expect("tempdir");
     gray_png(&dir.path().join("wide.png"), 6, 4, |x, y| (10 * (6 * y + x)) as u8);
@@ -519,4 +526,20 @@ fn image_errors_name_the_file() {
     let pre = pre_from(&["--crop", "3", "--layout", "nchw"], Some(&[1, 1, 3, 3])).expect("pre");
     let e = err_text(data.load_all(&pre));
     assert!(e.contains("a_small.png") && e.contains("smaller than the center crop"), "{e}");
+}
+
+#[test]
+fn inconsistent_hand_built_preprocess_and_metadata_are_errors() {
+    let mut pre = pre_from(&["--scale", "1"], Some(&[1, 3, 1, 1])).expect("pre");
+    let img = rba_host::data::RawImage { h: 1, w: 1, c: 3, data: vec![1.0, 2.0, 3.0] };
+    assert_close(&pre.apply(&img, "x.png").expect("ok").1, &[1.0, 2.0, 3.0]);
+    pre.mean = vec![0.0, 0.0];
+    assert!(err_text(pre.apply(&img, "x.png")).contains("2 mean"));
+    pre.mean = vec![0.0];
+    let short = rba_host::data::RawImage { h: 2, w: 1, c: 3, data: vec![1.0, 2.0, 3.0] };
+    assert!(err_text(pre.apply(&short, "short.png")).contains("short.png"));
+    let e = err_text(PreprocessSpec::from_metadata_json(r#"{"layout":"chwn"}"#, "m.onnx (metadata)"));
+    assert!(e.contains("m.onnx") && e.contains("chwn"), "{e}");
+    let e = err_text(PreprocessSpec::from_metadata_json(r#"{"channels":0}"#, "m.onnx"));
+    assert!(e.contains("channels"), "{e}");
 }

@@ -544,6 +544,25 @@ impl Preprocess {
     /// Applies the pipeline to an HWC image; `origin` names it in errors.
     /// Returns the values in `self.layout` order (without batch axis).
     pub fn apply(&self, image: &RawImage, origin: &str) -> Result<(Hw, Vec<f32>), DataError> {
+        // The fields are public: check what indexing below relies on.
+        let per_channel = |v: &[f32]| v.len() == 1 || v.len() == self.channels;
+        if !matches!(self.channels, 1 | 3) || !per_channel(&self.mean) || !per_channel(&self.std) {
+            return Err(DataError::Config {
+                origin: "preprocessing".into(),
+                problem: format!(
+                    "{} channels with {} mean and {} std values (need 1 or 3 channels, 1 or one value per channel)",
+                    self.channels,
+                    self.mean.len(),
+                    self.std.len()
+                ),
+            });
+        }
+        if !(1..=4).contains(&image.c) || image.data.len() != image.h * image.w * image.c {
+            return Err(DataError::Image {
+                path: origin.to_string(),
+                reason: format!("{} values do not make a {}x{}x{} image", image.data.len(), image.h, image.w, image.c),
+            });
+        }
         let resized = match self.resize {
             Resize::None => None,
             Resize::Exact(s) => Some(resize_bilinear(image, s)),
@@ -583,7 +602,8 @@ impl Preprocess {
                         (_, 1) => 0.299 * px[0] + 0.587 * px[1] + 0.114 * px[2],
                         _ => px[c],
                     };
-                    let v = (raw * self.scale - self.mean[c]) / self.std[c];
+                    let (mean, std) = (self.mean[c.min(self.mean.len() - 1)], self.std[c.min(self.std.len() - 1)]);
+                    let v = (raw * self.scale - mean) / std;
                     let at = match self.layout {
                         Layout::Nchw => (c * h + y) * w + x,
                         Layout::Nhwc => (y * w + x) * c_out + c,
