@@ -219,7 +219,7 @@ pub fn render_table(r: &Report, limit: usize) -> String {
         out += &format!(
             "{:>7}  {:>6}  {:>10.4}  {:>10.4}  {:>12.4e}  {:>10.3e}  {:>7.4}  {:>9}  {:>9}\n",
             format!("{}..{}", sc.start, sc.end),
-            format!("{}-{}", sc.start + 1, sc.end),
+            if sc.blocks == 1 { sc.end.to_string() } else { format!("{}-{}", sc.start + 1, sc.end) },
             sc.linear_residual,
             sc.cosine,
             sc.br_all_tokens,

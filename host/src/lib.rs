@@ -11,6 +11,7 @@ pub mod inspect;
 pub mod model;
 pub mod npy;
 pub mod onnx;
+pub mod report;
 pub mod runtime;
 pub mod scores;
 pub mod surgery;
