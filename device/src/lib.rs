@@ -1,1 +1,26 @@
-//! rba-device library: the board runtime.
+//! rba-device: the board runtime.
+//!
+//! - [`store`]: the artifact directory (staged uploads, atomic publish, quota).
+//! - [`runtime`]: tract loading and running with a concrete batch.
+//! - [`measure`]: warm-up and measured phases, interleaved A/B runs.
+//! - [`eval`]: accuracy and agreement metrics.
+//! - [`probe`]: peak RSS, memory, temperatures, throttling.
+//! - [`board`]: board profiles (`boards/*.toml`).
+//! - [`handler`]: the protocol's `DeviceHandler` over all of the above.
+//! - [`link`]: serving sessions over TCP and serial links, shutdown.
+
+pub mod board;
+pub mod eval;
+pub mod handler;
+pub mod link;
+pub mod measure;
+pub mod probe;
+pub mod runtime;
+pub mod store;
+
+pub use handler::{Daemon, DaemonConfig};
+
+/// Logs one line to stderr (journald adds timestamps under systemd).
+pub fn log(msg: &str) {
+    eprintln!("rba-device: {msg}");
+}

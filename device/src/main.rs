@@ -1,1 +1,208 @@
-fn main() {}
+//! `rba-device`: the board daemon.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use rba_device::board::{default_board_dirs, BoardProfile, LinkKind};
+use rba_device::link::{load_key, Server};
+use rba_device::probe::Probe;
+use rba_device::store::Store;
+use rba_device::{log, Daemon, DaemonConfig};
+use rba_protocol::ServerConfig;
+
+/// Environment variable holding the pre-shared key (when no key file is given).
+const KEY_ENV: &str = "RBA_DEVICE_KEY";
+
+#[derive(Parser)]
+#[command(
+    name = "rba-device",
+    version,
+    about = "rba board daemon: receives models, runs them with tract, reports latency, memory and accuracy"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve one host at a time over a serial link or TCP, until SIGTERM.
+    Serve(ServeArgs),
+    /// Print what the board reports about itself (JSON).
+    Info(InfoArgs),
+}
+
+#[derive(clap::Args)]
+struct InfoArgs {
+    /// Board profile: a name looked up in the boards directories, or a path to a .toml file.
+    #[arg(long)]
+    board: Option<String>,
+    /// Extra directory to look for board profiles in (first).
+    #[arg(long)]
+    boards_dir: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Board profile: a name looked up in the boards directories
+    /// ($RBA_BOARDS_DIR, ./boards, next to the binary, /etc/rba/boards) or a path to a .toml file.
+    #[arg(long)]
+    board: Option<String>,
+    /// Extra directory to look for board profiles in (first).
+    #[arg(long)]
+    boards_dir: Option<PathBuf>,
+    /// Serial device to serve on (e.g. /dev/ttyGS0).
+    #[arg(long, conflicts_with = "tcp")]
+    serial: Option<String>,
+    /// Serial baud rate.
+    #[arg(long)]
+    baud: Option<u32>,
+    /// TCP address to listen on (e.g. 0.0.0.0:7878); requires a pre-shared key.
+    #[arg(long)]
+    tcp: Option<String>,
+    /// File holding the pre-shared key (else $RBA_DEVICE_KEY). Required on TCP, optional on serial.
+    #[arg(long)]
+    key_file: Option<PathBuf>,
+    /// Directory of the artifact store (default: the profile's model_dir, else ./rba-device-store).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Bytes the store may hold (default: the profile's quota_bytes, else 4 GiB).
+    #[arg(long)]
+    quota: Option<u64>,
+    /// Default inference threads (default: the profile's, else all cores).
+    #[arg(long)]
+    threads: Option<u32>,
+    /// Close a TCP session after this many seconds without a request (0: never).
+    #[arg(long, default_value_t = 600)]
+    idle_timeout: u64,
+}
+
+fn find_board(name: &str, extra: Option<PathBuf>) -> Result<BoardProfile> {
+    let mut dirs: Vec<PathBuf> = extra.into_iter().collect();
+    dirs.extend(default_board_dirs());
+    Ok(BoardProfile::find(name, &dirs)?)
+}
+
+fn probe_for(board: Option<&BoardProfile>) -> Probe {
+    let mut p = Probe::default();
+    if let Some(b) = board {
+        p.thermal_zone = b.sensors.thermal_zone.clone();
+        p.throttle_file = b.sensors.throttle.clone();
+        p.use_vcgencmd = b.sensors.vcgencmd;
+    } else {
+        p.use_vcgencmd = false;
+    }
+    p
+}
+
+fn cores() -> u32 {
+    std::thread::available_parallelism().map_or(1, |n| u32::try_from(n.get()).unwrap_or(1))
+}
+
+fn serve(args: ServeArgs) -> Result<()> {
+    let board = args.board.as_deref().map(|b| find_board(b, args.boards_dir.clone())).transpose()?;
+    if let Some(b) = &board {
+        log(&format!("board profile {} ({}, {} cores)", b.name, b.cpu, b.cores));
+        if b.target != current_target() {
+            log(&format!("note: profile {} is for {}, this binary is {}", b.name, b.target, current_target()));
+        }
+    }
+    let shutdown = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        // A second signal exits at once; the first asks for a clean stop.
+        signal_hook::flag::register_conditional_shutdown(sig, 1, shutdown.clone())?;
+        signal_hook::flag::register(sig, shutdown.clone())?;
+    }
+    let dir = args
+        .dir
+        .or_else(|| board.as_ref().map(|b| b.model_dir.clone()))
+        .unwrap_or_else(|| PathBuf::from("rba-device-store"));
+    let quota = args.quota.or(board.as_ref().and_then(|b| b.quota_bytes)).unwrap_or(4 << 30);
+    let store = Store::open(&dir, quota).with_context(|| format!("cannot open the store in {}", dir.display()))?;
+    log(&format!("store {} (quota {quota} bytes, {} used)", dir.display(), store.used()));
+    if let Some((staged, len)) = store.staged() {
+        log(&format!("resumable upload of '{}': {len} of {} bytes staged", staged.name, staged.size));
+    }
+    let threads = args.threads.or(board.as_ref().map(|b| b.threads)).unwrap_or_else(cores);
+    let key = load_key(args.key_file.as_deref(), std::env::var(KEY_ENV).ok())?;
+    let config = DaemonConfig {
+        board: board.as_ref().map_or_else(|| "local".to_string(), |b| b.name.clone()),
+        default_threads: threads,
+        probe: probe_for(board.as_ref()),
+        shutdown: shutdown.clone(),
+        ..DaemonConfig::default()
+    };
+    let mut daemon = Daemon::new(store, config);
+    // Link: the command line, else the profile's default.
+    let (serial, tcp) = match (&args.serial, &args.tcp, &board) {
+        (Some(s), _, _) => (Some(s.clone()), None),
+        (None, Some(t), _) => (None, Some(t.clone())),
+        (None, None, Some(b)) => match b.link.default {
+            LinkKind::Serial => (b.link.serial.as_ref().map(|p| p.display().to_string()), None),
+            LinkKind::Tcp => (None, b.link.tcp.clone()),
+        },
+        (None, None, None) => bail!("no link: pass --serial PATH, --tcp ADDR or --board NAME"),
+    };
+    let server_config = |key| ServerConfig { key, max_upload: quota, ..ServerConfig::default() };
+    let idle = (args.idle_timeout > 0).then(|| Duration::from_secs(args.idle_timeout));
+    if let Some(addr) = tcp {
+        let Some(key) = key else {
+            bail!("TCP needs a pre-shared key: pass --key-file PATH or set {KEY_ENV}");
+        };
+        let listener = TcpListener::bind(&addr)
+            .map_err(|source| rba_device::link::LinkError::Listen { addr: addr.clone(), source })?;
+        log(&format!("listening on {}", listener.local_addr()?));
+        let mut server = Server { handler: &mut daemon, config: server_config(Some(key)), shutdown, idle };
+        server.serve_tcp(listener)?;
+    } else if let Some(path) = serial {
+        let baud = args.baud.or(board.as_ref().and_then(|b| b.link.baud)).unwrap_or(115_200);
+        let mut server = Server { handler: &mut daemon, config: server_config(key), shutdown, idle: None };
+        server.serve_serial(&path, baud)?;
+    } else {
+        bail!("the board profile names no link address");
+    }
+    log("shut down");
+    Ok(())
+}
+
+fn current_target() -> String {
+    format!("{}-unknown-{}-gnu", std::env::consts::ARCH, std::env::consts::OS)
+}
+
+fn info(args: InfoArgs) -> Result<()> {
+    let board = args.board.as_deref().map(|b| find_board(b, args.boards_dir)).transpose()?;
+    let p = probe_for(board.as_ref());
+    let v = serde_json::json!({
+        "board": board.as_ref().map(|b| b.name.clone()),
+        "arch": std::env::consts::ARCH,
+        "cores": cores(),
+        "memory_bytes": p.memory_total(),
+        "memory_available_bytes": p.memory_available(),
+        "cpu_temp_c": p.cpu_temp(),
+        "throttling": p.throttling().map(|t| serde_json::json!({
+            "throttled": t.throttled, "under_voltage": t.under_voltage,
+            "soft_temp_limit": t.soft_temp_limit, "raw": t.raw,
+        })),
+        "peak_rss_bytes": p.peak_rss(),
+        "runtime": rba_device::runtime::RUNTIME,
+    });
+    println!("{}", serde_json::to_string_pretty(&v)?);
+    Ok(())
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let r = match cli.command {
+        Command::Serve(a) => serve(a),
+        Command::Info(a) => info(a),
+    };
+    if let Err(e) = r {
+        log(&format!("error: {e:#}"));
+        std::process::exit(1);
+    }
+}
