@@ -126,8 +126,9 @@ pub struct Report {
     pub blocks: Vec<BlockRow>,
     /// Candidate spans, best (lowest linear residual) first.
     pub spans: Vec<SpanRow>,
-    /// Linear CKA between boundaries (image rows: CLS token or spatial mean).
-    pub cka: Vec<Vec<f64>>,
+    /// Linear CKA between boundaries (image rows: CLS token or spatial mean);
+    /// null where a boundary does not vary over the images.
+    pub cka: Vec<Vec<Option<f64>>>,
     /// Mean per-image cosine between boundaries; null where shapes differ.
     pub cosine: Vec<Vec<Option<f64>>>,
     pub seconds: f64,

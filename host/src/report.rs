@@ -42,7 +42,7 @@ pub fn heatmap_svg(title: &str, values: &[Vec<Option<f64>>]) -> String {
     for (i, row) in values.iter().enumerate() {
         for (j, v) in row.iter().enumerate() {
             let fill = v.map_or("#ccc".to_string(), color);
-            let tip = v.map_or("n/a (shapes differ)".to_string(), |v| format!("{v:.4}"));
+            let tip = v.map_or("n/a".to_string(), |v| format!("{v:.4}"));
             let _ = write!(
                 svg,
                 "<rect x=\"{}\" y=\"{}\" width=\"{cell}\" height=\"{cell}\" fill=\"{fill}\"><title>h{i} vs h{j}: {tip}</title></rect>",
@@ -133,7 +133,6 @@ pub fn html(r: &Report) -> String {
     let residual: Vec<Option<f64>> = r.blocks.iter().map(|b| b.score.as_ref().map(|s| s.linear_residual)).collect();
     let br: Vec<Option<f64>> = r.blocks.iter().map(|b| b.score.as_ref().map(|s| -s.br_cls)).collect();
     let br_all: Vec<Option<f64>> = r.blocks.iter().map(|b| b.score.as_ref().map(|s| -s.br_all_tokens)).collect();
-    let cka: Vec<Vec<Option<f64>>> = r.cka.iter().map(|row| row.iter().map(|v| Some(*v)).collect()).collect();
     let mut rows = String::new();
     for s in r.spans.iter().take(30) {
         let sc = &s.score;
@@ -175,8 +174,8 @@ td,th{{border:1px solid #ccc;padding:3px 6px;text-align:right}}th{{background:#e
 <h1>rba analysis</h1><p><b>{file}</b>: {params} parameters, {macs} MACs per image, opset {opset}.<br>\
 Calibration: {images} images from <code>{source}</code>; {tool}; {seconds:.1} s.</p>\
 <h2>Similarity between boundaries</h2><div class=\"figs\">\
-<figure>{cka_svg}<figcaption>Linear CKA (CLS token, or spatial mean for CNN maps)</figcaption></figure>\
-<figure>{cos_svg}<figcaption>Mean per-image cosine similarity of the activations</figcaption></figure></div>\
+<figure>{cka_svg}<figcaption>Linear CKA (CLS token, or spatial mean for CNN maps); grey: constant over images</figcaption></figure>\
+<figure>{cos_svg}<figcaption>Mean per-image cosine similarity of the activations; grey: shapes differ</figcaption></figure></div>\
 <h2>Per block</h2><div class=\"figs\">\
 <figure>{res_svg}<figcaption>1 - R² of the linear map over the block (lower = more replaceable)</figcaption></figure>\
 <figure>{br_svg}<figcaption>-BR on the CLS token (the paper's score; closer to 0 = more redundant)</figcaption></figure>\
@@ -193,7 +192,7 @@ Calibration: {images} images from <code>{source}</code>; {tool}; {seconds:.1} s.
         source = escape(&r.data.source),
         tool = escape(&r.tool),
         seconds = r.seconds,
-        cka_svg = heatmap_svg("linear CKA", &cka),
+        cka_svg = heatmap_svg("linear CKA", &r.cka),
         cos_svg = heatmap_svg("cosine similarity", &r.cosine),
         res_svg = bars_svg("1 - R^2 per block", &labels, &residual),
         br_svg = bars_svg("-BR (CLS) per block", &labels, &br),

@@ -28,8 +28,9 @@ pub struct SpanScore {
 }
 
 /// Linear CKA in feature space from moments and cross products:
-/// `||Yc^T Xc||_F^2 / (||Xc^T Xc||_F ||Yc^T Yc||_F)`.
-pub fn linear_cka(x: &Moments, y: &Moments, cross: &Cross) -> f64 {
+/// `||Yc^T Xc||_F^2 / (||Xc^T Xc||_F ||Yc^T Yc||_F)`; `None` when either side
+/// does not vary over the images (e.g. the CLS token before the first block).
+pub fn linear_cka(x: &Moments, y: &Moments, cross: &Cross) -> Option<f64> {
     let n = x.rows;
     let (mx, my) = (x.mean(), y.mean());
     let centred_norm_sq = |m: &Moments, mean: &[f64]| {
@@ -50,12 +51,13 @@ pub fn linear_cka(x: &Moments, y: &Moments, cross: &Cross) -> f64 {
             xy += v * v;
         }
     }
-    let denom = (centred_norm_sq(x, &mx) * centred_norm_sq(y, &my)).sqrt();
-    if denom > 0.0 {
-        xy / denom
-    } else {
-        0.0
+    let (sx, sy) = (centred_norm_sq(x, &mx), centred_norm_sq(y, &my));
+    // Relative to the raw second moments: a constant feature leaves only rounding.
+    let negligible = |centred: f64, m: &Moments| centred <= 1e-12 * m.sq_norm.powi(2);
+    if negligible(sx, x) || negligible(sy, y) {
+        return None;
     }
+    Some(xy / (sx * sy).sqrt())
 }
 
 fn trace(c: &Cross) -> f64 {
@@ -95,10 +97,11 @@ impl Statistics {
             .collect()
     }
 
-    /// Linear CKA between all boundary pairs (image rows), symmetric, 1 on the diagonal.
-    pub fn cka_matrix(&self) -> Vec<Vec<f64>> {
+    /// Linear CKA between all boundary pairs (image rows), symmetric, 1 on
+    /// the diagonal; `None` where a boundary does not vary over the images.
+    pub fn cka_matrix(&self) -> Vec<Vec<Option<f64>>> {
         let n = self.boundaries.len();
-        let mut m = vec![vec![1.0; n]; n];
+        let mut m = vec![vec![Some(1.0); n]; n];
         for i in 0..n {
             for j in i + 1..n {
                 let v = linear_cka(

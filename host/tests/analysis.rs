@@ -125,7 +125,8 @@ fn token_model_scores_match_direct_computation() {
     for i in 0..5 {
         for j in 0..5 {
             let direct = if i == j { 1.0 } else { direct_cka(&cls(i), &cls(j)) };
-            assert!(close(cka[i][j], direct, 1e-6), "CKA({i},{j}) {} vs {direct}", cka[i][j]);
+            let got = cka[i][j].expect("varying features");
+            assert!(close(got, direct, 1e-6), "CKA({i},{j}) {got} vs {direct}");
         }
     }
     let cosine = stats.cosine_matrix();
@@ -154,7 +155,7 @@ fn conv_model_uses_channel_rows_and_spatial_means() {
             .collect()
     };
     let cka = stats.cka_matrix();
-    assert!(close(cka[0][2], direct_cka(&mean_rows(0), &mean_rows(2)), 1e-6));
+    assert!(close(cka[0][2].expect("varies"), direct_cka(&mean_rows(0), &mean_rows(2)), 1e-6));
     let scores = stats.span_scores();
     let s = scores.iter().find(|s| s.start == 1 && s.end == 2).expect("span 1..2");
     let pixels = |b: usize| acts[b].iter().flatten().cloned().collect::<Vec<_>>();
@@ -179,4 +180,15 @@ fn report_ranks_spans_and_counts_savings() {
     let json = serde_json::to_value(&r).expect("json");
     assert_eq!(json["schema_version"], 1);
     assert!(json["spans"][0]["linear_residual"].is_number());
+}
+
+#[test]
+fn cka_of_a_constant_boundary_is_undefined_not_zero() {
+    let model = Model::new(token_model(&[1, 2], 3, 4, None), None).expect("blocks");
+    // The same image every time: nothing varies.
+    let x = nd::ArrayD::from_shape_fn(vec![6, 3, 4], |i| (i[1] * 4 + i[2]) as f32 * 0.1);
+    let stats = capture(&model, [Ok::<_, String>(x)], Some(6), &CaptureOptions::default()).expect("capture");
+    let cka = stats.cka_matrix();
+    assert_eq!(cka[0][1], None);
+    assert_eq!(cka[1][1], Some(1.0));
 }
