@@ -75,9 +75,8 @@ fn upload_benchmark_evaluate_compare() {
     req.threads = Some(2);
     let r = c.benchmark(&req, no_progress).unwrap();
     assert_eq!(r.threads, 2);
-    let total: u64 = r.samples_ns.iter().sum();
     assert!(r.samples_ns.len() > 1, "{}", r.samples_ns.len());
-    assert!(total < 150_000_000, "the runs alone are short; the wall time is what counts");
+    assert_eq!(r.stats.count, r.samples_ns.len() as u64);
 
     // Evaluation with hand-computed outputs: y = (x0+x3+0.5, x1+x3, x2+x3-0.5).
     let samples = [[1.0, 0.0, 0.0, 0.0], [0.0, 2.0, 0.0, 1.0], [0.0, 0.0, 3.0, 0.0], [0.2, 0.1, 0.0, 0.0]];

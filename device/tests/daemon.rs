@@ -1,0 +1,207 @@
+//! The real `rba-device` binary: TCP with a key, a serial link over a
+//! pseudo-terminal pair, SIGTERM, SIGKILL during an upload and a restart,
+//! and the command-line errors.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::ops::ControlFlow;
+use std::time::Duration;
+
+use common::*;
+use rba_protocol::*;
+use serialport::{SerialPort, TTYPort};
+
+fn tcp_client(addr: &str) -> Client<std::net::TcpStream> {
+    let config = ClientConfig {
+        request_timeout: Duration::from_secs(5),
+        max_retries: 1,
+        preferred_chunk: 4096,
+        ..ClientConfig::tcp(PreSharedKey::new(KEY.as_bytes()))
+    };
+    Client::connect_tcp(addr, config).unwrap()
+}
+
+fn spawn_tcp(dir: &std::path::Path, extra: &[&str]) -> Proc {
+    let d = dir.display().to_string();
+    let mut args = vec!["serve", "--tcp", "127.0.0.1:0", "--dir", d.as_str()];
+    args.extend_from_slice(extra);
+    Proc::spawn(&args, &[("RBA_DEVICE_KEY", KEY)])
+}
+
+#[test]
+fn sigterm_during_a_benchmark_shuts_down_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = spawn_tcp(dir.path(), &["--threads", "1"]);
+    let addr = p.tcp_addr();
+    let mut c = tcp_client(&addr);
+    assert_eq!(c.session().unwrap().device.board, "local");
+    c.upload(ArtifactKind::Model, "lin", &small_linear(), |_| {}).unwrap();
+    let mut req = bench_req("lin", 1);
+    req.runs.min_time_ms = 60_000;
+    let mut signalled = false;
+    let started = std::time::Instant::now();
+    let r = c.benchmark(&req, |prog| {
+        if prog.phase == Phase::Measuring && !signalled {
+            signalled = true;
+            p.sigterm();
+        }
+        ControlFlow::Continue(())
+    });
+    assert!(signalled);
+    // The job stops at its next check and says so (or the link closes first).
+    match r {
+        Err(ClientError::Remote(RemoteError::Cancelled)) | Err(ClientError::Disconnected) => {}
+        other => panic!("{other:?}"),
+    }
+    assert!(started.elapsed() < Duration::from_secs(30));
+    let status = p.wait_exit(Duration::from_secs(10)).expect("the daemon did not exit after SIGTERM");
+    assert!(status.success(), "{status:?}\n{}", p.stderr());
+    assert!(p.wait_for("shut down", Duration::from_secs(1)).is_some(), "{}", p.stderr());
+    // The store is intact.
+    assert_eq!(std::fs::read(dir.path().join("models/lin")).unwrap(), small_linear());
+}
+
+#[test]
+fn sigterm_while_idle_and_tcp_needs_a_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = spawn_tcp(dir.path(), &[]);
+    let addr = p.tcp_addr();
+    // A connected but silent host does not hold the daemon up.
+    let c = tcp_client(&addr);
+    p.sigterm();
+    assert!(p.wait_exit(Duration::from_secs(10)).unwrap().success(), "{}", p.stderr());
+    drop(c);
+
+    let d = dir.path().display().to_string();
+    let mut p = Proc::spawn(&["serve", "--tcp", "127.0.0.1:0", "--dir", &d], &[]);
+    let status = p.wait_exit(Duration::from_secs(10)).unwrap();
+    assert_eq!(status.code(), Some(1));
+    assert!(p.wait_for("TCP needs a pre-shared key", Duration::from_secs(2)).is_some(), "{}", p.stderr());
+}
+
+#[test]
+fn sigkill_mid_upload_leaves_nothing_partial_and_the_upload_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let data: Vec<u8> = (0..200_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let mut p = spawn_tcp(dir.path(), &[]);
+    let mut c = tcp_client(&p.tcp_addr());
+    let mut killed_at = None;
+    let r = c.upload(ArtifactKind::Model, "net.onnx", &data, |prog| {
+        if prog.acked >= 50_000 && killed_at.is_none() {
+            killed_at = Some(prog.acked);
+            p.child.kill().unwrap();
+            p.child.wait().unwrap();
+        }
+    });
+    assert!(r.unwrap_err().is_link_failure());
+    let killed_at = killed_at.unwrap();
+    // Nothing under the name; the staged bytes are there.
+    assert!(store_files(dir.path(), "models").is_empty());
+    let staged = std::fs::metadata(dir.path().join("staging/upload.part")).unwrap().len();
+    assert!(staged >= killed_at && staged < data.len() as u64, "{staged}");
+
+    let p2 = spawn_tcp(dir.path(), &[]);
+    assert!(p2.wait_for("resumable upload of 'net.onnx'", Duration::from_secs(10)).is_some(), "{}", p2.stderr());
+    let mut c = tcp_client(&p2.tcp_addr());
+    assert!(c.list(None).unwrap().is_empty(), "a partial model is visible");
+    let mut resumed = None;
+    let info = c
+        .upload(ArtifactKind::Model, "net.onnx", &data, |prog| {
+            resumed.get_or_insert(prog.resumed_from);
+        })
+        .unwrap();
+    assert!(resumed.unwrap() >= killed_at, "{resumed:?} < {killed_at}");
+    assert_eq!(info.size, data.len() as u64);
+    assert_eq!(std::fs::read(dir.path().join("models/net.onnx")).unwrap(), data);
+    assert!(store_files(dir.path(), "staging").is_empty());
+}
+
+#[test]
+fn serial_link_over_a_pty_pair() {
+    let (mut master, slave) = TTYPort::pair().expect("pseudo-terminals");
+    let path = slave.name().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display().to_string();
+    let mut p = Proc::spawn(&["serve", "--serial", &path, "--baud", "115200", "--dir", &d, "--threads", "1"], &[]);
+    assert!(p.wait_for("serving on", Duration::from_secs(20)).is_some(), "{}", p.stderr());
+    drop(slave);
+    master.set_timeout(Duration::from_millis(20)).unwrap();
+    let link = master.try_clone_native().unwrap();
+    let mut c = Client::connect(link, fast_client_config(None)).unwrap();
+    assert!(!c.session().unwrap().authenticated);
+    assert_eq!(c.session().unwrap().chunk_size, DEFAULT_SERIAL_CHUNK);
+    let model = mlp_model(32, 2);
+    c.upload(ArtifactKind::Model, "mlp", &model, |_| {}).unwrap();
+    let r = c.benchmark(&bench_req("mlp", 10), no_progress).unwrap();
+    assert_eq!(r.samples_ns.len(), 10);
+    // The host vanishes mid-job; a new host on the same line is served.
+    let mut req = bench_req("mlp", 1);
+    req.runs.min_time_ms = 500;
+    drop(c);
+    let mut raw = master.try_clone_native().unwrap();
+    let frame = encode_frame(&Envelope { id: 99, msg: Message::Request(Request::Benchmark(req)) }, 4096).unwrap();
+    std::io::Write::write_all(&mut raw, &frame).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let link = master.try_clone_native().unwrap();
+    let mut c = Client::connect(link, fast_client_config(None)).unwrap();
+    let names: Vec<String> = c.list(None).unwrap().into_iter().map(|a| a.name).collect();
+    assert_eq!(names, ["mlp"]);
+    drop(c);
+    p.sigterm();
+    assert!(p.wait_exit(Duration::from_secs(10)).unwrap().success(), "{}", p.stderr());
+}
+
+#[test]
+fn command_line_errors_are_clear() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display().to_string();
+    let boards = concat!(env!("CARGO_MANIFEST_DIR"), "/../boards");
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            vec!["serve".into(), "--board".into(), "no-such-board".into(), "--boards-dir".into(), boards.into()],
+            "board profile 'no-such-board' not found",
+        ),
+        (
+            vec!["serve".into(), "--serial".into(), "/dev/rba-no-such-port".into(), "--dir".into(), d.clone()],
+            "serial port /dev/rba-no-such-port does not exist",
+        ),
+        (vec!["serve".into(), "--dir".into(), d.clone()], "no link"),
+    ];
+    for (args, needle) in cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut p = Proc::spawn(&args, &[]);
+        let status = p.wait_exit(Duration::from_secs(10)).unwrap();
+        assert_eq!(status.code(), Some(1), "{args:?}");
+        assert!(p.wait_for(needle, Duration::from_secs(2)).is_some(), "{args:?}: {}", p.stderr());
+    }
+    // A port another process holds.
+    let (_master, slave) = TTYPort::pair().unwrap();
+    let path = slave.name().unwrap();
+    drop(slave);
+    let _held = rba_device::link::open_serial(&path, 115_200).unwrap();
+    let mut p = Proc::spawn(&["serve", "--serial", &path, "--dir", &d], &[]);
+    assert_eq!(p.wait_exit(Duration::from_secs(10)).unwrap().code(), Some(1));
+    assert!(p.wait_for("is busy", Duration::from_secs(2)).is_some(), "{}", p.stderr());
+}
+
+#[test]
+fn board_profile_sets_name_threads_and_link_defaults() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display().to_string();
+    let boards = concat!(env!("CARGO_MANIFEST_DIR"), "/../boards");
+    // The profile's link is TCP on 7878; the command line overrides it.
+    let mut p = Proc::spawn(
+        &["serve", "--board", "local", "--boards-dir", boards, "--tcp", "127.0.0.1:0", "--dir", &d],
+        &[("RBA_DEVICE_KEY", KEY)],
+    );
+    let mut c = tcp_client(&p.tcp_addr());
+    assert_eq!(c.session().unwrap().device.board, "local");
+    c.upload(ArtifactKind::Model, "lin", &small_linear(), |_| {}).unwrap();
+    let r = c.benchmark(&bench_req("lin", 3), no_progress).unwrap();
+    assert_eq!(r.threads, 2, "local.toml sets 2 threads");
+    drop(c);
+    p.sigterm();
+    assert!(p.wait_exit(Duration::from_secs(10)).unwrap().success());
+}
