@@ -3,6 +3,7 @@
 pub mod analyze;
 pub mod blocks;
 pub mod capture;
+pub mod compact;
 pub mod cost;
 pub mod data;
 pub mod demo;

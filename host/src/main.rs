@@ -6,12 +6,14 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use rba_host::analyze::{self, CaptureOptions};
+use rba_host::compact::{self, Budget, HeldOut, TranslatorKind};
 use rba_host::data::{Dataset, Holdout, Preprocess, PreprocessArgs};
 use rba_host::demo::{DemoModel, Digits, Split};
 use rba_host::inspect;
 use rba_host::model::Model;
 use rba_host::onnx::{write_atomically, DataPlacement};
 use rba_host::runtime;
+use rba_host::surgery::Span;
 
 #[derive(Parser)]
 #[command(
@@ -74,6 +76,79 @@ enum Command {
         #[command(flatten)]
         preprocess: PreprocessArgs,
     },
+    /// Replace redundant spans by closed-form maps, verified on held-out data,
+    /// and write the compacted ONNX model.
+    Compact {
+        /// The ONNX model (or `demo:vit`, `demo:resnet`).
+        model: String,
+        /// Images (see `analyze`); a held-out part verifies every decision.
+        #[arg(long)]
+        data: String,
+        /// Where to write the compacted model.
+        #[arg(long)]
+        out: PathBuf,
+        /// Replace exactly these spans, e.g. `5..6,9..10` (boundary indices).
+        #[arg(long, value_delimiter = ',', group = "budget")]
+        spans: Option<Vec<Span>>,
+        /// Remove the best K blocks.
+        #[arg(long, group = "budget")]
+        remove: Option<usize>,
+        /// Remove as many blocks as possible while the held-out metric drops
+        /// by at most P points (accuracy with labels, else top-1 agreement).
+        #[arg(long, group = "budget")]
+        max_drop: Option<f64>,
+        /// Remove blocks until parameters are at most this fraction of the original.
+        #[arg(long, group = "budget")]
+        target_params: Option<f64>,
+        /// Remove blocks until MACs are at most this fraction of the original.
+        #[arg(long, group = "budget")]
+        target_macs: Option<f64>,
+        #[arg(long, value_enum, default_value = "linear")]
+        translator: TranslatorKind,
+        /// Calibration images for the fits.
+        #[arg(long, default_value_t = 500)]
+        samples: usize,
+        /// Held-out images for verification (at most).
+        #[arg(long, default_value_t = 1000)]
+        held_out_samples: usize,
+        #[arg(long, default_value = "0.2")]
+        holdout: Holdout,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long, default_value_t = 16)]
+        batch: usize,
+        /// Longest span (in blocks) with fit statistics.
+        #[arg(long, default_value_t = 4)]
+        max_span: usize,
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+        #[arg(long, value_delimiter = ',')]
+        boundaries: Option<Vec<String>>,
+        #[command(flatten)]
+        preprocess: PreprocessArgs,
+    },
+    /// Compare models side by side: accuracy, agreement, size, host latency.
+    Evaluate {
+        /// The original model first, then compacted ones (`demo:vit` etc. allowed).
+        #[arg(required = true)]
+        models: Vec<String>,
+        /// Evaluation images; for the demo digits use `demo:test`.
+        #[arg(long)]
+        data: String,
+        /// Evaluate at most this many images.
+        #[arg(long)]
+        samples: Option<usize>,
+        #[arg(long, default_value_t = 16)]
+        batch: usize,
+        /// Interleaved latency rounds.
+        #[arg(long, default_value_t = 30)]
+        rounds: usize,
+        /// Write the table as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        #[command(flatten)]
+        preprocess: PreprocessArgs,
+    },
     /// Run rba on the embedded demo models (digits ViT and ResNet).
     Demo {
         /// Also write the embedded models to this folder.
@@ -94,6 +169,99 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Demo { export } => demo(export)?,
+        Command::Evaluate { models, data, samples, batch, rounds, json, preprocess } => {
+            let mut loaded = Vec::new();
+            for spec in &models {
+                let onnx = load_model(spec)?;
+                let bytes = onnx.to_bytes().len() as u64;
+                loaded.push((spec.clone(), Model::new(onnx, None)?, bytes));
+            }
+            let pre = Preprocess::for_model(&preprocess, &loaded[0].1.onnx)?;
+            let dataset = Dataset::open(&data)?.subset(samples, None);
+            let (inputs, labels) = dataset.load_all(&pre)?;
+            let rows = compact::evaluate(&loaded, &inputs, labels.as_deref(), batch, rounds)?;
+            println!("{} images from {}", dataset.len(), dataset.name());
+            print!("{}", compact::render_evaluation(&rows));
+            if let Some(path) = json {
+                write_atomically(&path, &serde_json::to_vec_pretty(&rows)?)?;
+            }
+        }
+        Command::Compact {
+            model,
+            data,
+            out,
+            spans,
+            remove,
+            max_drop,
+            target_params,
+            target_macs,
+            translator,
+            samples,
+            held_out_samples,
+            holdout,
+            seed,
+            batch,
+            max_span,
+            threads,
+            boundaries,
+            preprocess,
+        } => {
+            let budget = match (spans, remove, max_drop, target_params, target_macs) {
+                (Some(s), ..) => Budget::Spans(s),
+                (_, Some(k), ..) => Budget::Remove(k),
+                (_, _, Some(p), ..) => Budget::MaxDrop(p / 100.0),
+                (_, _, _, Some(f), _) => Budget::TargetParams(f),
+                (.., Some(f)) => Budget::TargetMacs(f),
+                _ => {
+                    anyhow::bail!("say what to remove: --spans, --remove, --max-drop, --target-params or --target-macs")
+                }
+            };
+            let model = Model::new(load_model(&model)?, boundaries.as_deref())?;
+            let pre = Preprocess::for_model(&preprocess, &model.onnx)?;
+            let (calibration, held_out) = Dataset::open(&data)?.calibration_split(holdout, seed)?;
+            let calibration = calibration.subset(Some(samples), Some(seed));
+            let held_out = held_out.subset(Some(held_out_samples), Some(seed));
+            let options = CaptureOptions { batch, max_span, threads, progress: true };
+            let batches = calibration.batches(&pre, batch).map(|b| b.map(|(x, _labels)| x));
+            let stats = analyze::capture(&model, batches, Some(calibration.len()), &options)?;
+            let (inputs, labels) = held_out.load_all(&pre)?;
+            let held = HeldOut::new(&model.onnx, inputs, labels, batch)?;
+            if let (Budget::MaxDrop(p), Some(_)) = (&budget, &held.labels) {
+                let n = held.len() as f64;
+                let half_width = 1.96 * (0.25 / n).sqrt();
+                if half_width > *p {
+                    eprintln!(
+                        "warning: {} held-out images give accuracy +/- {:.1} points (95%), more than the allowed drop of {:.1}",
+                        held.len(),
+                        100.0 * half_width,
+                        100.0 * p
+                    );
+                }
+            }
+            let selection = compact::select(&model, &stats, &held, &budget, translator, |msg| eprintln!("{msg}"))?;
+            let mut slim = selection.model.clone();
+            let record = serde_json::json!({
+                "replacements": &selection.replacements,
+                "calibration": { "source": calibration.name(), "images": stats.images, "fitted_on": "original model activations" },
+                "held_out": { "source": held_out.name(), "images": held.len() },
+                "baseline": &selection.baseline,
+                "result": &selection.result,
+            });
+            slim.set_metadata("rba.compaction", record.to_string());
+            slim.save(&out, &DataPlacement::Inline)?;
+            let report = serde_json::to_vec_pretty(&serde_json::json!({
+                "schema_version": 1,
+                "model": model.onnx.path.display().to_string(),
+                "output": out.display().to_string(),
+                "compaction": record,
+                "trials": &selection.trials,
+                "proxy_spearman": &selection.proxy_spearman,
+            }))?;
+            let report_path = out.with_extension("report.json");
+            write_atomically(&report_path, &report)?;
+            print!("{}", compact::render(&model, &selection));
+            println!("wrote {} and {}", out.display(), report_path.display());
+        }
         Command::Analyze {
             model,
             data,

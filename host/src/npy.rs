@@ -95,6 +95,7 @@ pub fn to_bytes_f32(array: &nd::ArrayD<f32>) -> Vec<u8> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

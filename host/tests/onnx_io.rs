@@ -1,5 +1,6 @@
 //! Reading and writing ONNX files: lossless round trips, external data, and
 //! clear errors on bad input.
+#![allow(clippy::unwrap_used)] // unwrap_err() states what a test expects
 
 mod common;
 
