@@ -192,3 +192,47 @@ fn cka_of_a_constant_boundary_is_undefined_not_zero() {
     assert_eq!(cka[0][1], None);
     assert_eq!(cka[1][1], Some(1.0));
 }
+
+#[test]
+fn non_finite_activations_name_the_boundary() {
+    let mut m = token_model(&[1, 2], 3, 4, None);
+    m.path = "nan.onnx".into();
+    let model = Model::new(m, None).expect("blocks");
+    let mut x = random_input(&[4, 3, 4], 1);
+    x[[2, 1, 1]] = f32::NAN;
+    let err = capture(&model, [Ok::<_, String>(x)], Some(4), &CaptureOptions::default()).unwrap_err().to_string();
+    assert_eq!(err, "nan.onnx: boundary 'x' produced NaN or Inf activations");
+}
+
+#[test]
+fn cli_writes_json_and_html_reports() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rba"))
+        .args(["analyze", "demo:resnet", "--data", "demo", "--samples", "40", "--batch", "20", "--out"])
+        .arg(dir.path())
+        .output()
+        .expect("run rba");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("on 40 images from demo:train"), "{stdout}");
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("report.json")).expect("json")).expect("valid json");
+    assert_eq!(report["data"]["images"], 40);
+    assert_eq!(report["blocks"].as_array().map(Vec::len), Some(9));
+    let html = std::fs::read_to_string(dir.path().join("report.html")).expect("html");
+    assert!(html.contains("<svg") && !html.contains("<script"));
+    assert!(!html.contains("src=\"http") && !html.contains("href=\"http"), "self-contained: no external resources");
+
+    // A missing data folder: a clear error and nothing written.
+    let empty = tempfile::tempdir().expect("tempdir");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rba"))
+        .args(["analyze", "demo:resnet", "--data"])
+        .arg(empty.path().join("nope"))
+        .arg("--out")
+        .arg(empty.path().join("report"))
+        .output()
+        .expect("run rba");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nope"));
+    assert!(!empty.path().join("report").exists());
+}
