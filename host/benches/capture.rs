@@ -2,8 +2,10 @@
 //! statistics, measured in the same run, and peak RSS of a capture over 500
 //! vs 2000 images (each in a fresh child process).
 //!
-//! `cargo bench -p rba-host --bench capture` runs it on the demo ViT; set
-//! `RBA_BENCH_MODELS=a.onnx,b.onnx` to add larger models (e.g. a ViT-S).
+//! `cargo bench -p rba-host --bench capture --profile dev` runs it on the
+//! demo ViT (the dev profile optimises everything and reuses the test build);
+//! `RBA_BENCH_MODELS=a.onnx,b.onnx` adds larger models (e.g. a ViT-S),
+//! `RBA_BENCH_RSS=500,2000` sets the image counts of the memory runs.
 
 use std::process::Command;
 use std::time::Instant;
@@ -73,7 +75,13 @@ fn main() {
     if let Ok(extra) = std::env::var("RBA_BENCH_MODELS") {
         specs.extend(extra.split(',').filter(|s| !s.is_empty()).map(str::to_string));
     }
-    println!("| model | forward img/s | forward+stats img/s | stats overhead | peak RSS 500 | peak RSS 2000 | ratio |");
+    let rss: Vec<usize> = std::env::var("RBA_BENCH_RSS")
+        .unwrap_or_else(|_| "500,2000".into())
+        .split(',')
+        .filter_map(|v| v.trim().parse().ok())
+        .collect();
+    let (small, large) = (rss.first().copied().unwrap_or(500), rss.get(1).copied().unwrap_or(2000));
+    println!("| model | forward img/s | forward+stats img/s | stats overhead | peak RSS {small} | peak RSS {large} | ratio |");
     println!("|---|---|---|---|---|---|---|");
     for spec in &specs {
         let model = load(spec);
@@ -100,7 +108,7 @@ fn main() {
             stats += t.elapsed().as_secs_f64();
         }
         let (fwd_ips, cap_ips) = (3.0 * images as f64 / forward, 3.0 * images as f64 / stats);
-        let (rss500, rss2000) = (child_rss(spec, 500), child_rss(spec, 2000));
+        let (rss500, rss2000) = (child_rss(spec, small), child_rss(spec, large));
         println!(
             "| {spec} | {fwd_ips:.1} | {cap_ips:.1} | {:+.1}% | {:.1} MiB | {:.1} MiB | {:.3} |",
             100.0 * (fwd_ips / cap_ips - 1.0),

@@ -72,13 +72,18 @@ pub fn capture<E: std::fmt::Display>(
     });
     for batch in batches {
         let batch = batch.map_err(|e| AnalyzeError::Data(e.to_string()))?;
-        let k = batch.shape()[0];
-        let mut padded = nd::ArrayD::zeros(runner.input_shape.clone());
-        padded.slice_axis_mut(nd::Axis(0), (0..k).into()).assign(&batch);
-        let results = runner.run(padded)?;
-        stats.update(&results[outputs..], k, par).map_err(capture_err)?;
-        if let Some(bar) = &bar {
-            bar.inc(k as u64);
+        // Any batch size works: run it in pieces of the plan's batch.
+        let plan_batch = runner.input_shape[0];
+        for start in (0..batch.shape()[0]).step_by(plan_batch.max(1)) {
+            let piece = batch.slice_axis(nd::Axis(0), (start..(start + plan_batch).min(batch.shape()[0])).into());
+            let k = piece.shape()[0];
+            let mut padded = nd::ArrayD::zeros(runner.input_shape.clone());
+            padded.slice_axis_mut(nd::Axis(0), (0..k).into()).assign(&piece);
+            let results = runner.run(padded)?;
+            stats.update(&results[outputs..], k, par).map_err(capture_err)?;
+            if let Some(bar) = &bar {
+                bar.inc(k as u64);
+            }
         }
     }
     if let Some(bar) = bar {

@@ -88,6 +88,12 @@ impl Quality {
     pub fn metric(&self) -> f64 {
         self.accuracy.unwrap_or(self.agreement)
     }
+
+    /// Whether `self` beats `other`: the metric first; on a tie (small
+    /// held-out sets tie often), the output that stays closer to the original.
+    pub fn better_than(&self, other: &Quality) -> bool {
+        (self.metric(), self.agreement, self.output_cosine) > (other.metric(), other.agreement, other.output_cosine)
+    }
 }
 
 impl HeldOut {
@@ -229,7 +235,7 @@ fn resolve(
     let mut chosen: Vec<(Span, TranslatorKind)> = spans.iter().map(|s| (*s, kind)).collect();
     if kind == TranslatorKind::Auto {
         for k in 0..chosen.len() {
-            let mut best: Option<(f64, TranslatorKind)> = None;
+            let mut best: Option<(Quality, TranslatorKind)> = None;
             for option in [TranslatorKind::Linear, TranslatorKind::Affine, TranslatorKind::Identity] {
                 let mut trial = chosen.clone();
                 trial[k].1 = option;
@@ -239,8 +245,8 @@ fn resolve(
                 }
                 let (m, _) = build(model, stats, &trial)?;
                 let q = held.measure(&m)?;
-                if best.is_none_or(|(b, _)| q.metric() > b) {
-                    best = Some((q.metric(), option));
+                if best.as_ref().is_none_or(|(b, _)| q.better_than(b)) {
+                    best = Some((q, option));
                 }
             }
             chosen[k].1 = best.map_or(TranslatorKind::Linear, |(_, o)| o);
@@ -356,7 +362,7 @@ pub fn select(
             if removed.is_empty() {
                 single_drops.push((b, baseline.metric() - q.metric()));
             }
-            if step.is_none_or(|(_, s)| q.metric() > s.metric()) {
+            if step.is_none_or(|(_, s)| q.better_than(&s)) {
                 step = Some((b, q));
             }
         }

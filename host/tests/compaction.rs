@@ -1,0 +1,85 @@
+//! Compaction end to end: fits from streamed statistics, surgery, and
+//! selection verified on held-out data.
+#![allow(clippy::unwrap_used)] // unwrap_err() states what a test expects
+
+mod common;
+
+use common::*;
+use rba_host::analyze::{capture, CaptureOptions};
+use rba_host::compact::{select, Budget, HeldOut, TranslatorKind};
+use rba_host::cost;
+use rba_host::demo::{DemoModel, Digits, Split};
+use rba_host::model::Model;
+use rba_host::runtime::{argmax_rows, nd, predict};
+use rba_host::surgery::Span;
+
+#[test]
+fn linear_blocks_are_replaced_exactly_from_streamed_statistics() {
+    let model = Model::new(token_model(&[1, 2, 3, 4], 5, 8, None), None).expect("blocks");
+    let calib = random_input(&[64, 5, 8], 1);
+    let batches =
+        (0..64).step_by(16).map(|s| Ok::<_, String>(calib.slice_axis(nd::Axis(0), (s..s + 16).into()).to_owned()));
+    let stats = capture(&model, batches, Some(64), &CaptureOptions::default()).expect("capture");
+    let held = HeldOut::new(&model.onnx, random_input(&[32, 5, 8], 2), None, 16).expect("held-out");
+    let budget = Budget::Spans(vec![Span::new(1, 3)]);
+    let sel = select(&model, &stats, &held, &budget, TranslatorKind::Linear, |_| {}).expect("select");
+    assert_eq!(sel.replacements.len(), 1);
+    assert!(sel.replacements[0].fit_residual < 1e-6, "a linear block is fitted exactly");
+    let x = random_input(&[8, 5, 8], 3);
+    let diff = max_abs_diff(&run(&sel.model, &x), &run(&model.onnx, &x));
+    assert!(diff < 1e-3, "max abs diff {diff}");
+    assert_eq!(sel.result.agreement, 1.0);
+}
+
+#[test]
+fn impossible_budget_writes_nothing_and_says_the_best() {
+    let model = Model::new(token_model(&[1, 2, 3], 5, 8, Some(16)), None).expect("blocks");
+    let stats = capture(&model, [Ok::<_, String>(random_input(&[32, 5, 8], 1))], Some(32), &CaptureOptions::default())
+        .expect("capture");
+    let held = HeldOut::new(&model.onnx, random_input(&[16, 5, 8], 2), None, 16).expect("held-out");
+    // The metric would have to rise by 50 points.
+    let err = select(&model, &stats, &held, &Budget::MaxDrop(-0.5), TranslatorKind::Linear, |_| {}).unwrap_err();
+    assert!(
+        err.to_string().starts_with("no block can be removed within the budget; the best single removal reaches"),
+        "{err}"
+    );
+    let err = select(&model, &stats, &held, &Budget::Remove(5), TranslatorKind::Linear, |_| {}).unwrap_err();
+    assert!(err.to_string().contains("only 3 of the requested 5 blocks"), "{err}");
+}
+
+#[test]
+fn demo_vit_two_blocks_go_with_a_small_verified_drop() {
+    let model = Model::new(DemoModel::Vit.load().expect("vit"), None).expect("blocks");
+    let digits = Digits::embedded().expect("digits");
+    let train = digits.indices(Split::Train);
+    let batches = train[..500].chunks(50).map(|c| Ok::<_, String>(digits.batch(c)));
+    let options = CaptureOptions { batch: 50, max_span: 2, threads: 1, progress: false };
+    let stats = capture(&model, batches, Some(500), &options).expect("capture");
+    let val = digits.indices(Split::Val);
+    let held = HeldOut::new(&model.onnx, digits.batch(val), Some(val.iter().map(|&i| digits.label(i)).collect()), 50)
+        .expect("held-out");
+    let sel = select(&model, &stats, &held, &Budget::Remove(2), TranslatorKind::Linear, |_| {}).expect("select");
+    // Selection's contract is on the held-out split it measured.
+    assert!(sel.baseline.metric() - sel.result.metric() <= 0.01, "{:?} -> {:?}", sel.baseline, sel.result);
+    assert_eq!(sel.trials.len(), 12 + 11, "every replaceable block tried at each step");
+    let removed: usize = sel.replacements.iter().map(|r| r.span.end - r.span.start).sum();
+    assert_eq!(removed, 2);
+    // Parameters: exactly the removed blocks go, one D x D map per span comes.
+    let blocks: u64 =
+        sel.replacements.iter().flat_map(|r| r.span.blocks()).map(|b| model.blocks.blocks[b - 1].params).sum();
+    let maps = (sel.replacements.len() * 96 * 96) as u64;
+    assert_eq!(cost::total_params(sel.model.graph()), cost::total_params(model.onnx.graph()) - blocks + maps);
+    // Reported on the test split, which selection never saw.
+    let test = digits.indices(Split::Test);
+    let labels: Vec<usize> = test.iter().map(|&i| digits.label(i)).collect();
+    let accuracy = |m: &rba_host::onnx::OnnxModel| {
+        let p = argmax_rows(&predict(m, &digits.batch(test), 50).expect("predict"));
+        p.iter().zip(&labels).filter(|(a, b)| a == b).count() as f64 / labels.len() as f64
+    };
+    // 300 validation images at 99% resolve drops only coarsely, so the
+    // unseen test split moves more: measured 97.2% -> 95.8% with this
+    // calibration subset, 97.2% -> 97.0% with the CLI's seeded one.
+    let (before, after) = (accuracy(&model.onnx), accuracy(&sel.model));
+    assert!(before - after <= 0.02, "test accuracy {before} -> {after}");
+    assert_eq!(sel.proxy_spearman.len(), 4);
+}
