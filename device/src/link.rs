@@ -42,17 +42,89 @@ pub enum LinkError {
 /// shutdown.
 const POLL: Duration = Duration::from_millis(200);
 
+/// An open serial link.
+#[derive(Debug)]
+pub enum SerialLink {
+    /// Configured through `serialport` (baud rate, raw mode, exclusive).
+    Native(TTYPort),
+    /// Used as it is: the terminal ioctls for baud rates are missing
+    /// (qemu-user lacks `TCSETS2`), so the line keeps the settings its
+    /// other end gave it (a pty pair made raw by the host).
+    Plain(std::fs::File),
+}
+
+impl SerialLink {
+    /// A reader (with a read timeout) and a writer for one session.
+    pub fn split(&self) -> io::Result<(Box<dyn Read + Send>, Box<dyn Write + Send>)> {
+        match self {
+            SerialLink::Native(p) => {
+                let r = p.try_clone_native().map_err(io::Error::other)?;
+                let w = p.try_clone_native().map_err(io::Error::other)?;
+                Ok((Box::new(r), Box::new(w)))
+            }
+            SerialLink::Plain(f) => Ok((Box::new(Polled(f.try_clone()?)), Box::new(Polled(f.try_clone()?)))),
+        }
+    }
+}
+
+/// A non-blocking file polled every few milliseconds: reads report
+/// `TimedOut` when nothing arrived, writes wait for room.
+struct Polled(std::fs::File);
+
+impl Read for Polled {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self.0.read(buf) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(5));
+                Err(io::ErrorKind::TimedOut.into())
+            }
+            r => r,
+        }
+    }
+}
+
+impl Write for Polled {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match self.0.write(buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(1))
+                }
+                r => return r,
+            }
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.flush()
+    }
+}
+
 /// Opens a serial port (exclusive: a second opener gets `PortBusy`).
-pub fn open_serial(path: &str, baud: u32) -> Result<TTYPort, LinkError> {
+pub fn open_serial(path: &str, baud: u32) -> Result<SerialLink, LinkError> {
     if !Path::new(path).exists() {
         return Err(LinkError::NoSuchPort(path.into()));
     }
     match serialport::new(path, baud).timeout(POLL).open_native() {
-        Ok(p) => Ok(p),
+        Ok(p) => Ok(SerialLink::Native(p)),
         Err(e) => Err(match e.kind() {
             serialport::ErrorKind::NoDevice if e.description.contains("lock") => LinkError::PortBusy(path.into()),
             serialport::ErrorKind::Io(io::ErrorKind::NotFound) => LinkError::NoSuchPort(path.into()),
             serialport::ErrorKind::Io(io::ErrorKind::ResourceBusy) => LinkError::PortBusy(path.into()),
+            // ENOSYS: an ioctl the kernel (or qemu-user) does not implement.
+            serialport::ErrorKind::Unknown if e.description.contains("not implemented") => {
+                use std::os::unix::fs::OpenOptionsExt;
+                // O_NONBLOCK | O_NOCTTY (the same values on x86_64 and aarch64 Linux).
+                let f = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .custom_flags(0o4000 | 0o400)
+                    .open(path)
+                    .map_err(|e| LinkError::Open { path: path.into(), reason: e.to_string() })?;
+                log(&format!("{path}: cannot set the baud rate here ({e}); using the line as it is"));
+                return Ok(SerialLink::Plain(f));
+            }
             _ => LinkError::Open { path: path.into(), reason: e.to_string() },
         }),
     }
@@ -229,9 +301,9 @@ impl<H: DeviceHandler> Server<'_, H> {
                     }
                 },
             };
-            let reader =
-                p.try_clone_native().map_err(|e| LinkError::Open { path: path.into(), reason: e.to_string() })?;
-            match self.session(reader, p, None) {
+            let (reader, writer) =
+                p.split().map_err(|e| LinkError::Open { path: path.into(), reason: e.to_string() })?;
+            match self.session(reader, writer, None) {
                 Ok(_) => log(&format!("{path}: session ended")),
                 Err(e) => log(&format!("{path}: session failed: {e}")),
             }
