@@ -86,6 +86,7 @@ pub fn capture<E: std::fmt::Display>(
             }
         }
     }
+    stats.flush(par);
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }

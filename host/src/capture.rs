@@ -35,6 +35,11 @@ pub struct SpanStats {
     /// Sum over tokens of cos(h_s, h_e) and of arccos(cos) / pi.
     pub cosine_sum: f64,
     pub angle_sum: f64,
+    /// Sum over tokens of ||h_e - h_s||^2, and the same over image rows
+    /// (CLS token or spatial mean): the paper's BR, accumulated directly
+    /// rather than from the Gram traces, where it would cancel badly.
+    pub token_dist_sq: f64,
+    pub image_dist_sq: f64,
 }
 
 /// Everything `analyze` needs, accumulated over all calibration images.
@@ -50,7 +55,16 @@ pub struct Statistics {
     /// Sum over images of the cosine between the flattened activations, for
     /// pairs of equal shape (`None` otherwise).
     pub sample_cosine_sum: Vec<Option<f64>>,
+    /// Rows waiting for the next flush, per boundary: matrix products over a
+    /// few thousand rows at once run several times faster than per batch,
+    /// and the buffer's size is fixed, so memory still does not grow with the
+    /// number of images.
+    pending: Vec<Views>,
+    pending_images: usize,
 }
+
+/// Token rows buffered before the statistics are updated.
+const FLUSH_TOKEN_ROWS: usize = 2048;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CaptureError {
@@ -68,6 +82,7 @@ pub fn pair_index(n: usize, i: usize, j: usize) -> usize {
 }
 
 /// One boundary activation for a batch, rearranged for the statistics.
+#[derive(Debug, Clone, Default)]
 struct Views {
     /// `(batch * tokens) x d`, row-major.
     tokens: Vec<f32>,
@@ -112,12 +127,27 @@ fn views(activation: &nd::ArrayD<f32>, layout: FeatureLayout) -> Views {
 }
 
 fn cosine(a: &[f32], b: &[f32]) -> f64 {
-    let (mut ab, mut aa, mut bb) = (0f64, 0f64, 0f64);
+    cosine_and_distance(a, b).0
+}
+
+fn dist_sq(a: &[f32], b: &[f32]) -> f64 {
+    a.iter().zip(b).map(|(&x, &y)| (x as f64 - y as f64).powi(2)).sum()
+}
+
+/// Cosine and squared distance of two vectors, in f64.
+fn cosine_and_distance(a: &[f32], b: &[f32]) -> (f64, f64) {
+    let (mut ab, mut aa, mut bb, mut dd) = (0f64, 0f64, 0f64, 0f64);
     for (&x, &y) in a.iter().zip(b) {
-        ab += x as f64 * y as f64;
-        aa += x as f64 * x as f64;
-        bb += y as f64 * y as f64;
+        let (x, y) = (x as f64, y as f64);
+        ab += x * y;
+        aa += x * x;
+        bb += y * y;
+        dd += (x - y) * (x - y);
     }
+    (cosine_from(ab, aa, bb), dd)
+}
+
+fn cosine_from(ab: f64, aa: f64, bb: f64) -> f64 {
     if aa == 0.0 || bb == 0.0 {
         return if aa == bb { 1.0 } else { 0.0 };
     }
@@ -165,6 +195,8 @@ impl Statistics {
                         cross: Cross::new(d, d),
                         cosine_sum: 0.0,
                         angle_sum: 0.0,
+                        token_dist_sq: 0.0,
+                        image_dist_sq: 0.0,
                     });
                 }
             }
@@ -177,11 +209,13 @@ impl Statistics {
                 sample_cosine_sum.push((boundaries[i].shape == boundaries[j].shape).then_some(0.0));
             }
         }
-        Ok(Self { images: 0, boundaries, spans, image_cross, sample_cosine_sum })
+        let pending = vec![Views::default(); n];
+        Ok(Self { images: 0, boundaries, spans, image_cross, sample_cosine_sum, pending, pending_images: 0 })
     }
 
     /// Adds one batch: `activations[b]` is boundary `b`'s tensor for `valid`
     /// real images (a padded last batch has extra rows, which are ignored).
+    /// Rows are buffered; [`Statistics::flush`] folds in the remainder.
     pub fn update(&mut self, activations: &[nd::ArrayD<f32>], valid: usize, par: Par) -> Result<(), CaptureError> {
         let mut all = Vec::with_capacity(activations.len());
         for (stats, act) in self.boundaries.iter().zip(activations) {
@@ -198,6 +232,27 @@ impl Statistics {
             }
             all.push(views(&act, stats.layout));
         }
+        for (buffer, v) in self.pending.iter_mut().zip(all) {
+            buffer.tokens.extend_from_slice(&v.tokens);
+            buffer.images.extend_from_slice(&v.images);
+        }
+        self.pending_images += valid;
+        let rows = self.pending.first().map_or(0, |b| b.tokens.len() / self.boundaries[0].tokens.dim().max(1));
+        if rows >= FLUSH_TOKEN_ROWS {
+            self.flush(par);
+        }
+        self.images += valid;
+        Ok(())
+    }
+
+    /// Folds the buffered rows into the statistics; call after the last
+    /// `update` (capture does) before reading any score.
+    pub fn flush(&mut self, par: Par) {
+        if self.pending_images == 0 {
+            return;
+        }
+        let all = std::mem::replace(&mut self.pending, vec![Views::default(); self.boundaries.len()]);
+        let images = std::mem::take(&mut self.pending_images);
         for (stats, v) in self.boundaries.iter_mut().zip(&all) {
             stats.tokens.update(&v.tokens, par);
             stats.images.update(&v.images, par);
@@ -207,10 +262,12 @@ impl Statistics {
             span.cross.update(x, y, par);
             let d = self.boundaries[span.start].tokens.dim();
             for (a, b) in x.chunks_exact(d).zip(y.chunks_exact(d)) {
-                let c = cosine(a, b);
+                let (c, dd) = cosine_and_distance(a, b);
                 span.cosine_sum += c;
                 span.angle_sum += c.acos() / std::f64::consts::PI;
+                span.token_dist_sq += dd;
             }
+            span.image_dist_sq += dist_sq(&all[span.start].images, &all[span.end].images);
         }
         let n = self.boundaries.len();
         for i in 0..n {
@@ -218,14 +275,12 @@ impl Statistics {
                 let k = pair_index(n, i, j);
                 self.image_cross[k].update(&all[i].images, &all[j].images, par);
                 if let Some(sum) = self.sample_cosine_sum[k].as_mut() {
-                    let per = all[i].tokens.len() / valid.max(1);
+                    let per = all[i].tokens.len() / images.max(1);
                     for (a, b) in all[i].tokens.chunks_exact(per).zip(all[j].tokens.chunks_exact(per)) {
                         *sum += cosine(a, b);
                     }
                 }
             }
         }
-        self.images += valid;
-        Ok(())
     }
 }

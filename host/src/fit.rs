@@ -28,13 +28,23 @@ pub struct Cross {
     pub xy: Mat<f64>,
 }
 
-/// Adds `a^T b` (f32 product, f64 accumulation) into `acc`.
+/// Rows per f32 matrix product before its result is added in f64: long
+/// enough for an efficient product, short enough that f32 rounding stays
+/// near 1e-6 relative.
+const PRODUCT_ROWS: usize = 64;
+
+/// Adds `a^T b` (f32 products over row chunks, f64 accumulation) into `acc`.
 fn add_product(acc: &mut Mat<f64>, a: MatRef<'_, f32>, b: MatRef<'_, f32>, par: Par) {
     let mut chunk = Mat::<f32>::zeros(a.ncols(), b.ncols());
-    matmul(&mut chunk, Accum::Replace, a.transpose(), b, 1.0f32, par);
-    for j in 0..acc.ncols() {
-        for i in 0..acc.nrows() {
-            acc[(i, j)] += chunk[(i, j)] as f64;
+    let rows = a.nrows();
+    for start in (0..rows).step_by(PRODUCT_ROWS) {
+        let n = PRODUCT_ROWS.min(rows - start);
+        let (ac, bc) = (a.subrows(start, n), b.subrows(start, n));
+        matmul(&mut chunk, Accum::Replace, ac.transpose(), bc, 1.0f32, par);
+        for j in 0..acc.ncols() {
+            for i in 0..acc.nrows() {
+                acc[(i, j)] += chunk[(i, j)] as f64;
+            }
         }
     }
 }

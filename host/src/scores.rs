@@ -60,23 +60,16 @@ pub fn linear_cka(x: &Moments, y: &Moments, cross: &Cross) -> Option<f64> {
     Some(xy / (sx * sy).sqrt())
 }
 
-fn trace(c: &Cross) -> f64 {
-    (0..c.xy.nrows().min(c.xy.ncols())).map(|i| c.xy[(i, i)]).sum()
-}
-
 impl Statistics {
     /// Scores of every span with fit statistics, in (start, end) order.
     pub fn span_scores(&self) -> Vec<SpanScore> {
         let images = self.images.max(1) as f64;
-        let n = self.boundaries.len();
         self.spans
             .iter()
             .map(|sp| {
                 let (s, e) = (&self.boundaries[sp.start], &self.boundaries[sp.end]);
-                // ||h_e - h_s||^2 = ||h_e||^2 + ||h_s||^2 - 2 <h_s, h_e>.
-                let br_all = -(e.tokens.sq_norm + s.tokens.sq_norm - 2.0 * trace(&sp.cross)) / images;
-                let img_cross = &self.image_cross[pair_index(n, sp.start, sp.end)];
-                let br_cls = -(e.images.sq_norm + s.images.sq_norm - 2.0 * trace(img_cross)) / images;
+                let br_all = -sp.token_dist_sq / images;
+                let br_cls = -sp.image_dist_sq / images;
                 let (residual, solver) = match fit(FitKind::Linear, &s.tokens, &e.tokens, &sp.cross) {
                     Ok(f) => (f.relative_residual, f.solver),
                     Err(_) => (f64::NAN, Solver::None),
