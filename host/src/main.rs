@@ -43,47 +43,20 @@ enum Command {
     /// Score every block and candidate span on calibration images; write
     /// report.json and report.html.
     Analyze {
-        /// The ONNX model (or `demo:vit`, `demo:resnet` for the embedded ones).
-        model: String,
-        /// Images: an ImageFolder, a flat folder, a .npy/.npz file, or `demo`.
-        #[arg(long)]
-        data: String,
-        /// Calibration images to use.
-        #[arg(long, default_value_t = 500)]
-        samples: usize,
-        /// Held out from calibration for later verification (fraction or count;
-        /// the demo digits use their fixed split).
-        #[arg(long, default_value = "0.2")]
-        holdout: Holdout,
-        /// Seed for the held-out split and the calibration subset.
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
-        /// Images per forward pass.
-        #[arg(long, default_value_t = 16)]
-        batch: usize,
+        #[command(flatten)]
+        calibration: CalibrationArgs,
         /// Longest span (in blocks) to score.
         #[arg(long, default_value_t = 3)]
         max_span: usize,
-        /// Threads for the statistics.
-        #[arg(long, default_value_t = 1)]
-        threads: usize,
         /// Folder for report.json and report.html.
         #[arg(long, default_value = "rba-analysis")]
         out: PathBuf,
-        /// Use these boundary tensors instead of detecting blocks.
-        #[arg(long, value_delimiter = ',')]
-        boundaries: Option<Vec<String>>,
-        #[command(flatten)]
-        preprocess: PreprocessArgs,
     },
     /// Replace redundant spans by closed-form maps, verified on held-out data,
     /// and write the compacted ONNX model.
     Compact {
-        /// The ONNX model (or `demo:vit`, `demo:resnet`).
-        model: String,
-        /// Images (see `analyze`); a held-out part verifies every decision.
-        #[arg(long)]
-        data: String,
+        #[command(flatten)]
+        calibration: CalibrationArgs,
         /// Where to write the compacted model.
         #[arg(long)]
         out: PathBuf,
@@ -105,27 +78,13 @@ enum Command {
         target_macs: Option<f64>,
         #[arg(long, value_enum, default_value = "linear")]
         translator: TranslatorKind,
-        /// Calibration images for the fits.
-        #[arg(long, default_value_t = 500)]
-        samples: usize,
         /// Held-out images for verification (at most).
         #[arg(long, default_value_t = 1000)]
         held_out_samples: usize,
-        #[arg(long, default_value = "0.2")]
-        holdout: Holdout,
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
-        #[arg(long, default_value_t = 16)]
-        batch: usize,
-        /// Longest span (in blocks) with fit statistics.
+        /// Longest span (in blocks) with fit statistics; adjacent removed
+        /// blocks merge into one span, up to this length.
         #[arg(long, default_value_t = 4)]
         max_span: usize,
-        #[arg(long, default_value_t = 1)]
-        threads: usize,
-        #[arg(long, value_delimiter = ',')]
-        boundaries: Option<Vec<String>>,
-        #[command(flatten)]
-        preprocess: PreprocessArgs,
     },
     /// Compare models side by side: accuracy, agreement, size, host latency.
     Evaluate {
@@ -155,6 +114,57 @@ enum Command {
         #[arg(long)]
         export: Option<PathBuf>,
     },
+}
+
+/// The model and the calibration data: shared by `analyze` and `compact`.
+#[derive(clap::Args)]
+struct CalibrationArgs {
+    /// The ONNX model (or `demo:vit`, `demo:resnet` for the embedded ones).
+    model: String,
+    /// Images: an ImageFolder, a flat folder, a .npy/.npz file, or `demo`.
+    #[arg(long)]
+    data: String,
+    /// Calibration images to use.
+    #[arg(long, default_value_t = 500)]
+    samples: usize,
+    /// Held out from calibration for verification (fraction or count; the
+    /// demo digits use their fixed split).
+    #[arg(long, default_value = "0.2")]
+    holdout: Holdout,
+    /// Seed for the held-out split and the calibration subset.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Images per forward pass.
+    #[arg(long, default_value_t = 16)]
+    batch: usize,
+    /// Threads for the statistics.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Use these boundary tensors instead of detecting blocks.
+    #[arg(long, value_delimiter = ',')]
+    boundaries: Option<Vec<String>>,
+    #[command(flatten)]
+    preprocess: PreprocessArgs,
+}
+
+/// A model with its calibration statistics, and the held-out data left over.
+struct Calibrated {
+    model: Model,
+    pre: Preprocess,
+    stats: rba_host::capture::Statistics,
+    calibration: Dataset,
+    held_out: Dataset,
+}
+
+fn calibrate(args: &CalibrationArgs, max_span: usize) -> anyhow::Result<Calibrated> {
+    let model = Model::new(load_model(&args.model)?, args.boundaries.as_deref())?;
+    let pre = Preprocess::for_model(&args.preprocess, &model.onnx)?;
+    let (calibration, held_out) = Dataset::open(&args.data)?.calibration_split(args.holdout, args.seed)?;
+    let calibration = calibration.subset(Some(args.samples), Some(args.seed));
+    let options = CaptureOptions { batch: args.batch, max_span, threads: args.threads, progress: true };
+    let batches = calibration.batches(&pre, args.batch).map(|b| b.map(|(x, _labels)| x));
+    let stats = analyze::capture(&model, batches, Some(calibration.len()), &options)?;
+    Ok(Calibrated { model, pre, stats, calibration, held_out })
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -187,8 +197,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Compact {
-            model,
-            data,
+            calibration,
             out,
             spans,
             remove,
@@ -196,15 +205,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             target_params,
             target_macs,
             translator,
-            samples,
             held_out_samples,
-            holdout,
-            seed,
-            batch,
             max_span,
-            threads,
-            boundaries,
-            preprocess,
         } => {
             let budget = match (spans, remove, max_drop, target_params, target_macs) {
                 (Some(s), ..) => Budget::Spans(s),
@@ -216,14 +218,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     anyhow::bail!("say what to remove: --spans, --remove, --max-drop, --target-params or --target-macs")
                 }
             };
-            let model = Model::new(load_model(&model)?, boundaries.as_deref())?;
-            let pre = Preprocess::for_model(&preprocess, &model.onnx)?;
-            let (calibration, held_out) = Dataset::open(&data)?.calibration_split(holdout, seed)?;
-            let calibration = calibration.subset(Some(samples), Some(seed));
+            let (batch, seed) = (calibration.batch, calibration.seed);
+            let Calibrated { model, pre, stats, calibration, held_out } = calibrate(&calibration, max_span)?;
             let held_out = held_out.subset(Some(held_out_samples), Some(seed));
-            let options = CaptureOptions { batch, max_span, threads, progress: true };
-            let batches = calibration.batches(&pre, batch).map(|b| b.map(|(x, _labels)| x));
-            let stats = analyze::capture(&model, batches, Some(calibration.len()), &options)?;
             let (inputs, labels) = held_out.load_all(&pre)?;
             let held = HeldOut::new(&model.onnx, inputs, labels, batch)?;
             if let (Budget::MaxDrop(p), Some(_)) = (&budget, &held.labels) {
@@ -262,27 +259,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             print!("{}", compact::render(&model, &selection));
             println!("wrote {} and {}", out.display(), report_path.display());
         }
-        Command::Analyze {
-            model,
-            data,
-            samples,
-            holdout,
-            seed,
-            batch,
-            max_span,
-            threads,
-            out,
-            boundaries,
-            preprocess,
-        } => {
+        Command::Analyze { calibration, max_span, out } => {
             let started = std::time::Instant::now();
-            let model = Model::new(load_model(&model)?, boundaries.as_deref())?;
-            let pre = Preprocess::for_model(&preprocess, &model.onnx)?;
-            let (calibration, _held_out) = Dataset::open(&data)?.calibration_split(holdout, seed)?;
-            let calibration = calibration.subset(Some(samples), Some(seed));
-            let options = CaptureOptions { batch, max_span, threads, progress: true };
-            let batches = calibration.batches(&pre, batch).map(|b| b.map(|(x, _labels)| x));
-            let stats = analyze::capture(&model, batches, Some(calibration.len()), &options)?;
+            let Calibrated { model, stats, calibration, .. } = calibrate(&calibration, max_span)?;
             let report = analyze::report(&model, &stats, calibration.name(), started);
             print!("{}", analyze::render_table(&report, 15));
             std::fs::create_dir_all(&out).map_err(|e| anyhow::anyhow!("{}: cannot create: {e}", out.display()))?;
