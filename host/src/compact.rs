@@ -343,7 +343,7 @@ pub fn select(
     let mut best_model: Option<(OnnxModel, Vec<Replacement>, Quality)> = None;
     let mut single_drops: Vec<(usize, f64)> = Vec::new();
     while !done(&removed) {
-        let mut step: Option<(usize, Quality)> = None;
+        let mut measured: Vec<(usize, Quality)> = Vec::new();
         for &b in replaceable.iter().filter(|b| !removed.contains(b)) {
             let mut candidate = removed.clone();
             candidate.push(b);
@@ -362,10 +362,9 @@ pub fn select(
             if removed.is_empty() {
                 single_drops.push((b, baseline.metric() - q.metric()));
             }
-            if step.is_none_or(|(_, s)| q.better_than(&s)) {
-                step = Some((b, q));
-            }
+            measured.push((b, q));
         }
+        let step = choose(&measured, held.len());
         let Some((b, q)) = step else { break };
         if let Budget::MaxDrop(p) = budget {
             if baseline.metric() - q.metric() > *p {
@@ -422,6 +421,19 @@ pub fn select(
         proxy_spearman.push((name.to_string(), spearman(&p, &d)));
     }
     Ok(Selection { replacements, baseline, result, trials, proxy_spearman, model: model_out })
+}
+
+/// The best candidate: among those whose metric is within one held-out
+/// image of the top (differences a small held-out set cannot resolve), the
+/// one whose outputs stay closest to the original's.
+fn choose(measured: &[(usize, Quality)], held_out: usize) -> Option<(usize, Quality)> {
+    let top = measured.iter().map(|(_, q)| q.metric()).fold(f64::NEG_INFINITY, f64::max);
+    let resolution = 1.0 / held_out.max(1) as f64;
+    measured
+        .iter()
+        .filter(|(_, q)| q.metric() >= top - resolution - 1e-12)
+        .max_by(|a, b| a.1.output_cosine.total_cmp(&b.1.output_cosine))
+        .copied()
 }
 
 /// `Auto` searches with linear maps and resolves the final spans afterwards.

@@ -12,7 +12,6 @@ use rba_host::demo::{DemoModel, Digits, Split};
 use rba_host::inspect;
 use rba_host::model::Model;
 use rba_host::onnx::{write_atomically, DataPlacement};
-use rba_host::runtime;
 use rba_host::surgery::Span;
 
 #[derive(Parser)]
@@ -108,9 +107,10 @@ enum Command {
         #[command(flatten)]
         preprocess: PreprocessArgs,
     },
-    /// Run rba on the embedded demo models (digits ViT and ResNet).
+    /// The main job on the embedded demo models (digits ViT and ResNet):
+    /// detect blocks, score them, remove two, compare on held-out digits.
     Demo {
-        /// Also write the embedded models to this folder.
+        /// Also write the embedded and the compacted models to this folder.
         #[arg(long)]
         export: Option<PathBuf>,
     },
@@ -283,28 +283,61 @@ fn load_model(spec: &str) -> anyhow::Result<rba_host::onnx::OnnxModel> {
     })
 }
 
+/// The main job on the embedded demo: for each model, find the blocks,
+/// score them on 500 calibration digits, remove two blocks (verified on the
+/// validation digits) and compare original and compacted on the test digits.
 fn demo(export: Option<PathBuf>) -> anyhow::Result<()> {
     let digits = Digits::embedded().map_err(anyhow::Error::msg)?;
     let test = digits.indices(Split::Test);
-    let inputs = digits.batch(test);
+    let test_labels: Vec<usize> = test.iter().map(|&i| digits.label(i)).collect();
     for which in [DemoModel::Vit, DemoModel::Resnet] {
-        let onnx = which.load()?;
+        let started = std::time::Instant::now();
+        let args = CalibrationArgs {
+            model: format!("demo:{}", if which == DemoModel::Vit { "vit" } else { "resnet" }),
+            data: "demo".into(),
+            samples: 500,
+            holdout: Holdout::Fraction(0.2),
+            seed: 0,
+            batch: 50,
+            threads: 1,
+            boundaries: None,
+            preprocess: PreprocessArgs::default(),
+        };
+        let Calibrated { model, pre, stats, held_out, calibration } = calibrate(&args, 3)?;
+        print!("{}", inspect::render_text(&inspect::inspect(&model)));
+        let report = analyze::report(&model, &stats, calibration.name(), started);
+        println!();
+        print!("{}", analyze::render_table(&report, 5));
+        let (inputs, labels) = held_out.load_all(&pre)?;
+        let held = HeldOut::new(&model.onnx, inputs, labels, args.batch)?;
+        let selection =
+            compact::select(&model, &stats, &held, &Budget::Remove(2), TranslatorKind::Linear, |m| eprintln!("{m}"))?;
+        println!();
+        print!("{}", compact::render(&model, &selection));
+        let slim = Model::new(selection.model.clone(), None)?;
+        let bytes = |m: &Model| m.onnx.to_bytes().len() as u64;
+        let rows = compact::evaluate(
+            &[
+                (
+                    format!("{} (original)", which.file_name()),
+                    Model::new(which.load()?, None)?,
+                    which.bytes().len() as u64,
+                ),
+                ("compacted".to_string(), Model::new(slim.onnx.clone(), None)?, bytes(&slim)),
+            ],
+            &digits.batch(test),
+            Some(&test_labels),
+            50,
+            20,
+        )?;
+        println!("\non the {} test digits (never used for fitting or selection):", test.len());
+        println!("{}", compact::render_evaluation(&rows));
         if let Some(dir) = &export {
             std::fs::create_dir_all(dir)?;
-            onnx.save(dir.join(which.file_name()), &DataPlacement::Inline)?;
+            which.load()?.save(dir.join(which.file_name()), &DataPlacement::Inline)?;
+            slim.onnx.save(dir.join(format!("slim-{}", which.file_name())), &DataPlacement::Inline)?;
+            println!("wrote {} and slim-{} to {}\n", which.file_name(), which.file_name(), dir.display());
         }
-        let model = Model::new(onnx, None)?;
-        print!("{}", inspect::render_text(&inspect::inspect(&model)));
-        let predicted = runtime::argmax_rows(&runtime::predict(&model.onnx, &inputs, 64)?);
-        let correct = test.iter().zip(&predicted).filter(|(&i, &p)| digits.label(i) == p).count();
-        println!(
-            "test accuracy: {:.2}% ({correct}/{} held-out digits)\n",
-            100.0 * correct as f64 / test.len() as f64,
-            test.len()
-        );
-    }
-    if let Some(dir) = &export {
-        println!("wrote {} and {} to {}", DemoModel::Vit.file_name(), DemoModel::Resnet.file_name(), dir.display());
     }
     Ok(())
 }
