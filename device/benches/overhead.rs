@@ -1,10 +1,12 @@
 //! What measuring costs: the per-run overhead of the measurement loop (two
 //! clock reads and a push around an empty run), and the fastest possible
-//! tract run (a 4x3 linear model) through the runtime. Prints the figures
-//! past the harness capture: `cargo test -p rba-device --test overhead`.
+//! tract run (a 4x3 linear model) through the runtime, measured in the same
+//! run: `cargo bench -p rba-device --bench overhead --profile dev`.
 
 #![allow(clippy::unwrap_used)]
 
+#[path = "../tests/common/mod.rs"]
+#[allow(dead_code)]
 mod common;
 
 use std::io::Write;
@@ -16,8 +18,7 @@ fn say(msg: &str) {
     let _ = writeln!(std::io::stderr().lock(), "measurement overhead: {msg}");
 }
 
-#[test]
-fn per_run_overhead_is_small() {
+fn main() {
     let mut clock = MonotonicClock::default();
     let policy = RunPolicy { count: 100_000, min_time_ms: 0 };
     let r = run_phase::<()>(
@@ -40,9 +41,6 @@ fn per_run_overhead_is_small() {
         s.mean_ns,
         r.runs()
     ));
-    // Generous bounds (shared CI cores): a clock read is tens of ns.
-    assert!(s.p50_ns < 20_000, "{s:?}");
-    assert!(s.min_ns <= s.p50_ns && s.p50_ns <= s.p99_ns);
 
     let model = rba_device::runtime::load(&common::small_linear(), 1).unwrap();
     let input = model.synthetic_inputs(1).unwrap();
@@ -58,5 +56,5 @@ fn per_run_overhead_is_small() {
     .unwrap();
     let t = stats(&r.samples[0]).unwrap();
     say(&format!("tract 4x3 linear: min {} ns, p50 {} ns, p99 {} ns", t.min_ns, t.p50_ns, t.p99_ns));
-    assert!(t.p50_ns > s.p50_ns, "a tract run costs more than an empty one");
+    say(&format!("measurement overhead / smallest tract run (p50): {:.4}", s.p50_ns as f64 / t.p50_ns.max(1) as f64));
 }
