@@ -6,7 +6,6 @@
 #![allow(clippy::unwrap_used)]
 
 #[path = "../tests/common/mod.rs"]
-#[allow(dead_code)]
 mod common;
 
 use std::io::Write;
