@@ -70,23 +70,47 @@ pub fn capture<E: std::fmt::Display>(
         bar.set_message("capture");
         bar
     });
-    for batch in batches {
-        let batch = batch.map_err(|e| AnalyzeError::Data(e.to_string()))?;
-        // Any batch size works: run it in pieces of the plan's batch.
-        let plan_batch = runner.input_shape[0];
-        for start in (0..batch.shape()[0]).step_by(plan_batch.max(1)) {
-            let piece = batch.slice_axis(nd::Axis(0), (start..(start + plan_batch).min(batch.shape()[0])).into());
-            let k = piece.shape()[0];
-            let mut padded = nd::ArrayD::zeros(runner.input_shape.clone());
-            padded.slice_axis_mut(nd::Axis(0), (0..k).into()).assign(&piece);
-            let results = runner.run(padded)?;
-            stats.update(&results[outputs..], k, par).map_err(capture_err)?;
-            if let Some(bar) = &bar {
-                bar.inc(k as u64);
+    // Pipeline: this thread runs the model while a second one folds the
+    // previous batch into the statistics, so on two cores the statistics
+    // cost little wall time. The channel holds two batches: memory stays
+    // bounded.
+    let (sender, receiver) = std::sync::mpsc::sync_channel::<(Vec<nd::ArrayD<f32>>, usize)>(2);
+    let (produced, stats) = std::thread::scope(|scope| {
+        let worker = scope.spawn(move || -> Result<Statistics, CaptureError> {
+            for (activations, valid) in receiver {
+                stats.update(&activations, valid, par)?;
             }
-        }
-    }
-    stats.flush(par);
+            stats.flush(par);
+            Ok(stats)
+        });
+        let produced = (|| -> Result<(), AnalyzeError> {
+            for batch in batches {
+                let batch = batch.map_err(|e| AnalyzeError::Data(e.to_string()))?;
+                // Any batch size works: run it in pieces of the plan's batch.
+                let plan_batch = runner.input_shape[0];
+                for start in (0..batch.shape()[0]).step_by(plan_batch.max(1)) {
+                    let piece =
+                        batch.slice_axis(nd::Axis(0), (start..(start + plan_batch).min(batch.shape()[0])).into());
+                    let k = piece.shape()[0];
+                    let mut padded = nd::ArrayD::zeros(runner.input_shape.clone());
+                    padded.slice_axis_mut(nd::Axis(0), (0..k).into()).assign(&piece);
+                    let activations: Vec<nd::ArrayD<f32>> = runner.run(padded)?.into_iter().skip(outputs).collect();
+                    if sender.send((activations, k)).is_err() {
+                        // The statistics thread stopped on an error; join() reports it.
+                        return Ok(());
+                    }
+                    if let Some(bar) = &bar {
+                        bar.inc(k as u64);
+                    }
+                }
+            }
+            Ok(())
+        })();
+        drop(sender);
+        (produced, worker.join())
+    });
+    let stats = stats.map_err(|_| AnalyzeError::Data("the statistics thread panicked".into()))?.map_err(capture_err)?;
+    produced?;
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
