@@ -193,37 +193,26 @@ mod tests {
                 self.0.borrow_mut().now_ns()
             }
         }
-        let policy = RunPolicy { count: 3, min_time_ms: 10 };
-        let r = run_phase::<()>(
-            &mut Shared(&clock),
-            policy,
-            0,
-            1,
-            Caps::default(),
-            |_| {
-                clock.borrow_mut().run();
-                Ok(())
-            },
-            |_, _| Ok(()),
-        )
-        .unwrap();
+        let measure = |policy: RunPolicy| {
+            run_phase::<()>(
+                &mut Shared(&clock),
+                policy,
+                0,
+                1,
+                Caps::default(),
+                |_| {
+                    clock.borrow_mut().run();
+                    Ok(())
+                },
+                |_, _| Ok(()),
+            )
+            .unwrap()
+        };
+        let r = measure(RunPolicy { count: 3, min_time_ms: 10 });
         assert_eq!(r.runs(), 10);
         assert!(r.samples[0].iter().all(|&s| s == 1_000_000));
         // Count dominates when the time is short.
-        let policy = RunPolicy { count: 25, min_time_ms: 10 };
-        let r = run_phase::<()>(
-            &mut Shared(&clock),
-            policy,
-            0,
-            1,
-            Caps::default(),
-            |_| {
-                clock.borrow_mut().run();
-                Ok(())
-            },
-            |_, _| Ok(()),
-        )
-        .unwrap();
+        let r = measure(RunPolicy { count: 25, min_time_ms: 10 });
         assert_eq!(r.runs(), 25);
     }
 

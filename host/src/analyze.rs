@@ -133,6 +133,28 @@ pub struct SpanRow {
     pub translator_macs: u64,
 }
 
+/// Column names of the span table, shared by the terminal and the HTML report.
+pub const SPAN_COLUMNS: [&str; 9] =
+    ["span", "blocks", "1-R^2", "cos", "BR(all)", "BR(cls)", "angle", "params saved", "MACs saved"];
+
+impl SpanRow {
+    /// The span's table cells, in `SPAN_COLUMNS` order.
+    pub fn cells(&self) -> [String; 9] {
+        let sc = &self.score;
+        [
+            format!("{}..{}", sc.start, sc.end),
+            if sc.blocks == 1 { sc.end.to_string() } else { format!("{}-{}", sc.start + 1, sc.end) },
+            format!("{:.4}", sc.linear_residual),
+            format!("{:.4}", sc.cosine),
+            format!("{:.4e}", sc.br_all_tokens),
+            format!("{:.3e}", sc.br_cls),
+            format!("{:.4}", sc.angular_distance),
+            si(self.params_removed.saturating_sub(self.translator_params)),
+            si(self.macs_removed.saturating_sub(self.translator_macs)),
+        ]
+    }
+}
+
 #[derive(Debug, Serialize)]
 pub struct BlockRow {
     pub index: usize,
@@ -241,24 +263,14 @@ pub fn render_table(r: &Report, limit: usize) -> String {
         r.spans.len(),
         r.spans.iter().map(|s| s.score.blocks).max().unwrap_or(0)
     );
-    out += &format!(
-        "{:>7}  {:>6}  {:>10}  {:>10}  {:>12}  {:>10}  {:>7}  {:>9}  {:>9}\n",
-        "span", "blocks", "1-R^2", "cos", "BR(all)", "BR(cls)", "angle", "params-", "MACs-"
-    );
+    const WIDTHS: [usize; 9] = [7, 6, 10, 10, 12, 10, 7, 12, 10];
+    let line = |cells: &[String]| {
+        let padded: Vec<String> = cells.iter().zip(WIDTHS).map(|(c, w)| format!("{c:>w$}")).collect();
+        padded.join("  ") + "\n"
+    };
+    out += &line(&SPAN_COLUMNS.map(String::from));
     for s in r.spans.iter().take(limit) {
-        let sc = &s.score;
-        out += &format!(
-            "{:>7}  {:>6}  {:>10.4}  {:>10.4}  {:>12.4e}  {:>10.3e}  {:>7.4}  {:>9}  {:>9}\n",
-            format!("{}..{}", sc.start, sc.end),
-            if sc.blocks == 1 { sc.end.to_string() } else { format!("{}-{}", sc.start + 1, sc.end) },
-            sc.linear_residual,
-            sc.cosine,
-            sc.br_all_tokens,
-            sc.br_cls,
-            sc.angular_distance,
-            si(s.params_removed.saturating_sub(s.translator_params)),
-            si(s.macs_removed.saturating_sub(s.translator_macs)),
-        );
+        out += &line(&s.cells());
     }
     out
 }

@@ -3,7 +3,7 @@
 
 use std::fmt::Write;
 
-use crate::analyze::Report;
+use crate::analyze::{Report, SPAN_COLUMNS};
 use crate::inspect::si;
 
 fn escape(s: &str) -> String {
@@ -135,23 +135,10 @@ pub fn html(r: &Report) -> String {
     let br_all: Vec<Option<f64>> = r.blocks.iter().map(|b| b.score.as_ref().map(|s| -s.br_all_tokens)).collect();
     let mut rows = String::new();
     for s in r.spans.iter().take(30) {
-        let sc = &s.score;
-        let _ = write!(
-            rows,
-            "<tr><td>{}..{}</td><td>{}-{}</td><td>{:.4}</td><td>{:.4}</td><td>{:.4e}</td><td>{:.4e}</td><td>{:.4}</td><td>{}</td><td>{}</td></tr>",
-            sc.start,
-            sc.end,
-            sc.start + 1,
-            sc.end,
-            sc.linear_residual,
-            sc.cosine,
-            sc.br_all_tokens,
-            sc.br_cls,
-            sc.angular_distance,
-            si(s.params_removed.saturating_sub(s.translator_params)),
-            si(s.macs_removed.saturating_sub(s.translator_macs)),
-        );
+        let cells: String = s.cells().iter().map(|c| format!("<td>{}</td>", escape(c))).collect();
+        let _ = write!(rows, "<tr>{cells}</tr>");
     }
+    let header: String = SPAN_COLUMNS.iter().map(|c| format!("<th>{}</th>", escape(c))).collect();
     let mut blocks = String::new();
     for b in &r.blocks {
         let _ = write!(
@@ -180,8 +167,7 @@ Calibration: {images} images from <code>{source}</code>; {tool}; {seconds:.1} s.
 <figure>{res_svg}<figcaption>1 - R² of the linear map over the block (lower = more replaceable)</figcaption></figure>\
 <figure>{br_svg}<figcaption>-BR on the CLS token (the paper's score; closer to 0 = more redundant)</figcaption></figure>\
 <figure>{br_all_svg}<figcaption>-BR over all tokens</figcaption></figure></div>\
-<h2>Candidate spans (best first)</h2><table><tr><th>span</th><th>blocks</th><th>1-R²</th><th>cosine</th><th>BR all</th>\
-<th>BR CLS</th><th>angle</th><th>params saved</th><th>MACs saved</th></tr>{rows}</table>\
+<h2>Candidate spans (best first)</h2><table><tr>{header}</tr>{rows}</table>\
 <h2>Blocks</h2><table><tr><th>block</th><th>input</th><th>output</th><th>shape</th><th>params</th><th>MACs</th><th>replaceable</th></tr>{blocks}</table>\
 </body></html>\n",
         file = escape(&r.model.file),
