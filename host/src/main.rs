@@ -5,6 +5,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod device_cli;
+
 use rba_host::analyze::{self, CaptureOptions};
 use rba_host::compact::{self, Budget, HeldOut, TranslatorKind};
 use rba_host::data::{Dataset, Holdout, Preprocess, PreprocessArgs};
@@ -114,6 +116,8 @@ enum Command {
         #[arg(long)]
         export: Option<PathBuf>,
     },
+    #[command(flatten)]
+    Device(device_cli::DeviceCommand),
 }
 
 /// The model and the calibration data: shared by `analyze` and `compact`.
@@ -179,6 +183,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Demo { export } => demo(export)?,
+        Command::Device(command) => device_cli::run(command)?,
         Command::Evaluate { models, data, samples, batch, rounds, json, preprocess } => {
             let mut loaded = Vec::new();
             for spec in &models {
