@@ -20,7 +20,17 @@ pub mod store;
 
 pub use handler::{Daemon, DaemonConfig};
 
+static QUIET: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Silences [`log`] for this process: the host's in-process `local` board
+/// reports through the host, and daemon lines would clutter its terminal.
+pub fn set_quiet(quiet: bool) {
+    QUIET.store(quiet, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// Logs one line to stderr (journald adds timestamps under systemd).
 pub fn log(msg: &str) {
-    eprintln!("rba-device: {msg}");
+    if !QUIET.load(std::sync::atomic::Ordering::Relaxed) {
+        eprintln!("rba-device: {msg}");
+    }
 }

@@ -278,7 +278,15 @@ impl<H: DeviceHandler> Server<'_, H> {
     /// breaks (a pseudo-terminal whose other end closed, a USB gadget that
     /// went away). Fails only if the port cannot be opened at first.
     pub fn serve_serial(&mut self, path: &str, baud: u32) -> Result<(), LinkError> {
-        let mut port = Some(open_serial(path, baud)?);
+        let port = open_serial(path, baud)?;
+        self.serve_opened_serial(port, path, baud)
+    }
+
+    /// [`Server::serve_serial`] on a port the caller opened with
+    /// [`open_serial`] (so an in-process board reports open errors before
+    /// its thread starts, and the host never writes to an unopened port).
+    pub fn serve_opened_serial(&mut self, port: SerialLink, path: &str, baud: u32) -> Result<(), LinkError> {
+        let mut port = Some(port);
         log(&format!("serving on {path} at {baud} baud"));
         let mut last_error = String::new();
         while !self.shutdown.load(Ordering::SeqCst) {

@@ -104,3 +104,13 @@ impl Digits {
         out
     }
 }
+
+/// A model argument as every command takes it: an ONNX file (external data
+/// pulled inline), or `demo:vit` / `demo:resnet` for the embedded models.
+pub fn load_model_spec(spec: &str) -> Result<OnnxModel, OnnxError> {
+    match spec {
+        "demo:vit" => DemoModel::Vit.load(),
+        "demo:resnet" => DemoModel::Resnet.load(),
+        path => OnnxModel::load(path),
+    }
+}

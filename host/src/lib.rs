@@ -9,6 +9,7 @@ pub mod data;
 pub mod demo;
 pub mod fit;
 pub mod inspect;
+pub mod link;
 pub mod model;
 pub mod npy;
 pub mod onnx;
