@@ -10,6 +10,8 @@ use rba_host::onnx::write_atomically;
 use rba_protocol::{DeviceIdentity, RunPolicy};
 
 /// Board commands, flattened into the top-level `rba` command list.
+// Parsed once per process: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(clap::Subcommand)]
 pub enum DeviceCommand {
     /// Probe serial ports, board profiles with TCP addresses and the
