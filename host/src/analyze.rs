@@ -39,11 +39,14 @@ pub struct CaptureOptions {
     pub threads: usize,
     /// Show a progress bar on stderr.
     pub progress: bool,
+    /// Also capture the statistics of folded translators, wherever a block
+    /// ends in a residual Add of a linear layer.
+    pub fold: bool,
 }
 
 impl Default for CaptureOptions {
     fn default() -> Self {
-        Self { batch: 16, max_span: 3, threads: 1, progress: false }
+        Self { batch: 16, max_span: 3, threads: 1, progress: false, fold: false }
     }
 }
 
@@ -58,8 +61,17 @@ pub fn capture<E: std::fmt::Display>(
     let path = model.onnx.path.display().to_string();
     let capture_err = |source| AnalyzeError::Capture { path: path.clone(), source };
     let mut stats = Statistics::new(&model.blocks, options.max_span).map_err(capture_err)?;
-    let runner = Runner::new(&model.onnx, options.batch, &model.blocks.boundaries)?;
-    let outputs = runner.outputs.len() - model.blocks.boundaries.len();
+    if options.fold {
+        let sites: Vec<(usize, String)> = (1..model.blocks.boundaries.len())
+            .filter_map(|s| crate::fold::fold_site(model.onnx.graph(), &model.blocks, s).ok())
+            .map(|site| (site.boundary, site.branch))
+            .collect();
+        stats = stats.with_branches(&sites);
+    }
+    let mut captured = model.blocks.boundaries.clone();
+    captured.extend(stats.branches.iter().map(|b| b.tensor.clone()));
+    let runner = Runner::new(&model.onnx, options.batch, &captured)?;
+    let outputs = runner.outputs.len() - captured.len();
     let par = if options.threads > 1 { Par::rayon(options.threads) } else { Par::Seq };
     let bar = options.progress.then(|| {
         let bar = indicatif::ProgressBar::new(total_images.unwrap_or(0) as u64);

@@ -42,6 +42,26 @@ pub struct SpanStats {
     pub image_dist_sq: f64,
 }
 
+/// Statistics for folded translators (see `fold`): the branch `m_s` that
+/// ends the block producing boundary `s`, and per span end `e` the target
+/// `h_e - r_s = h_e - h_s + m_s`.
+#[derive(Debug, Clone)]
+pub struct BranchStats {
+    pub boundary: usize,
+    pub tensor: String,
+    pub moments: Moments,
+    pub targets: Vec<FoldTarget>,
+}
+
+#[derive(Debug, Clone)]
+pub struct FoldTarget {
+    pub end: usize,
+    /// Sums and norms of the target rows (no Gram: fits never read it).
+    pub moments: Moments,
+    /// `m_s^T (h_e - r_s)`.
+    pub cross: Cross,
+}
+
 /// Everything `analyze` needs, accumulated over all calibration images.
 #[derive(Debug, Clone)]
 pub struct Statistics {
@@ -55,10 +75,12 @@ pub struct Statistics {
     /// Sum over images of the cosine between the flattened activations, for
     /// pairs of equal shape (`None` otherwise).
     pub sample_cosine_sum: Vec<Option<f64>>,
+    /// Fold statistics, for the boundaries given to [`Statistics::with_branches`].
+    pub branches: Vec<BranchStats>,
     /// Rows waiting for the next flush, per boundary: matrix products over a
     /// few thousand rows at once run several times faster than per batch,
     /// and the buffer's size is fixed, so memory still does not grow with the
-    /// number of images.
+    /// number of images. Boundaries first, then branches.
     pending: Vec<Views>,
     pending_images: usize,
 }
@@ -210,7 +232,42 @@ impl Statistics {
             }
         }
         let pending = vec![Views::default(); n];
-        Ok(Self { images: 0, boundaries, spans, image_cross, sample_cosine_sum, pending, pending_images: 0 })
+        Ok(Self {
+            images: 0,
+            boundaries,
+            spans,
+            image_cross,
+            sample_cosine_sum,
+            branches: Vec::new(),
+            pending,
+            pending_images: 0,
+        })
+    }
+
+    /// Also accumulates fold statistics for these `(boundary, branch tensor)`
+    /// sites, for every span with fit statistics that starts there. Their
+    /// activations follow the boundaries' in [`Statistics::update`].
+    pub fn with_branches(mut self, sites: &[(usize, String)]) -> Self {
+        for (s, tensor) in sites {
+            let d = self.boundaries[*s].tokens.dim();
+            let targets = self
+                .spans
+                .iter()
+                .filter(|sp| sp.start == *s)
+                .map(|sp| FoldTarget { end: sp.end, moments: Moments::new(d), cross: Cross::new(d, d) })
+                .collect();
+            self.branches.push(BranchStats { boundary: *s, tensor: tensor.clone(), moments: Moments::new(d), targets });
+        }
+        self.pending = vec![Views::default(); self.boundaries.len() + self.branches.len()];
+        self
+    }
+
+    /// Shape and layout of the `k`-th captured tensor (boundaries, then branches).
+    fn captured(&self, k: usize) -> (&str, &[usize], FeatureLayout) {
+        let n = self.boundaries.len();
+        let b = &self.boundaries[if k < n { k } else { self.branches[k - n].boundary }];
+        let name = if k < n { &b.name } else { &self.branches[k - n].tensor };
+        (name, &b.shape, b.layout)
     }
 
     /// Adds one batch: `activations[b]` is boundary `b`'s tensor for `valid`
@@ -218,19 +275,20 @@ impl Statistics {
     /// Rows are buffered; [`Statistics::flush`] folds in the remainder.
     pub fn update(&mut self, activations: &[nd::ArrayD<f32>], valid: usize, par: Par) -> Result<(), CaptureError> {
         let mut all = Vec::with_capacity(activations.len());
-        for (stats, act) in self.boundaries.iter().zip(activations) {
-            if act.shape()[1..] != stats.shape[1..] {
+        for (k, act) in activations.iter().enumerate().take(self.pending.len()) {
+            let (name, shape, layout) = self.captured(k);
+            if act.shape()[1..] != shape[1..] {
                 return Err(CaptureError::Shape {
-                    name: stats.name.clone(),
+                    name: name.to_string(),
                     got: act.shape().to_vec(),
-                    expected: stats.shape.clone(),
+                    expected: shape.to_vec(),
                 });
             }
             let act = act.slice_axis(nd::Axis(0), (0..valid).into()).to_owned();
             if act.iter().any(|v| !v.is_finite()) {
-                return Err(CaptureError::NonFinite(stats.name.clone()));
+                return Err(CaptureError::NonFinite(name.to_string()));
             }
-            all.push(views(&act, stats.layout));
+            all.push(views(&act, layout));
         }
         for (buffer, v) in self.pending.iter_mut().zip(all) {
             buffer.tokens.extend_from_slice(&v.tokens);
@@ -251,7 +309,8 @@ impl Statistics {
         if self.pending_images == 0 {
             return;
         }
-        let all = std::mem::replace(&mut self.pending, vec![Views::default(); self.boundaries.len()]);
+        let all =
+            std::mem::replace(&mut self.pending, vec![Views::default(); self.boundaries.len() + self.branches.len()]);
         let images = std::mem::take(&mut self.pending_images);
         for (stats, v) in self.boundaries.iter_mut().zip(&all) {
             stats.tokens.update(&v.tokens, par);
@@ -270,6 +329,17 @@ impl Statistics {
             span.image_dist_sq += dist_sq(&all[span.start].images, &all[span.end].images);
         }
         let n = self.boundaries.len();
+        for (k, branch) in self.branches.iter_mut().enumerate() {
+            let m = &all[n + k].tokens;
+            let h_s = &all[branch.boundary].tokens;
+            branch.moments.update(m, par);
+            for target in branch.targets.iter_mut() {
+                let h_e = &all[target.end].tokens;
+                let y: Vec<f32> = h_e.iter().zip(h_s).zip(m).map(|((e, s), m)| e - s + m).collect();
+                target.cross.update(m, &y, par);
+                target.moments.update_target(&y);
+            }
+        }
         for i in 0..n {
             for j in i + 1..n {
                 let k = pair_index(n, i, j);

@@ -41,9 +41,11 @@ fn add_product(acc: &mut Mat<f64>, a: MatRef<'_, f32>, b: MatRef<'_, f32>, par: 
         let n = PRODUCT_ROWS.min(rows - start);
         let (ac, bc) = (a.subrows(start, n), b.subrows(start, n));
         matmul(&mut chunk, Accum::Replace, ac.transpose(), bc, 1.0f32, par);
+        // Column slices rather than `acc[(i, j)]`: no per-element bounds
+        // checks, and the loop vectorises (it was 30% of a ViT-S capture).
         for j in 0..acc.ncols() {
-            for i in 0..acc.nrows() {
-                acc[(i, j)] += chunk[(i, j)] as f64;
+            for (s, &v) in acc.col_as_slice_mut(j).iter_mut().zip(chunk.col_as_slice(j)) {
+                *s += v as f64;
             }
         }
     }
@@ -68,13 +70,20 @@ impl Moments {
         let d = self.dim();
         let view = rows_view(x, d);
         add_product(&mut self.gram, view, view, par);
-        for row in x.chunks_exact(d) {
+        self.update_target(x);
+    }
+
+    /// Adds rows to the sums and norms only, leaving `gram` alone: enough
+    /// for a fit's *target*, whose Gram the fit never reads.
+    pub fn update_target(&mut self, y: &[f32]) {
+        let d = self.dim();
+        for row in y.chunks_exact(d) {
             for (s, &v) in self.sum.iter_mut().zip(row) {
                 *s += v as f64;
             }
             self.sq_norm += row.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>();
         }
-        self.rows += (x.len() / d.max(1)) as f64;
+        self.rows += (y.len() / d.max(1)) as f64;
     }
 
     pub fn mean(&self) -> Vec<f64> {

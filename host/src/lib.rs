@@ -8,6 +8,7 @@ pub mod cost;
 pub mod data;
 pub mod demo;
 pub mod fit;
+pub mod fold;
 pub mod inspect;
 pub mod link;
 pub mod model;

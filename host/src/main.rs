@@ -160,12 +160,12 @@ struct Calibrated {
     held_out: Dataset,
 }
 
-fn calibrate(args: &CalibrationArgs, max_span: usize) -> anyhow::Result<Calibrated> {
+fn calibrate(args: &CalibrationArgs, max_span: usize, fold: bool) -> anyhow::Result<Calibrated> {
     let model = Model::new(load_model(&args.model)?, args.boundaries.as_deref())?;
     let pre = Preprocess::for_model(&args.preprocess, &model.onnx)?;
     let (calibration, held_out) = Dataset::open(&args.data)?.calibration_split(args.holdout, args.seed)?;
     let calibration = calibration.subset(Some(args.samples), Some(args.seed));
-    let options = CaptureOptions { batch: args.batch, max_span, threads: args.threads, progress: true };
+    let options = CaptureOptions { batch: args.batch, max_span, threads: args.threads, progress: true, fold };
     let batches = calibration.batches(&pre, args.batch).map(|b| b.map(|(x, _labels)| x));
     let stats = analyze::capture(&model, batches, Some(calibration.len()), &options)?;
     Ok(Calibrated { model, pre, stats, calibration, held_out })
@@ -224,7 +224,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             };
             let (batch, seed) = (calibration.batch, calibration.seed);
-            let Calibrated { model, pre, stats, calibration, held_out } = calibrate(&calibration, max_span)?;
+            let Calibrated { model, pre, stats, calibration, held_out } =
+                calibrate(&calibration, max_span, matches!(translator, TranslatorKind::Folded | TranslatorKind::Auto))?;
             let held_out = held_out.subset(Some(held_out_samples), Some(seed));
             let (inputs, labels) = held_out.load_all(&pre)?;
             let held = HeldOut::new(&model.onnx, inputs, labels, batch)?;
@@ -266,7 +267,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Analyze { calibration, max_span, out } => {
             let started = std::time::Instant::now();
-            let Calibrated { model, stats, calibration, .. } = calibrate(&calibration, max_span)?;
+            let Calibrated { model, stats, calibration, .. } = calibrate(&calibration, max_span, false)?;
             let report = analyze::report(&model, &stats, calibration.name(), started);
             print!("{}", analyze::render_table(&report, 15));
             std::fs::create_dir_all(&out).map_err(|e| anyhow::anyhow!("{}: cannot create: {e}", out.display()))?;
@@ -308,7 +309,7 @@ fn demo(export: Option<PathBuf>) -> anyhow::Result<()> {
             boundaries: None,
             preprocess: PreprocessArgs::default(),
         };
-        let Calibrated { model, pre, stats, held_out, calibration } = calibrate(&args, 3)?;
+        let Calibrated { model, pre, stats, held_out, calibration } = calibrate(&args, 3, false)?;
         print!("{}", inspect::render_text(&inspect::inspect(&model)));
         let report = analyze::report(&model, &stats, calibration.name(), started);
         println!();

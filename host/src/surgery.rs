@@ -10,6 +10,7 @@ use std::collections::HashSet;
 use serde::Serialize;
 
 use crate::blocks::{BlockMap, FeatureLayout};
+use crate::fold::{fold_into, fold_site, FoldError};
 use crate::onnx::build::{attr_ints, f32_tensor, node};
 use crate::onnx::proto::GraphProto;
 use crate::onnx::OnnxModel;
@@ -28,6 +29,10 @@ pub enum SurgeryError {
     ShapeChange { s: usize, e: usize, from: Vec<usize>, to: Vec<usize> },
     #[error("span {s}..{e}: translator is {got} values, expected {expected} for {features} features")]
     TranslatorSize { s: usize, e: usize, got: usize, expected: usize, features: usize },
+    #[error("span {s}..{e}: cannot fold into block {s}, which span {other} removes")]
+    FoldSiteRemoved { s: usize, e: usize, other: String },
+    #[error("span {s}..{e}: {source}")]
+    Fold { s: usize, e: usize, source: FoldError },
 }
 
 /// What stands in for a span.
@@ -38,13 +43,16 @@ pub enum Translator {
     /// `y = x W (+ b)` on the feature axis; `weight` is `D x D` row-major
     /// (row = input feature), `bias` has `D` values.
     Linear { weight: Vec<f32>, bias: Option<Vec<f32>> },
+    /// `weight` (`D x D`, as for `Linear`) multiplied into the last linear
+    /// layer of block `s` (see `fold`); the span's blocks are dropped.
+    Folded { weight: Vec<f32> },
 }
 
 impl Translator {
     /// Parameters the translator adds to the model.
     pub fn params(&self) -> u64 {
         match self {
-            Translator::Identity => 0,
+            Translator::Identity | Translator::Folded { .. } => 0,
             Translator::Linear { weight, bias } => (weight.len() + bias.as_ref().map_or(0, Vec::len)) as u64,
         }
     }
@@ -126,6 +134,27 @@ pub fn replace_spans(
     let mut out = model.clone();
     let mut ordered: Vec<&(Span, Translator)> = replacements.iter().collect();
     ordered.sort_by_key(|(s, _)| *s);
+    // Folds first, while the blocks they rewrite are still in the graph.
+    for (span, translator) in &ordered {
+        let Translator::Folded { weight } = translator else { continue };
+        let (s, e) = (span.start, span.end);
+        if let Some((other, _)) = ordered.iter().find(|(o, _)| o.start < s && o.end >= s) {
+            return Err(SurgeryError::FoldSiteRemoved { s, e, other: other.to_string() });
+        }
+        let features = blocks.blocks[s].features().unwrap_or(0);
+        if weight.len() != features * features {
+            return Err(SurgeryError::TranslatorSize {
+                s,
+                e,
+                got: weight.len(),
+                expected: features * features,
+                features,
+            });
+        }
+        let fold_err = |source| SurgeryError::Fold { s, e, source };
+        let site = fold_site(out.graph(), blocks, s).map_err(fold_err)?;
+        fold_into(out.graph_mut(), &site, weight).map_err(fold_err)?;
+    }
     // Adjacent spans: the second reads the first's output, which replaced
     // the shared boundary.
     let mut renamed_start: Option<(usize, String)> = None;
@@ -151,7 +180,9 @@ pub fn replace_spans(
             }
         }
         let new_nodes = match translator {
-            Translator::Identity => vec![node("Identity", &format!("{prefix}/Identity"), &[&input], &[&new_out])],
+            Translator::Identity | Translator::Folded { .. } => {
+                vec![node("Identity", &format!("{prefix}/Identity"), &[&input], &[&new_out])]
+            }
             Translator::Linear { weight, bias } => {
                 let features = first.features().unwrap_or(0);
                 let check = |got: usize, expected: usize| {

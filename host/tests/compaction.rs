@@ -53,7 +53,7 @@ fn demo_vit_two_blocks_go_with_a_small_verified_drop() {
     let digits = Digits::embedded().expect("digits");
     let train = digits.indices(Split::Train);
     let batches = train[..500].chunks(50).map(|c| Ok::<_, String>(digits.batch(c)));
-    let options = CaptureOptions { batch: 50, max_span: 2, threads: 1, progress: false };
+    let options = CaptureOptions { batch: 50, max_span: 2, threads: 1, progress: false, fold: false };
     let stats = capture(&model, batches, Some(500), &options).expect("capture");
     let val = digits.indices(Split::Val);
     let held = HeldOut::new(&model.onnx, digits.batch(val), Some(val.iter().map(|&i| digits.label(i)).collect()), 50)
