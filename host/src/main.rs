@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod device_cli;
+mod probe_cli;
 
 use rba_host::analyze::{self, CaptureOptions};
 use rba_host::compact::{self, Budget, HeldOut, TranslatorKind};
@@ -116,6 +117,9 @@ enum Command {
         #[arg(long)]
         export: Option<PathBuf>,
     },
+    /// Fit a linear classifier on a feature of a (headless) model in closed
+    /// form and append it, so the backbone can be compacted and deployed.
+    Probe(probe_cli::ProbeArgs),
     #[command(flatten)]
     Device(device_cli::DeviceCommand),
 }
@@ -184,6 +188,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Demo { export } => demo(export)?,
         Command::Device(command) => device_cli::run(command)?,
+        Command::Probe(args) => probe_cli::run(args)?,
         Command::Evaluate { models, data, samples, batch, rounds, json, preprocess } => {
             let mut loaded = Vec::new();
             for spec in &models {
