@@ -465,6 +465,7 @@ pub fn qemu_binary() -> Option<PathBuf> {
     if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR") {
         roots.push(PathBuf::from(dir));
     }
+    roots.push(PathBuf::from("target"));
     roots.push(workspace_dir().join("target"));
     let mut found: Vec<(std::time::SystemTime, PathBuf)> = Vec::new();
     for root in roots {
@@ -1125,16 +1126,21 @@ pub fn render_bench(report: &BenchReport) -> String {
     if let Some(ab) = &report.ab {
         let runs = report.results.first().map_or(0, |r| r.stats.count);
         match ab.speedup {
-            Some(s) => out.push_str(&format!(
-                "A/B, {runs} interleaved runs each: {} is {:.3}x as fast as {} ({:.0}% CI {:.3}x .. {:.3}x, bootstrap over paired runs; p50 B/A {:.3})\n",
-                ab.model_b,
-                s.point,
-                ab.model_a,
-                100.0 * s.confidence,
-                s.low,
-                s.high,
-                ab.ratio_of_medians
-            )),
+            Some(s) => {
+                out.push_str(&format!(
+                    "A/B, {runs} interleaved runs each: speedup of {} over {} {:.3}x ({:.0}% CI {:.3}x .. {:.3}x, paired bootstrap; p50 B/A {:.3})\n",
+                    ab.model_b,
+                    ab.model_a,
+                    s.point,
+                    100.0 * s.confidence,
+                    s.low,
+                    s.high,
+                    ab.ratio_of_medians
+                ));
+                if s.low <= 1.0 && 1.0 <= s.high {
+                    out.push_str("note: the interval contains 1x: no significant difference at this noise level (add runs or quiet the board)\n");
+                }
+            }
             None => out.push_str(&format!("A/B: p50 ratio B/A {:.3}\n", ab.ratio_of_medians)),
         }
     }
