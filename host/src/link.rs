@@ -265,7 +265,18 @@ fn workspace_dir() -> PathBuf {
 }
 
 pub fn find_board(name: &str) -> Result<BoardProfile, LinkError> {
-    Ok(BoardProfile::find(name, &board_dirs())?)
+    match BoardProfile::find(name, &board_dirs()) {
+        Ok(p) => Ok(p),
+        Err(BoardError::NotFound { looked, .. }) => {
+            let mut known = vec![LOCAL_BOARD.to_string(), QEMU_BOARD.to_string()];
+            known.extend(known_boards().into_iter().map(|b| b.name).filter(|n| n != LOCAL_BOARD && n != QEMU_BOARD));
+            Err(LinkError::Setup {
+                device: format!("board '{name}'"),
+                problem: format!("profile not found (looked for {looked}); known boards: {}", known.join(", ")),
+            })
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Every profile found in the board directories (first one wins per name).

@@ -230,6 +230,7 @@ fn targets_from_arguments() {
     };
     let msg = Target::from_args(&args(Some("no-such-board"), None, None)).unwrap_err().to_string();
     assert!(msg.contains("no-such-board") && msg.contains("not found"), "{msg}");
+    assert!(msg.contains("known boards: local, qemu-aarch64") && msg.contains("raspberry-pi-5"), "{msg}");
     let msg = Target::from_args(&args(None, None, None)).unwrap_err().to_string();
     assert!(msg.contains("--board") && msg.contains("--port") && msg.contains("--addr"), "{msg}");
     // A serial board needs the host's end of the link.
