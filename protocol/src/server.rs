@@ -193,7 +193,15 @@ enum Incoming {
     Undecodable(Vec<u8>),
 }
 
-fn reader_loop<R: Read>(mut reader: R, max_frame: usize, shared: Arc<Shared>, tx: mpsc::Sender<Incoming>) {
+/// Requests read ahead of the one being served. When full, the reader stops
+/// reading and TCP (or the serial line) pushes back: a peer that floods the
+/// link while a job runs or without reading the answers cannot make the
+/// server buffer without bound (at most this many frames of `max_frame`).
+/// Well above what a client keeps in flight (one request, its resends and
+/// a `Cancel`).
+pub const MAX_QUEUED_REQUESTS: usize = 16;
+
+fn reader_loop<R: Read>(mut reader: R, max_frame: usize, shared: Arc<Shared>, tx: mpsc::SyncSender<Incoming>) {
     let mut decoder = FrameDecoder::new(max_frame);
     let mut buf = vec![0u8; 64 * 1024];
     loop {
@@ -281,7 +289,7 @@ where
         ready: AtomicBool::new(false),
         stop: AtomicBool::new(false),
     });
-    let (tx, rx) = mpsc::channel();
+    let (tx, rx) = mpsc::sync_channel(MAX_QUEUED_REQUESTS);
     let reader_shared = shared.clone();
     let max_frame = config.max_frame;
     std::thread::Builder::new()
