@@ -2,92 +2,22 @@
 //! aarch64-unknown-linux-gnu, run under qemu-user, linked to the host over a
 //! pseudo-terminal pair, running a real benchmark and evaluation.
 //!
-//! Needs the aarch64 Rust std (`rustup target add aarch64-unknown-linux-gnu`),
-//! Debian's `gcc-aarch64-linux-gnu` and `qemu-user`; it skips with a message
-//! when one is missing. The cross build of tract takes 10+ minutes on two
-//! cores, so the test runs only when `RBA_QEMU_TEST=1` (`.ci/run` sets it
-//! when the target could be installed). It builds into `target/aarch64-qemu`
-//! so that it never waits on the lock of the `cargo test` running it.
+//! Prerequisites, the cross build and the command line live in
+//! `common/qemu.rs` (shared with the end-to-end tests in `tests/`): the test
+//! skips with a message unless `RBA_QEMU_TEST=1` and the aarch64 target,
+//! cross linker and qemu-user are present.
 //! Timings under emulation mean nothing; results and errors do.
 
 #![allow(clippy::unwrap_used)]
 
 mod common;
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
+use common::qemu::{missing_prerequisite, say, serve_on_serial};
 use common::*;
 use rba_protocol::*;
 use serialport::{SerialPort, TTYPort};
-
-const TARGET: &str = "aarch64-unknown-linux-gnu";
-
-/// Printed past the test harness's capture, so CI logs show it.
-fn say(msg: &str) {
-    let _ = writeln!(std::io::stderr().lock(), "qemu-aarch64 board: {msg}");
-}
-
-fn on_path(cmd: &str) -> bool {
-    Command::new("sh").args(["-c", &format!("command -v {cmd}")]).output().is_ok_and(|o| o.status.success())
-}
-
-fn aarch64_std_installed() -> bool {
-    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
-    let Ok(out) = Command::new(rustc).args(["--print", "sysroot"]).output() else { return false };
-    let sysroot = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    Path::new(&sysroot).join("lib/rustlib").join(TARGET).join("lib").is_dir()
-}
-
-/// Why the test cannot run here, if it cannot.
-fn missing_prerequisite() -> Option<String> {
-    if std::env::var("RBA_QEMU_TEST").ok().as_deref() != Some("1") {
-        return Some("skipped: set RBA_QEMU_TEST=1 to cross-build rba-device and run it under qemu (10+ min)".into());
-    }
-    if !aarch64_std_installed() {
-        return Some(format!("skipped: the {TARGET} standard library is not installed (rustup target add {TARGET})"));
-    }
-    for (cmd, pkg) in [("aarch64-linux-gnu-gcc", "gcc-aarch64-linux-gnu"), ("qemu-aarch64", "qemu-user")] {
-        if !on_path(cmd) {
-            return Some(format!("skipped: {cmd} not found (apt-get install -y {pkg})"));
-        }
-    }
-    None
-}
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
-}
-
-/// Cross-builds the daemon; returns the binary.
-fn build_arm_binary() -> PathBuf {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let target_dir = workspace().join("target/aarch64-qemu");
-    say(&format!("cross-building rba-device for {TARGET} into {} ...", target_dir.display()));
-    let started = std::time::Instant::now();
-    let status = Command::new(cargo)
-        .current_dir(workspace())
-        .args(["build", "--target", TARGET, "-p", "rba-device", "--bin", "rba-device"])
-        // Unoptimised dependencies build several times faster, and timings
-        // under emulation mean nothing anyway; correctness is what is tested.
-        .args(["--config", "profile.dev.package.\"*\".opt-level=0"])
-        .env("CARGO_TARGET_DIR", &target_dir)
-        .env_remove("RUSTFLAGS")
-        .status()
-        .unwrap();
-    assert!(status.success(), "cross build failed");
-    say(&format!("built in {:.0} s", started.elapsed().as_secs_f64()));
-    target_dir.join(TARGET).join("debug/rba-device")
-}
-
-/// ELF `e_machine` of a file (0xB7: AArch64).
-fn elf_machine(path: &Path) -> u16 {
-    let bytes = std::fs::read(path).unwrap();
-    assert_eq!(&bytes[..4], b"\x7fELF");
-    u16::from_le_bytes([bytes[18], bytes[19]])
-}
 
 #[test]
 fn benchmark_and_evaluate_on_the_emulated_board() {
@@ -95,24 +25,10 @@ fn benchmark_and_evaluate_on_the_emulated_board() {
         say(&why);
         return;
     }
-    let bin = build_arm_binary();
-    assert_eq!(elf_machine(&bin), 0xB7, "not an AArch64 binary");
-
     let (mut master, slave) = TTYPort::pair().expect("pseudo-terminals");
     let path = slave.name().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let boards = workspace().join("boards");
-    let mut cmd = Command::new("qemu-aarch64");
-    cmd.args(["-L", "/usr/aarch64-linux-gnu"])
-        .arg(&bin)
-        .args(["serve", "--board", "qemu-aarch64", "--serial", &path, "--dir"])
-        .arg(dir.path())
-        .arg("--boards-dir")
-        .arg(&boards)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped());
-    let mut p = Proc::from_command(cmd);
+    let mut p = Proc::from_command(serve_on_serial(&path, dir.path()));
     assert!(p.wait_for("serving on", Duration::from_secs(60)).is_some(), "{}", p.stderr());
     drop(slave);
     master.set_timeout(Duration::from_millis(20)).unwrap();

@@ -19,6 +19,8 @@ use rba_protocol::mem::{duplex, MemLink};
 use rba_protocol::*;
 use tract_onnx::pb;
 
+pub mod qemu;
+
 pub const KEY: &str = "test-key-0123456789abcdef";
 
 fn dim(d: &Dim) -> pb::tensor_shape_proto::Dimension {

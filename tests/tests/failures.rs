@@ -1,0 +1,363 @@
+//! Failures on real links to a real `rba-device` process: a TCP proxy that
+//! corrupts, drops and stalls; SIGKILL mid-upload; clients without the key
+//! or with a wrong one; hostile peers sending huge frames, false lengths
+//! and garbage.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use common::*;
+use rba_protocol::client::upload_resumable;
+use rba_protocol::*;
+
+/// Client for a faulty link: small timeouts (a lost frame costs one), many
+/// resends, 64 KiB chunks.
+fn flaky_config(timeout_ms: u64) -> ClientConfig {
+    ClientConfig {
+        request_timeout: Duration::from_millis(timeout_ms),
+        max_retries: 8,
+        preferred_chunk: 64 * 1024,
+        ..tcp_config()
+    }
+}
+
+/// Uploads `data` as model `name` through `addr`, reconnecting and resuming
+/// after link failures; returns the offsets each attempt started from.
+fn upload_through(addr: SocketAddr, config: &ClientConfig, name: &str, data: &[u8]) -> (ArtifactInfo, Vec<u64>) {
+    let mut starts = Vec::new();
+    let (_, info) = upload_resumable(
+        || connect_tcp(addr, config),
+        ArtifactKind::Model,
+        name,
+        data,
+        4,
+        // Each attempt reports its starting offset first.
+        |p| {
+            if p.acked == p.resumed_from {
+                starts.push(p.resumed_from);
+            }
+        },
+    )
+    .unwrap();
+    (info, starts)
+}
+
+/// The device lists `name` with the digest and size of `data`, and holds
+/// exactly those bytes.
+fn assert_stored(device_addr: SocketAddr, dir: &std::path::Path, name: &str, data: &[u8]) {
+    let mut c = connect_tcp(device_addr, &tcp_config()).unwrap();
+    let entry = c.list(Some(ArtifactKind::Model)).unwrap().into_iter().find(|a| a.name == name).unwrap();
+    assert_eq!((entry.size, entry.sha256), (data.len() as u64, sha256(data)));
+    assert!(std::fs::read(dir.join("models").join(name)).unwrap() == data, "stored bytes differ");
+}
+
+#[test]
+fn corrupted_bytes_cost_resends_not_integrity() {
+    let dir = tempfile::tempdir().unwrap();
+    let device = Device::tcp(dir.path());
+    let addr = device.tcp_addr();
+    // ~1% of the bytes, in bursts of 8 KiB (noise on a line): every burst
+    // destroys a frame or two, which the CRC catches and a resend repairs.
+    let faults = Faults { corrupt_rate: 0.01, corrupt_burst: 8 * 1024, ..Faults::default() };
+    let proxy = Proxy::start(addr, faults);
+    let data = &demo().vit_bytes;
+    let (info, _) = upload_through(proxy.addr, &flaky_config(250), "vit.onnx", data);
+    assert_eq!((info.size, info.sha256), (data.len() as u64, sha256(data)));
+    let (corrupted, sent) = (proxy.corrupted(), proxy.upstream_bytes());
+    eprintln!("corrupted {corrupted} of {sent} bytes sent to the device");
+    let rate = corrupted as f64 / sent as f64;
+    assert!((0.006..0.014).contains(&rate), "{corrupted} of {sent} bytes corrupted: not ~1%");
+    assert!(sent > data.len() as u64 + 64 * 1024, "no chunk was resent ({sent} bytes sent)");
+    drop(proxy);
+    device.wait_idle(Duration::from_secs(10));
+    assert_stored(addr, dir.path(), "vit.onnx", data);
+}
+
+#[test]
+fn a_hopeless_link_fails_cleanly_and_the_upload_resumes_later() {
+    let dir = tempfile::tempdir().unwrap();
+    let device = Device::tcp(dir.path());
+    let addr = device.tcp_addr();
+    // After 1 MiB, 1% of the bytes independently: no 64 KiB chunk survives.
+    let faults = Faults { corrupt_rate: 0.01, corrupt_burst: 1, corrupt_after: 1 << 20, ..Faults::default() };
+    let proxy = Proxy::start(addr, faults);
+    let data = &demo().vit_bytes;
+    let config = ClientConfig { max_retries: 3, ..flaky_config(200) };
+    let mut c = connect_tcp(proxy.addr, &config).unwrap();
+    let mut acked = 0;
+    let err = c.upload(ArtifactKind::Model, "vit.onnx", data, |p| acked = p.acked).unwrap_err();
+    assert!(err.is_link_failure(), "{err}");
+    assert!(acked > 512 * 1024 && acked < data.len() as u64, "{acked}");
+    drop(c);
+    // Nothing half-received is visible; the staged bytes wait for a retry.
+    device.wait_idle(Duration::from_secs(10));
+    let mut direct = connect_tcp(addr, &tcp_config()).unwrap();
+    assert!(direct.list(None).unwrap().is_empty());
+    drop(direct);
+    device.wait_idle(Duration::from_secs(10));
+    // The line clears: the same upload continues where it stopped.
+    proxy.set_faults(Faults::default());
+    let (info, starts) = upload_through(proxy.addr, &flaky_config(1000), "vit.onnx", data);
+    assert_eq!(info.sha256, sha256(data));
+    assert!(starts[0] >= acked, "resumed from {starts:?}, {acked} were acknowledged");
+    drop(proxy);
+    device.wait_idle(Duration::from_secs(10));
+    assert_stored(addr, dir.path(), "vit.onnx", data);
+}
+
+#[test]
+fn a_connection_dropped_mid_upload_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let device = Device::tcp(dir.path());
+    let addr = device.tcp_addr();
+    let drop_at = 2 << 20;
+    let proxy = Proxy::start(addr, Faults { drop_at: Some(drop_at), ..Faults::default() });
+    let data = &demo().vit_bytes;
+    let (info, starts) = upload_through(proxy.addr, &flaky_config(2000), "vit.onnx", data);
+    assert_eq!(info.sha256, sha256(data));
+    assert!(proxy.dropped());
+    assert_eq!(proxy.connections(), 2, "one reconnection");
+    assert_eq!(starts.len(), 2, "{starts:?}");
+    assert_eq!(starts[0], 0);
+    // Everything acknowledged before the cut (at least 2 MiB minus one chunk
+    // in flight) was kept.
+    assert!(starts[1] >= drop_at - 2 * 64 * 1024 && starts[1] < data.len() as u64, "{starts:?}");
+    drop(proxy);
+    device.wait_idle(Duration::from_secs(10));
+    assert_stored(addr, dir.path(), "vit.onnx", data);
+}
+
+#[test]
+fn a_stalled_link_delays_the_upload_but_it_completes() {
+    let dir = tempfile::tempdir().unwrap();
+    let device = Device::tcp(dir.path());
+    let addr = device.tcp_addr();
+    let stall = Duration::from_millis(1500);
+    let proxy = Proxy::start(addr, Faults { stall_at: Some((1 << 20, stall)), ..Faults::default() });
+    let data = &demo().vit_bytes;
+    let started = Instant::now();
+    // Resends while stalled (timeout 400 ms, 8 resends): the session survives.
+    let mut c = connect_tcp(proxy.addr, &flaky_config(400)).unwrap();
+    let info = c.upload(ArtifactKind::Model, "vit.onnx", data, |_| {}).unwrap();
+    assert_eq!(info.sha256, sha256(data));
+    assert!(proxy.stalled() && started.elapsed() >= stall);
+    assert_eq!(proxy.connections(), 1);
+    assert!(proxy.upstream_bytes() > data.len() as u64 + 64 * 1024, "no chunk was resent during the stall");
+    let listed = c.list(None).unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!((listed[0].size, listed[0].sha256), (data.len() as u64, sha256(data)));
+}
+
+#[test]
+fn sigkill_mid_upload_leaves_no_partial_model_and_a_fresh_upload_works() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut device = Device::tcp(dir.path());
+    let demo = demo();
+    let mut c = connect_tcp(device.tcp_addr(), &ClientConfig { preferred_chunk: 64 * 1024, ..tcp_config() }).unwrap();
+    let mut killed_at = None;
+    let err = c
+        .upload(ArtifactKind::Model, "vit.onnx", &demo.vit_bytes, |p| {
+            if p.acked >= 2 << 20 && killed_at.is_none() {
+                killed_at = Some(p.acked);
+                device.kill();
+            }
+        })
+        .unwrap_err();
+    assert!(err.is_link_failure(), "{err}");
+    assert!(killed_at.is_some());
+    drop(c);
+    assert!(std::fs::read_dir(dir.path().join("models")).unwrap().next().is_none(), "a model file appeared");
+
+    let device = Device::tcp(dir.path());
+    let addr = device.tcp_addr();
+    let mut c = connect_tcp(addr, &tcp_config()).unwrap();
+    assert!(c.list(None).unwrap().is_empty(), "a partial model is listed after the restart");
+    let info = c.upload(ArtifactKind::Model, "vit-slim.onnx", &demo.slim_bytes, |_| {}).unwrap();
+    assert_eq!(info.sha256, sha256(&demo.slim_bytes));
+    let info = c.upload(ArtifactKind::Model, "vit.onnx", &demo.vit_bytes, |_| {}).unwrap();
+    assert_eq!(info.sha256, sha256(&demo.vit_bytes));
+    let names: Vec<String> = c.list(None).unwrap().into_iter().map(|a| a.name).collect();
+    assert_eq!(names, ["vit-slim.onnx", "vit.onnx"]);
+    // And it runs: the restarted device serves the models it received.
+    let req = BenchmarkRequest {
+        model: "vit.onnx".into(),
+        threads: None,
+        warmup: RunPolicy { count: 1, min_time_ms: 0 },
+        runs: RunPolicy { count: 3, min_time_ms: 0 },
+        input_bundle: None,
+    };
+    check_bench(&c.benchmark(&req, no_progress).unwrap(), "vit.onnx", 3, 1);
+}
+
+#[test]
+fn clients_without_the_key_or_with_a_wrong_one_get_auth_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let device = Device::tcp(dir.path());
+    let addr = device.tcp_addr();
+
+    // Without a key: the client stops at the challenge.
+    let keyless = ClientConfig { key: None, ..tcp_config() };
+    match connect_tcp(addr, &keyless) {
+        Err(ClientError::Remote(RemoteError::AuthRequired)) => {}
+        other => panic!("{:?}", other.map(|_| ())),
+    }
+    device.wait_idle(Duration::from_secs(10));
+
+    // On the wire: requests before or instead of the proof get AuthRequired,
+    // and nothing about the device leaks.
+    let mut raw = RawPeer::connect(addr);
+    let id = raw.send(Request::List { kind: None });
+    assert_eq!(raw.response(id, Duration::from_secs(5)), Some(Response::Error(RemoteError::AuthRequired)));
+    let id = raw.send(Request::Hello(hello()));
+    assert!(matches!(raw.response(id, Duration::from_secs(5)), Some(Response::AuthChallenge { .. })));
+    for req in [Request::DeviceInfo, Request::List { kind: None }, Request::Ping { nonce: 1 }] {
+        let id = raw.send(req);
+        assert_eq!(raw.response(id, Duration::from_secs(5)), Some(Response::Error(RemoteError::AuthRequired)));
+    }
+    drop(raw);
+    device.wait_idle(Duration::from_secs(10));
+
+    // A wrong key: AuthFailed, and the device hangs up.
+    let wrong = ClientConfig { key: Some(PreSharedKey::new(&b"not-the-key-0123456789abcdef"[..])), ..tcp_config() };
+    match connect_tcp(addr, &wrong) {
+        Err(ClientError::Remote(RemoteError::AuthFailed)) => {}
+        other => panic!("{:?}", other.map(|_| ())),
+    }
+    device.wait_idle(Duration::from_secs(10));
+    let mut raw = RawPeer::connect(addr);
+    let id = raw.send(Request::Hello(hello()));
+    assert!(matches!(raw.response(id, Duration::from_secs(5)), Some(Response::AuthChallenge { .. })));
+    let id = raw.send(Request::AuthProof(AuthProof { mac: [0x5A; 32] }));
+    assert_eq!(raw.response(id, Duration::from_secs(5)), Some(Response::Error(RemoteError::AuthFailed)));
+    assert!(raw.closed_within(Duration::from_secs(5)), "the device kept the session open after AuthFailed");
+    drop(raw);
+    device.wait_idle(Duration::from_secs(10));
+
+    // The right key still works.
+    let mut c = connect_tcp(addr, &tcp_config()).unwrap();
+    assert!(c.session().unwrap().authenticated);
+    c.ping(7).unwrap();
+}
+
+/// LEB128, as postcard writes integers.
+fn varint(mut v: u64, out: &mut Vec<u8>) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+/// `Envelope { id, Request::UploadChunk { offset: 0, data } }` whose data
+/// claims `claimed` bytes, followed by `filler` bytes (non-zero): a frame
+/// with a valid CRC that lies about a length.
+fn lying_chunk(id: u32, claimed: u64, filler: usize) -> Vec<u8> {
+    let mut p = Vec::new();
+    varint(u64::from(id), &mut p);
+    p.extend_from_slice(&[0, 4, 0]); // Message::Request, Request::UploadChunk, offset 0
+    varint(claimed, &mut p);
+    p.extend(std::iter::repeat_n(0xA5, filler));
+    frame_payload(&p)
+}
+
+/// A peer that completed the handshake with the key, then talks raw frames.
+fn authenticated_raw_peer(addr: SocketAddr) -> RawPeer {
+    let raw = RawPeer::connect(addr);
+    let stream: TcpStream = raw.stream.try_clone().unwrap();
+    let c = Client::connect(stream, tcp_config()).unwrap();
+    assert!(c.session().unwrap().authenticated);
+    drop(c); // the socket stays open through `raw`
+    raw
+}
+
+#[test]
+fn hostile_frames_and_garbage_neither_crash_nor_bloat_the_device() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut device = Device::tcp(dir.path());
+    let addr = device.tcp_addr();
+    let resnet = rba_host::demo::RESNET_ONNX;
+    let bench = |min_time_ms| BenchmarkRequest {
+        model: "resnet.onnx".into(),
+        threads: None,
+        warmup: RunPolicy { count: 1, min_time_ms: 0 },
+        runs: RunPolicy { count: 1, min_time_ms },
+        input_bundle: None,
+    };
+    {
+        let mut c = connect_tcp(addr, &tcp_config()).unwrap();
+        c.upload(ArtifactKind::Model, "resnet.onnx", resnet, |_| {}).unwrap();
+        c.benchmark(&bench(0), no_progress).unwrap();
+    }
+    device.wait_idle(Duration::from_secs(10));
+    // Peak RSS of a session that uploaded and ran the model.
+    let baseline = device.status_bytes("VmHWM");
+    let limit = baseline + (64 << 20);
+
+    // Before authentication: 16 MiB without a frame delimiter (a frame
+    // "claiming" to be huge), then a valid frame lying about a length,
+    // then 16 MiB of random bytes: none of it is answered but the lie, and
+    // the device stays in sync.
+    let mut raw = RawPeer::connect(addr);
+    raw.write(&vec![0xFFu8; 16 << 20]);
+    raw.write(&[0]);
+    raw.write(&lying_chunk(77, 1 << 62, 100));
+    assert_eq!(raw.response(77, Duration::from_secs(10)), Some(Response::Error(RemoteError::AuthRequired)));
+    let mut seed = 0x2545_F491_4F6C_DD1Du64;
+    let garbage: Vec<u8> = (0..16 << 20)
+        .map(|_| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed as u8
+        })
+        .collect();
+    raw.write(&garbage);
+    raw.write(&[0]);
+    let id = raw.send(Request::Ping { nonce: 5 });
+    assert_eq!(raw.response(id, Duration::from_secs(10)), Some(Response::Error(RemoteError::AuthRequired)));
+    drop(raw);
+    device.wait_idle(Duration::from_secs(10));
+    assert!(device.is_running());
+
+    // Authenticated: false lengths get BadRequest; while a job runs, a flood
+    // of maximal frames (128 MiB) must not pile up in the device's memory.
+    let mut raw = authenticated_raw_peer(addr);
+    for claimed in [1 << 62, u64::from(u32::MAX), 1 << 20] {
+        let id = raw.take_id();
+        raw.write(&lying_chunk(id, claimed, 16));
+        match raw.response(id, Duration::from_secs(5)) {
+            Some(Response::Error(RemoteError::BadRequest(_))) => {}
+            other => panic!("claimed {claimed}: {other:?}"),
+        }
+    }
+    let job = raw.send(Request::Benchmark(bench(1500)));
+    let flood_frame = lying_chunk(9999, 1 << 40, (1 << 20) - 64);
+    let flood_started = Instant::now();
+    for _ in 0..128 {
+        raw.write(&flood_frame);
+    }
+    eprintln!("flood written in {:?}", flood_started.elapsed());
+    match raw.response(job, Duration::from_secs(60)) {
+        Some(Response::Benchmark(_)) => {}
+        other => panic!("{other:?}"),
+    }
+    let peak = device.status_bytes("VmHWM");
+    eprintln!("peak RSS {} MiB, baseline {} MiB", peak >> 20, baseline >> 20);
+    assert!(peak < limit, "peak RSS grew from {} to {} MiB", baseline >> 20, peak >> 20);
+    drop(raw);
+    device.wait_idle(Duration::from_secs(30));
+    assert!(device.is_running());
+    assert!(device.status_bytes("VmRSS") < limit);
+
+    // And it still serves a proper host.
+    let mut c = connect_tcp(addr, &tcp_config()).unwrap();
+    c.ping(9).unwrap();
+    let names: Vec<String> = c.list(None).unwrap().into_iter().map(|a| a.name).collect();
+    assert_eq!(names, ["resnet.onnx"]);
+    let r = c.benchmark(&bench(0), no_progress).unwrap();
+    assert_eq!(r.samples_ns.len(), 1);
+}
