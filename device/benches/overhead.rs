@@ -55,5 +55,15 @@ fn main() {
     .unwrap();
     let t = stats(&r.samples[0]).unwrap();
     say(&format!("tract 4x3 linear: min {} ns, p50 {} ns, p99 {} ns", t.min_ns, t.p50_ns, t.p99_ns));
-    say(&format!("measurement overhead / smallest tract run (p50): {:.4}", s.p50_ns as f64 / t.p50_ns.max(1) as f64));
+    let ratio = s.p50_ns as f64 / t.p50_ns.max(1) as f64;
+    say(&format!("measurement overhead / smallest tract run (p50): {ratio:.4}"));
+    if let Ok(path) = std::env::var("RBA_BENCH_OUT") {
+        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).unwrap();
+        writeln!(
+            f,
+            "| device: measurement overhead per run (empty run, p50) vs the smallest tract run (4x3 linear, p50) | {} ns | {} ns | {ratio:.4} | - | - |",
+            s.p50_ns, t.p50_ns
+        )
+        .unwrap();
+    }
 }

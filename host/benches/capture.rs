@@ -1,40 +1,34 @@
-//! Capture benchmark: plain forward throughput vs forward + streaming
-//! statistics, measured in the same run, and peak RSS of a capture over 500
-//! vs 2000 images (each in a fresh child process).
+//! Capture benchmark, every figure against a baseline measured in the same
+//! run:
+//! - throughput of rba's forward + streaming statistics against a plain
+//!   tract forward of the same model and against onnxruntime's plain
+//!   forward (`bench/ort_forward.py`, same batch, same inputs, same number of
+//!   intra-op threads), rounds interleaved so machine noise hits all alike;
+//! - peak RSS of a capture over 500 vs 2000 images (each in a fresh child
+//!   process) and against the bytes all boundary activations of those images
+//!   would take.
 //!
 //! `cargo bench -p rba-host --bench capture --profile dev` runs it on the
-//! demo ViT (the dev profile optimises everything and reuses the test build);
-//! `RBA_BENCH_MODELS=a.onnx,b.onnx` adds larger models (e.g. a ViT-S),
-//! `RBA_BENCH_RSS=500,2000` sets the image counts of the memory runs.
+//! demo ViT; `RBA_BENCH_MODELS=a.onnx,b.onnx` adds larger models (a ViT-S),
+//! `RBA_BENCH_THREADS` sets the threads (default: all cores),
+//! `RBA_BENCH_RSS=500,2000` the image counts of the memory runs (`none`
+//! skips them), `RBA_BENCH_TRACT_THREADS` tract's own threads,
+//! `RBA_BENCH_IMAGES` the images per timed round, `RBA_BENCH_PYTHON=` (empty)
+//! skips onnxruntime. `bash bench/run` runs it with the real ViT-S.
+
+#![allow(clippy::unwrap_used)] // a benchmark may panic
+
+mod common;
 
 use std::process::Command;
 use std::time::Instant;
 
+use common::*;
 use rba_host::analyze::{capture, CaptureOptions};
-use rba_host::demo::DemoModel;
 use rba_host::model::Model;
-use rba_host::onnx::OnnxModel;
 use rba_host::runtime::{input_shape, nd, Runner};
 
 const BATCH: usize = 8;
-
-fn random_batch(shape: &[usize], seed: u64) -> nd::ArrayD<f32> {
-    let mut s = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
-    nd::ArrayD::from_shape_fn(shape.to_vec(), |_| {
-        s ^= s << 13;
-        s ^= s >> 7;
-        s ^= s << 17;
-        (s >> 40) as f32 / (1u64 << 24) as f32
-    })
-}
-
-fn load(spec: &str) -> Model {
-    let onnx = match spec {
-        "demo:vit" => DemoModel::Vit.load().expect("embedded model"),
-        path => OnnxModel::load(path).expect("model file"),
-    };
-    Model::new(onnx, None).expect("blocks")
-}
 
 fn batches(model: &Model, images: usize) -> impl Iterator<Item = Result<nd::ArrayD<f32>, String>> {
     let shape = input_shape(&model.onnx, BATCH).expect("input shape");
@@ -45,12 +39,8 @@ fn batches(model: &Model, images: usize) -> impl Iterator<Item = Result<nd::Arra
     })
 }
 
-fn peak_rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(str::to_string))
-        .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
-        .unwrap_or(0)
+fn options(threads: usize) -> CaptureOptions {
+    CaptureOptions { batch: BATCH, threads, ..Default::default() }
 }
 
 fn child_rss(spec: &str, images: usize) -> u64 {
@@ -61,13 +51,139 @@ fn child_rss(spec: &str, images: usize) -> u64 {
     String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0)
 }
 
+/// Seconds for one pass of `images` through a plain tract forward.
+fn tract_forward(model: &Model, runner: &Runner, images: usize) -> f64 {
+    let t = Instant::now();
+    for b in batches(model, images) {
+        let b = b.expect("batch");
+        let mut padded = nd::ArrayD::zeros(runner.input_shape.clone());
+        padded.slice_axis_mut(nd::Axis(0), (0..b.shape()[0]).into()).assign(&b);
+        runner.run(padded).expect("forward");
+    }
+    t.elapsed().as_secs_f64()
+}
+
+fn throughput(spec: &str, threads: usize) {
+    let model = load(spec);
+    let large = model.shapes.values().map(|s| s.iter().product::<usize>()).max().unwrap_or(0) > 100_000;
+    let images: usize = std::env::var("RBA_BENCH_IMAGES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if large { 32 } else { 400 })
+        .max(BATCH);
+    let runner = Runner::new(&model.onnx, BATCH, &[]).expect("runner");
+    let file = model_file(spec);
+    let ort_args = vec![
+        script("ort_forward.py").display().to_string(),
+        file.display().to_string(),
+        "--batch".into(),
+        BATCH.to_string(),
+        "--threads".into(),
+        threads.to_string(),
+        "--images".into(),
+        images.to_string(),
+        "--rounds".into(),
+        "1".into(),
+    ];
+    // Warm-up (first-run allocations, page faults of the weights).
+    tract_forward(&model, &runner, BATCH);
+    capture(&model, batches(&model, BATCH), Some(BATCH), &options(threads)).expect("capture");
+    // Interleave the measurements so machine noise hits all alike; keep the best round of each.
+    let (mut forward, mut stats, mut ort) = (f64::INFINITY, f64::INFINITY, None::<Result<f64, String>>);
+    for _round in 0..3 {
+        forward = forward.min(tract_forward(&model, &runner, images));
+        let t = Instant::now();
+        capture(&model, batches(&model, images), Some(images), &options(threads)).expect("capture");
+        stats = stats.min(t.elapsed().as_secs_f64());
+        if python().is_some() && !matches!(ort, Some(Err(_))) {
+            let r = run_python(&ort_args, "images_per_s");
+            ort = Some(match (ort, r) {
+                (Some(Ok(best)), Ok(v)) => Ok(best.max(v)),
+                (_, r) => r,
+            });
+        }
+    }
+    let (fwd_ips, cap_ips) = (images as f64 / forward, images as f64 / stats);
+    let name = label(spec);
+    println!("{name}: {images} images per round, batch {BATCH}, {threads} threads, best of 3 interleaved rounds");
+    row(
+        &format!("capture {name}: rba forward+statistics vs plain tract forward ({threads} threads)"),
+        &format!("{cap_ips:.2} img/s"),
+        &format!("{fwd_ips:.2} img/s"),
+        cap_ips / fwd_ips,
+        "-",
+        None,
+    );
+    match ort {
+        Some(Ok(ort_ips)) => {
+            row(
+                &format!("capture {name}: rba forward+statistics vs onnxruntime forward ({threads} threads)"),
+                &format!("{cap_ips:.2} img/s"),
+                &format!("{ort_ips:.2} img/s"),
+                cap_ips / ort_ips,
+                ">= 0.8",
+                Some(cap_ips / ort_ips >= 0.8),
+            );
+            row(
+                &format!("capture {name}: plain tract forward vs onnxruntime forward ({threads} threads)"),
+                &format!("{fwd_ips:.2} img/s"),
+                &format!("{ort_ips:.2} img/s"),
+                fwd_ips / ort_ips,
+                "-",
+                None,
+            );
+        }
+        Some(Err(why)) => note(&format!("capture {name}: onnxruntime baseline skipped: {why}")),
+        None => note(&format!("capture {name}: onnxruntime baseline skipped (RBA_BENCH_PYTHON is empty)")),
+    }
+    if spec == "demo:vit" {
+        let _ = std::fs::remove_file(file);
+    }
+}
+
+fn memory(spec: &str) {
+    let rss: Vec<usize> = std::env::var("RBA_BENCH_RSS")
+        .unwrap_or_else(|_| "500,2000".into())
+        .split(',')
+        .filter_map(|v| v.trim().parse().ok())
+        .collect();
+    let (small, large) = (rss.first().copied().unwrap_or(500), rss.get(1).copied().unwrap_or(2000));
+    let model = load(spec);
+    let per_image: usize =
+        model.blocks.boundaries.iter().map(|b| model.shapes.get(b).map_or(0, |s| s.iter().product::<usize>())).sum();
+    let activations = (large * per_image * 4) as f64 / 1024.0 / 1024.0;
+    let (rss_small, rss_large) = (child_rss(spec, small) as f64 / 1024.0, child_rss(spec, large) as f64 / 1024.0);
+    let name = label(spec);
+    let ratio = rss_large / rss_small.max(1e-9);
+    row(
+        &format!("memory {name}: peak RSS of a capture, {large} vs {small} images (noise)"),
+        &format!("{rss_large:.1} MiB"),
+        &format!("{rss_small:.1} MiB"),
+        ratio,
+        "<= 1.1",
+        Some(ratio <= 1.1),
+    );
+    row(
+        &format!(
+            "memory {name}: peak RSS at {large} images vs all {} boundary activations held",
+            model.blocks.boundaries.len()
+        ),
+        &format!("{rss_large:.1} MiB"),
+        &format!("{activations:.1} MiB"),
+        rss_large / activations,
+        "-",
+        None,
+    );
+}
+
 fn main() {
+    let threads = threads();
+    tract_threads(threads);
     if let Ok(job) = std::env::var("RBA_BENCH_CHILD") {
         let (spec, images) = job.rsplit_once('=').expect("spec=images");
         let model = load(spec);
         let n: usize = images.parse().expect("count");
-        capture(&model, batches(&model, n), Some(n), &CaptureOptions { batch: BATCH, ..Default::default() })
-            .expect("capture");
+        capture(&model, batches(&model, n), Some(n), &options(threads)).expect("capture");
         println!("{}", peak_rss_kib());
         return;
     }
@@ -75,46 +191,10 @@ fn main() {
     if let Ok(extra) = std::env::var("RBA_BENCH_MODELS") {
         specs.extend(extra.split(',').filter(|s| !s.is_empty()).map(str::to_string));
     }
-    let rss: Vec<usize> = std::env::var("RBA_BENCH_RSS")
-        .unwrap_or_else(|_| "500,2000".into())
-        .split(',')
-        .filter_map(|v| v.trim().parse().ok())
-        .collect();
-    let (small, large) = (rss.first().copied().unwrap_or(500), rss.get(1).copied().unwrap_or(2000));
-    println!("| model | forward img/s | forward+stats img/s | stats overhead | peak RSS {small} | peak RSS {large} | ratio |");
-    println!("|---|---|---|---|---|---|---|");
     for spec in &specs {
-        let model = load(spec);
-        let images = if model.shapes.values().map(|s| s.iter().product::<usize>()).max().unwrap_or(0) > 100_000 {
-            32
-        } else {
-            400
-        };
-        let runner = Runner::new(&model.onnx, BATCH, &[]).expect("runner");
-        let options = CaptureOptions { batch: BATCH, ..Default::default() };
-        // Interleave the two measurements so machine noise hits both alike.
-        let (mut forward, mut stats) = (0f64, 0f64);
-        for _round in 0..3 {
-            let t = Instant::now();
-            for b in batches(&model, images) {
-                let b = b.expect("batch");
-                let mut padded = nd::ArrayD::zeros(runner.input_shape.clone());
-                padded.slice_axis_mut(nd::Axis(0), (0..b.shape()[0]).into()).assign(&b);
-                runner.run(padded).expect("forward");
-            }
-            forward += t.elapsed().as_secs_f64();
-            let t = Instant::now();
-            capture(&model, batches(&model, images), Some(images), &options).expect("capture");
-            stats += t.elapsed().as_secs_f64();
-        }
-        let (fwd_ips, cap_ips) = (3.0 * images as f64 / forward, 3.0 * images as f64 / stats);
-        let (rss500, rss2000) = (child_rss(spec, small), child_rss(spec, large));
-        println!(
-            "| {spec} | {fwd_ips:.1} | {cap_ips:.1} | {:+.1}% | {:.1} MiB | {:.1} MiB | {:.3} |",
-            100.0 * (fwd_ips / cap_ips - 1.0),
-            rss500 as f64 / 1024.0,
-            rss2000 as f64 / 1024.0,
-            rss2000 as f64 / rss500.max(1) as f64
-        );
+        throughput(spec, threads);
+    }
+    if std::env::var("RBA_BENCH_RSS").as_deref() != Ok("none") {
+        memory("demo:vit");
     }
 }

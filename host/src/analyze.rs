@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use faer::Par;
 use serde::Serialize;
+use tract_linalg::multithread::{multithread_tract_scope, Executor};
 
 use crate::capture::{CaptureError, Statistics};
 use crate::cost;
@@ -35,7 +36,7 @@ pub struct CaptureOptions {
     pub batch: usize,
     /// Fit statistics for spans of up to this many blocks.
     pub max_span: usize,
-    /// Threads for the statistics' matrix products.
+    /// Threads for the model's and the statistics' matrix products.
     pub threads: usize,
     /// Show a progress bar on stderr.
     pub progress: bool,
@@ -95,7 +96,11 @@ pub fn capture<E: std::fmt::Display>(
             stats.flush(par);
             Ok(stats)
         });
-        let produced = (|| -> Result<(), AnalyzeError> {
+        // tract's matrix products use `threads` too (tract-linalg's
+        // multithread-mm); its default executor is single-threaded.
+        let executor =
+            if options.threads > 1 { Executor::multithread(options.threads) } else { Executor::SingleThread };
+        let produced = multithread_tract_scope(executor, || -> Result<(), AnalyzeError> {
             for batch in batches {
                 let batch = batch.map_err(|e| AnalyzeError::Data(e.to_string()))?;
                 // Any batch size works: run it in pieces of the plan's batch.
@@ -117,7 +122,7 @@ pub fn capture<E: std::fmt::Display>(
                 }
             }
             Ok(())
-        })();
+        });
         drop(sender);
         (produced, worker.join())
     });
@@ -133,7 +138,7 @@ pub fn capture<E: std::fmt::Display>(
 }
 
 /// One row of the report's span table.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct SpanRow {
     #[serde(flatten)]
     pub score: SpanScore,
@@ -167,7 +172,7 @@ impl SpanRow {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, serde::Deserialize)]
 pub struct BlockRow {
     pub index: usize,
     pub input: String,
@@ -180,7 +185,7 @@ pub struct BlockRow {
     pub score: Option<SpanScore>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, serde::Deserialize)]
 pub struct Report {
     pub schema_version: u32,
     pub tool: String,
@@ -198,7 +203,7 @@ pub struct Report {
     pub seconds: f64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, serde::Deserialize)]
 pub struct ModelSummary {
     pub file: String,
     pub params: u64,
@@ -206,7 +211,7 @@ pub struct ModelSummary {
     pub opset: i64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, serde::Deserialize)]
 pub struct DataSummary {
     pub source: String,
     pub images: usize,

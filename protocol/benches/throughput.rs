@@ -14,6 +14,14 @@ use rba_protocol::*;
 
 const MB: f64 = 1_000_000.0;
 
+/// One row of bench/README.md's table, printed by bench/run from `RBA_BENCH_OUT`.
+fn row(figure: &str, value: &str, baseline: &str, ratio: f64) {
+    if let Ok(path) = std::env::var("RBA_BENCH_OUT") {
+        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).unwrap();
+        writeln!(f, "| {figure} | {value} | {baseline} | {ratio:.3} | - | - |").unwrap();
+    }
+}
+
 fn rate(bytes: usize, d: Duration) -> f64 {
     bytes as f64 / MB / d.as_secs_f64()
 }
@@ -67,6 +75,14 @@ fn codec() {
     println!("  baseline memcpy       {:>9.0} MB/s", base);
     println!("  encode frame          {:>9.0} MB/s  ({:.3} x memcpy)", rate(total, encode), rate(total, encode) / base);
     println!("  decode frame          {:>9.0} MB/s  ({:.3} x memcpy)", rate(total, decode), rate(total, decode) / base);
+    for (what, d) in [("encode", encode), ("decode", decode)] {
+        row(
+            &format!("link: {what} {} KiB chunk frames vs memcpy", chunk / 1024),
+            &format!("{:.0} MB/s", rate(total, d)),
+            &format!("{base:.0} MB/s"),
+            rate(total, d) / base,
+        );
+    }
 }
 
 fn overhead() {
@@ -162,6 +178,12 @@ fn upload() {
             r,
             r / base,
             d
+        );
+        row(
+            &format!("link: upload of a 25 MiB model over TCP loopback, {} KiB chunks, vs raw TCP", chunk / 1024),
+            &format!("{r:.0} MB/s"),
+            &format!("{base:.0} MB/s"),
+            r / base,
         );
     }
 }

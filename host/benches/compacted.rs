@@ -1,0 +1,99 @@
+//! Compacted-model speedup: host latency of the original model against the
+//! model with 1, 2 and 4 blocks replaced by one linear map (the paper's
+//! translator, a `D x D` MatMul), measured interleaved in the same run, and
+//! compared with the ideal speedup from MACs (translator MACs counted):
+//! `cargo bench -p rba-host --bench compacted --profile dev`.
+//! `RBA_BENCH_MODELS=vit_s.onnx` adds models, `RBA_BENCH_THREADS` sets
+//! tract's threads, `RBA_BENCH_LATENCY_BATCH` (default 1) the batch.
+
+#![allow(clippy::unwrap_used)] // a benchmark may panic
+
+mod common;
+
+use std::time::Instant;
+
+use common::*;
+use rba_host::cost::total_macs;
+use rba_host::onnx::graph::GraphIndex;
+use rba_host::onnx::OnnxModel;
+use rba_host::runtime::{input_shape, tensor_shapes, Runner};
+use rba_host::surgery::{replace_spans, Span, Translator};
+
+fn macs(model: &OnnxModel) -> u64 {
+    let index = GraphIndex::new(model.graph()).unwrap();
+    total_macs(model.graph(), &index, &tensor_shapes(model, 1).unwrap())
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn main() {
+    let threads = threads();
+    tract_threads(threads);
+    let batch: usize = std::env::var("RBA_BENCH_LATENCY_BATCH").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
+    let mut specs = vec!["demo:vit".to_string()];
+    if let Ok(extra) = std::env::var("RBA_BENCH_MODELS") {
+        specs.extend(extra.split(',').filter(|s| !s.is_empty()).map(str::to_string));
+    }
+    for spec in &specs {
+        let model = load(spec);
+        let name = label(spec);
+        let blocks = model.blocks.blocks.len();
+        let mut variants = vec![("original".to_string(), model.onnx.clone())];
+        for k in [1usize, 2, 4].into_iter().filter(|&k| k < blocks) {
+            // k consecutive blocks in the middle of the model, one translator.
+            let start = (blocks - k) / 2;
+            let span = Span::new(start, start + k);
+            let d = model.blocks.blocks[start].features().unwrap();
+            let mut weight = vec![0f32; d * d];
+            for i in 0..d {
+                weight[i * d + i] = 1.0;
+            }
+            let slim = replace_spans(&model.onnx, &model.blocks, &[(span, Translator::Linear { weight, bias: None })])
+                .unwrap();
+            variants.push((format!("{k} block(s) removed (span {span})"), slim));
+        }
+        let runners: Vec<Runner> = variants.iter().map(|(_, m)| Runner::new(m, batch, &[]).unwrap()).collect();
+        let input = random_batch(&input_shape(&model.onnx, batch).unwrap(), 7);
+        // Warm-up, then rounds interleaved across the variants so drift hits all alike.
+        for r in &runners {
+            r.run(input.clone()).unwrap();
+        }
+        let per_run = {
+            let t = Instant::now();
+            runners[0].run(input.clone()).unwrap();
+            t.elapsed().as_secs_f64()
+        };
+        let rounds = ((8.0 / (per_run * runners.len() as f64)) as usize).clamp(15, 400);
+        let mut samples = vec![Vec::with_capacity(rounds); runners.len()];
+        for _ in 0..rounds {
+            for (r, s) in runners.iter().zip(samples.iter_mut()) {
+                let x = input.clone();
+                let t = Instant::now();
+                r.run(x).unwrap();
+                s.push(t.elapsed().as_secs_f64());
+            }
+        }
+        let medians: Vec<f64> = samples.iter_mut().map(|s| median(s)).collect();
+        let macs: Vec<u64> = variants.iter().map(|(_, m)| macs(m)).collect();
+        println!(
+            "{name}: batch {batch}, {threads} threads, {rounds} interleaved rounds; original {:.3} ms, {:.2} GMACs",
+            1e3 * medians[0],
+            macs[0] as f64 / 1e9
+        );
+        for i in 1..variants.len() {
+            let measured = medians[0] / medians[i];
+            let ideal = macs[0] as f64 / macs[i] as f64;
+            row(
+                &format!("compacted {name}, {}: measured speedup vs ideal from MACs", variants[i].0),
+                &format!("{measured:.3}x ({:.3} ms)", 1e3 * medians[i]),
+                &format!("{ideal:.3}x ({:.3} ms original)", 1e3 * medians[0]),
+                measured / ideal,
+                ">= 0.9",
+                Some(measured / ideal >= 0.9),
+            );
+        }
+    }
+}
