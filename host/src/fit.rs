@@ -117,7 +117,7 @@ pub enum FitKind {
 }
 
 /// How the normal equations were solved.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Solver {
     Cholesky,

@@ -5,13 +5,13 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod demo_cli;
 mod device_cli;
 mod probe_cli;
 
 use rba_host::analyze::{self, CaptureOptions};
 use rba_host::compact::{self, Budget, HeldOut, TranslatorKind};
 use rba_host::data::{Dataset, Holdout, Preprocess, PreprocessArgs};
-use rba_host::demo::{DemoModel, Digits, Split};
 use rba_host::inspect;
 use rba_host::model::Model;
 use rba_host::onnx::{write_atomically, DataPlacement};
@@ -110,12 +110,23 @@ enum Command {
         #[command(flatten)]
         preprocess: PreprocessArgs,
     },
-    /// The main job on the embedded demo models (digits ViT and ResNet):
-    /// detect blocks, score them, remove two, compare on held-out digits.
-    Demo {
-        /// Also write the embedded and the compacted models to this folder.
+    /// The whole job on the embedded demo ViT, no files needed: analyze,
+    /// compact, deploy to a local board over a pseudo-terminal, benchmark
+    /// A/B, accuracy on the device, one HTML report.
+    Demo(demo_cli::DemoArgs),
+    /// Merge analysis, compaction and device results into one HTML page.
+    Report {
+        /// `report.json` from `rba analyze`.
         #[arg(long)]
-        export: Option<PathBuf>,
+        analysis: Option<PathBuf>,
+        /// The `.report.json` next to a model written by `rba compact`.
+        #[arg(long)]
+        compaction: Option<PathBuf>,
+        /// The JSON written by `rba bench --json`.
+        #[arg(long)]
+        device: Option<PathBuf>,
+        #[arg(long, default_value = "report.html")]
+        out: PathBuf,
     },
     /// Fit a linear classifier on a feature of a (headless) model in closed
     /// form and append it, so the backbone can be compacted and deployed.
@@ -165,7 +176,7 @@ struct Calibrated {
 }
 
 fn calibrate(args: &CalibrationArgs, max_span: usize, fold: bool) -> anyhow::Result<Calibrated> {
-    let model = Model::new(load_model(&args.model)?, args.boundaries.as_deref())?;
+    let model = Model::new(rba_host::demo::load_model_spec(&args.model)?, args.boundaries.as_deref())?;
     let pre = Preprocess::for_model(&args.preprocess, &model.onnx)?;
     let (calibration, held_out) = Dataset::open(&args.data)?.calibration_split(args.holdout, args.seed)?;
     let calibration = calibration.subset(Some(args.samples), Some(args.seed));
@@ -186,13 +197,30 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 print!("{}", inspect::render_text(&report));
             }
         }
-        Command::Demo { export } => demo(export)?,
+        Command::Demo(args) => demo_cli::run(args)?,
+        Command::Report { analysis, compaction, device, out } => {
+            if analysis.is_none() && compaction.is_none() && device.is_none() {
+                anyhow::bail!("give at least one of --analysis, --compaction, --device");
+            }
+            fn read<T: serde::de::DeserializeOwned>(path: &Option<PathBuf>) -> anyhow::Result<Option<T>> {
+                let Some(path) = path else { return Ok(None) };
+                let bytes = std::fs::read(path).map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", path.display()))?;
+                let value = serde_json::from_slice(&bytes)
+                    .map_err(|e| anyhow::anyhow!("{}: not the expected rba JSON: {e}", path.display()))?;
+                Ok(Some(value))
+            }
+            let analysis: Option<analyze::Report> = read(&analysis)?;
+            let (compaction, device): (Option<serde_json::Value>, _) = (read(&compaction)?, read(&device)?);
+            let html = rba_host::report::merged_html(analysis.as_ref(), compaction.as_ref(), device.as_ref());
+            write_atomically(&out, html.as_bytes())?;
+            println!("wrote {}", out.display());
+        }
         Command::Device(command) => device_cli::run(command)?,
         Command::Probe(args) => probe_cli::run(args)?,
         Command::Evaluate { models, data, samples, batch, rounds, json, preprocess } => {
             let mut loaded = Vec::new();
             for spec in &models {
-                let onnx = load_model(spec)?;
+                let onnx = rba_host::demo::load_model_spec(spec)?;
                 let bytes = onnx.to_bytes().len() as u64;
                 loaded.push((spec.clone(), Model::new(onnx, None)?, bytes));
             }
@@ -247,24 +275,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
             let selection = compact::select(&model, &stats, &held, &budget, translator, |msg| eprintln!("{msg}"))?;
+            let (record, report) = compaction_report(
+                &model,
+                &out,
+                &selection,
+                (calibration.name(), stats.images),
+                (held_out.name(), held.len()),
+            );
             let mut slim = selection.model.clone();
-            let record = serde_json::json!({
-                "replacements": &selection.replacements,
-                "calibration": { "source": calibration.name(), "images": stats.images, "fitted_on": "original model activations" },
-                "held_out": { "source": held_out.name(), "images": held.len() },
-                "baseline": &selection.baseline,
-                "result": &selection.result,
-            });
             slim.set_metadata("rba.compaction", record.to_string());
             slim.save(&out, &DataPlacement::Inline)?;
-            let report = serde_json::to_vec_pretty(&serde_json::json!({
-                "schema_version": 1,
-                "model": model.onnx.path.display().to_string(),
-                "output": out.display().to_string(),
-                "compaction": record,
-                "trials": &selection.trials,
-                "proxy_spearman": &selection.proxy_spearman,
-            }))?;
+            let report = serde_json::to_vec_pretty(&report)?;
             let report_path = out.with_extension("report.json");
             write_atomically(&report_path, &report)?;
             print!("{}", compact::render(&model, &selection));
@@ -285,72 +306,31 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Reads a model file, or one of the embedded demo models (`demo:vit`, `demo:resnet`).
-fn load_model(spec: &str) -> anyhow::Result<rba_host::onnx::OnnxModel> {
-    Ok(match spec {
-        "demo:vit" => DemoModel::Vit.load()?,
-        "demo:resnet" => DemoModel::Resnet.load()?,
-        path => rba_host::onnx::OnnxModel::load(path)?,
-    })
-}
-
-/// The main job on the embedded demo: for each model, find the blocks,
-/// score them on 500 calibration digits, remove two blocks (verified on the
-/// validation digits) and compare original and compacted on the test digits.
-fn demo(export: Option<PathBuf>) -> anyhow::Result<()> {
-    let digits = Digits::embedded().map_err(anyhow::Error::msg)?;
-    let test = digits.indices(Split::Test);
-    let test_labels: Vec<usize> = test.iter().map(|&i| digits.label(i)).collect();
-    for which in [DemoModel::Vit, DemoModel::Resnet] {
-        let started = std::time::Instant::now();
-        let args = CalibrationArgs {
-            model: format!("demo:{}", if which == DemoModel::Vit { "vit" } else { "resnet" }),
-            data: "demo".into(),
-            samples: 500,
-            holdout: Holdout::Fraction(0.2),
-            seed: 0,
-            batch: 50,
-            threads: 1,
-            boundaries: None,
-            preprocess: PreprocessArgs::default(),
-        };
-        let Calibrated { model, pre, stats, held_out, calibration } = calibrate(&args, 3, false)?;
-        print!("{}", inspect::render_text(&inspect::inspect(&model)));
-        let report = analyze::report(&model, &stats, calibration.name(), started);
-        println!();
-        print!("{}", analyze::render_table(&report, 5));
-        let (inputs, labels) = held_out.load_all(&pre)?;
-        let held = HeldOut::new(&model.onnx, inputs, labels, args.batch)?;
-        let selection =
-            compact::select(&model, &stats, &held, &Budget::Remove(2), TranslatorKind::Linear, |m| eprintln!("{m}"))?;
-        println!();
-        print!("{}", compact::render(&model, &selection));
-        let slim = Model::new(selection.model.clone(), None)?;
-        let bytes = |m: &Model| m.onnx.to_bytes().len() as u64;
-        let rows = compact::evaluate(
-            &[
-                (
-                    format!("{} (original)", which.file_name()),
-                    Model::new(which.load()?, None)?,
-                    which.bytes().len() as u64,
-                ),
-                ("compacted".to_string(), Model::new(slim.onnx.clone(), None)?, bytes(&slim)),
-            ],
-            &digits.batch(test),
-            Some(&test_labels),
-            50,
-            20,
-        )?;
-        println!("\non the {} test digits (never used for fitting or selection):", test.len());
-        println!("{}", compact::render_evaluation(&rows));
-        if let Some(dir) = &export {
-            std::fs::create_dir_all(dir)?;
-            which.load()?.save(dir.join(which.file_name()), &DataPlacement::Inline)?;
-            slim.onnx.save(dir.join(format!("slim-{}", which.file_name())), &DataPlacement::Inline)?;
-            println!("wrote {} and slim-{} to {}\n", which.file_name(), which.file_name(), dir.display());
-        }
-    }
-    Ok(())
+/// What a compaction did, as recorded in the model's metadata (`rba.compaction`)
+/// and as the full JSON report (with every verified trial).
+fn compaction_report(
+    model: &Model,
+    out: &std::path::Path,
+    selection: &compact::Selection,
+    calibration: (&str, usize),
+    held_out: (&str, usize),
+) -> (serde_json::Value, serde_json::Value) {
+    let record = serde_json::json!({
+        "replacements": &selection.replacements,
+        "calibration": { "source": calibration.0, "images": calibration.1, "fitted_on": "original model activations" },
+        "held_out": { "source": held_out.0, "images": held_out.1 },
+        "baseline": &selection.baseline,
+        "result": &selection.result,
+    });
+    let report = serde_json::json!({
+        "schema_version": 1,
+        "model": model.onnx.path.display().to_string(),
+        "output": out.display().to_string(),
+        "compaction": record,
+        "trials": &selection.trials,
+        "proxy_spearman": &selection.proxy_spearman,
+    });
+    (record, report)
 }
 
 fn main() -> ExitCode {

@@ -3,6 +3,8 @@
 
 use std::fmt::Write;
 
+use serde_json::Value;
+
 use crate::analyze::{Report, SPAN_COLUMNS};
 use crate::inspect::si;
 
@@ -127,8 +129,37 @@ pub fn bars_svg(title: &str, labels: &[String], values: &[Option<f64>]) -> Strin
     svg
 }
 
-/// The whole report page.
+const STYLE: &str =
+    "body{font-family:sans-serif;margin:2em;max-width:1100px}table{border-collapse:collapse;font-size:13px}\
+td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}th{background:#eee}code{font-size:11px}\
+.figs{display:flex;flex-wrap:wrap;gap:2em}figure{margin:0}figcaption{font-size:13px;color:#333}";
+
+/// A self-contained page around report sections.
+fn page(title: &str, sections: &[String]) -> String {
+    format!(
+        "<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{}</title><style>{STYLE}</style></head><body>{}</body></html>\n",
+        escape(title),
+        sections.concat()
+    )
+}
+
+/// The analysis report page.
 pub fn html(r: &Report) -> String {
+    page(&format!("rba analysis: {}", r.model.file), &[analysis_section(r)])
+}
+
+/// One page with whatever is given: the analysis, the compaction (the
+/// `rba compact` report JSON) and device results (the `rba bench --json`
+/// document).
+pub fn merged_html(analysis: Option<&Report>, compaction: Option<&Value>, device: Option<&Value>) -> String {
+    let mut sections = vec!["<h1>rba report</h1>".to_string()];
+    sections.extend(device.map(device_section));
+    sections.extend(compaction.map(compaction_section));
+    sections.extend(analysis.map(analysis_section));
+    page("rba report", &sections)
+}
+
+fn analysis_section(r: &Report) -> String {
     let labels: Vec<String> = r.blocks.iter().map(|b| b.index.to_string()).collect();
     let residual: Vec<Option<f64>> = r.blocks.iter().map(|b| b.score.as_ref().map(|s| s.linear_residual)).collect();
     let br: Vec<Option<f64>> = r.blocks.iter().map(|b| b.score.as_ref().map(|s| -s.br_cls)).collect();
@@ -154,11 +185,7 @@ pub fn html(r: &Report) -> String {
         );
     }
     format!(
-        "<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>rba analysis: {file}</title><style>\
-body{{font-family:sans-serif;margin:2em;max-width:1100px}}table{{border-collapse:collapse;font-size:13px}}\
-td,th{{border:1px solid #ccc;padding:3px 6px;text-align:right}}th{{background:#eee}}code{{font-size:11px}}\
-.figs{{display:flex;flex-wrap:wrap;gap:2em}}figure{{margin:0}}figcaption{{font-size:13px;color:#333}}</style></head><body>\
-<h1>rba analysis</h1><p><b>{file}</b>: {params} parameters, {macs} MACs per image, opset {opset}.<br>\
+        "<h1>rba analysis</h1><p><b>{file}</b>: {params} parameters, {macs} MACs per image, opset {opset}.<br>\
 Calibration: {images} images from <code>{source}</code>; {tool}; {seconds:.1} s.</p>\
 <h2>Similarity between boundaries</h2><div class=\"figs\">\
 <figure>{cka_svg}<figcaption>Linear CKA (CLS token, or spatial mean for CNN maps); grey: constant over images</figcaption></figure>\
@@ -168,8 +195,7 @@ Calibration: {images} images from <code>{source}</code>; {tool}; {seconds:.1} s.
 <figure>{br_svg}<figcaption>-BR on the CLS token (the paper's score; closer to 0 = more redundant)</figcaption></figure>\
 <figure>{br_all_svg}<figcaption>-BR over all tokens</figcaption></figure></div>\
 <h2>Candidate spans (best first)</h2><table><tr>{header}</tr>{rows}</table>\
-<h2>Blocks</h2><table><tr><th>block</th><th>input</th><th>output</th><th>shape</th><th>params</th><th>MACs</th><th>replaceable</th></tr>{blocks}</table>\
-</body></html>\n",
+<h2>Blocks</h2><table><tr><th>block</th><th>input</th><th>output</th><th>shape</th><th>params</th><th>MACs</th><th>replaceable</th></tr>{blocks}</table>",
         file = escape(&r.model.file),
         params = si(r.model.params),
         macs = si(r.model.macs),
@@ -184,6 +210,194 @@ Calibration: {images} images from <code>{source}</code>; {tool}; {seconds:.1} s.
         br_svg = bars_svg("-BR (CLS) per block", &labels, &br),
         br_all_svg = bars_svg("-BR (all tokens) per block", &labels, &br_all),
     )
+}
+
+/// Percent with one decimal, or "-".
+fn pct(v: Option<f64>) -> String {
+    v.map_or("-".into(), |v| format!("{:.2}%", 100.0 * v))
+}
+
+/// The compaction section: what was replaced, the verified quality, and the
+/// best held-out metric reached for each number of blocks removed.
+fn compaction_section(c: &Value) -> String {
+    let record = &c["compaction"];
+    let mut rows = String::new();
+    for r in record["replacements"].as_array().into_iter().flatten() {
+        let _ = write!(
+            rows,
+            "<tr><td>{}..{}</td><td>{}</td><td>{:.4}</td><td>{}</td></tr>",
+            r["span"]["start"],
+            r["span"]["end"],
+            escape(r["translator"].as_str().unwrap_or("?")),
+            r["fit_residual"].as_f64().unwrap_or(f64::NAN),
+            escape(r["solver"].as_str().unwrap_or("?"))
+        );
+    }
+    let metric = |q: &Value| q["accuracy"].as_f64().or_else(|| q["agreement"].as_f64());
+    // Best metric per number of removed blocks, over every verified trial.
+    let mut best: Vec<Option<f64>> = vec![metric(&record["baseline"])];
+    for t in c["trials"].as_array().into_iter().flatten() {
+        let k = t["removed_blocks"].as_array().map_or(0, Vec::len);
+        if best.len() <= k {
+            best.resize(k + 1, None);
+        }
+        if let Some(m) = metric(&t["quality"]) {
+            best[k] = Some(best[k].map_or(m, |b: f64| b.max(m)));
+        }
+    }
+    let labels: Vec<String> = (0..best.len()).map(|k| k.to_string()).collect();
+    let chart = if best.len() > 1 {
+        format!(
+            "<figure>{}<figcaption>Best held-out metric (accuracy, else agreement) per number of blocks removed</figcaption></figure>",
+            bars_svg("held-out metric vs blocks removed", &labels, &best)
+        )
+    } else {
+        String::new()
+    };
+    format!(
+        "<h2>Compaction</h2><p><b>{}</b> &rarr; <b>{}</b>; calibration: {} images from <code>{}</code>, fitted on {}; \
+held-out: {} images from <code>{}</code>.</p><p>Held-out metric {} &rarr; {} (agreement with the original {}, output cosine {:.4}).</p>\
+<table><tr><th>span</th><th>translator</th><th>1-R²</th><th>solver</th></tr>{rows}</table>{chart}",
+        escape(c["model"].as_str().unwrap_or("?")),
+        escape(c["output"].as_str().unwrap_or("?")),
+        record["calibration"]["images"],
+        escape(record["calibration"]["source"].as_str().unwrap_or("?")),
+        escape(record["calibration"]["fitted_on"].as_str().unwrap_or("?")),
+        record["held_out"]["images"],
+        escape(record["held_out"]["source"].as_str().unwrap_or("?")),
+        pct(metric(&record["baseline"])),
+        pct(metric(&record["result"])),
+        pct(record["result"]["agreement"].as_f64()),
+        record["result"]["output_cosine"].as_f64().unwrap_or(f64::NAN),
+    )
+}
+
+/// The device section: latency box plots, the A/B speedup, on-device accuracy.
+fn device_section(d: &Value) -> String {
+    let bench = &d["benchmark"];
+    let device = &bench["device"];
+    let mut series = Vec::new();
+    let mut rows = String::new();
+    for r in bench["results"].as_array().into_iter().flatten() {
+        let samples: Vec<u64> = r["samples_ns"].as_array().into_iter().flatten().filter_map(Value::as_u64).collect();
+        let st = &r["stats"];
+        let ms = |v: &Value| v.as_f64().map_or("-".into(), |v| format!("{:.3}", v / 1e6));
+        let _ = write!(
+            rows,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            escape(r["model"].as_str().unwrap_or("?")),
+            st["count"],
+            ms(&st["min_ns"]),
+            ms(&st["p50_ns"]),
+            ms(&st["p90_ns"]),
+            ms(&st["p99_ns"]),
+            ms(&st["max_ns"]),
+            r["peak_rss_bytes"].as_u64().map_or("-".into(), |b| format!("{:.1} MiB", b as f64 / (1 << 20) as f64)),
+        );
+        series.push((r["model"].as_str().unwrap_or("?").to_string(), samples));
+    }
+    let speedup = &bench["ab"]["speedup"];
+    let ab = match speedup["point"].as_f64() {
+        Some(p) => format!(
+            "<p>A/B, interleaved: <b>{}</b> is <b>{p:.3}x</b> as fast as <b>{}</b> ({:.0}% interval {:.3}&ndash;{:.3}).</p>",
+            escape(bench["ab"]["model_b"].as_str().unwrap_or("?")),
+            escape(bench["ab"]["model_a"].as_str().unwrap_or("?")),
+            100.0 * speedup["confidence"].as_f64().unwrap_or(0.95),
+            speedup["low"].as_f64().unwrap_or(f64::NAN),
+            speedup["high"].as_f64().unwrap_or(f64::NAN),
+        ),
+        None => String::new(),
+    };
+    let mut evals = String::new();
+    for e in d["evaluation"]["results"].as_array().into_iter().flatten() {
+        let _ = write!(
+            evals,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            escape(e["model"].as_str().unwrap_or("?")),
+            e["samples"],
+            pct(e["top1_accuracy"].as_f64()),
+            pct(e["top1_agreement"].as_f64()),
+            e["mean_cosine"].as_f64().map_or("-".into(), |v| format!("{v:.4}")),
+        );
+    }
+    let evals = if evals.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "<h3>Accuracy on the device ({})</h3><table><tr><th>model</th><th>images</th><th>top-1</th><th>agreement with the original</th><th>output cosine</th></tr>{evals}</table>",
+            escape(d["evaluation"]["data"].as_str().unwrap_or("?"))
+        )
+    };
+    format!(
+        "<h2>On the device</h2><p>{} ({}, {} cores), reached as <code>{}</code>.</p>{ab}\
+<figure>{}<figcaption>Warm latency per run: whiskers p1&ndash;p99, box p25&ndash;p75, line at the median</figcaption></figure>\
+<table><tr><th>model</th><th>runs</th><th>min ms</th><th>p50 ms</th><th>p90 ms</th><th>p99 ms</th><th>max ms</th><th>peak RSS</th></tr>{rows}</table>{evals}",
+        escape(device["board"].as_str().unwrap_or("?")),
+        escape(device["arch"].as_str().unwrap_or("?")),
+        device["cores"],
+        escape(d["target"].as_str().unwrap_or("?")),
+        latency_boxes_svg("warm latency", &series),
+    )
+}
+
+/// Horizontal box plots of latency samples (ns), one per series, on a shared
+/// millisecond axis.
+pub fn latency_boxes_svg(title: &str, series: &[(String, Vec<u64>)]) -> String {
+    let (w, row, left) = (620usize, 36usize, 170usize);
+    let h = 30 + row * series.len();
+    let pick = |sorted: &[u64], p: f64| {
+        sorted[((p * (sorted.len() - 1) as f64).round() as usize).min(sorted.len() - 1)] as f64
+    };
+    let max = series.iter().flat_map(|(_, s)| s.iter().copied()).max().unwrap_or(1).max(1) as f64 * 1.05;
+    let x = |ns: f64| left as f64 + ns / max * (w - left - 20) as f64;
+    let mut svg = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{}\" role=\"img\"><title>{}</title>",
+        h + 20,
+        escape(title)
+    );
+    for (k, (name, samples)) in series.iter().enumerate() {
+        let y = 10 + k * row;
+        let _ = write!(
+            svg,
+            "<text x=\"{}\" y=\"{}\" font-size=\"11\" text-anchor=\"end\">{}</text>",
+            left - 8,
+            y + 18,
+            escape(name)
+        );
+        if samples.is_empty() {
+            continue;
+        }
+        let mut s = samples.clone();
+        s.sort_unstable();
+        let [p1, p25, p50, p75, p99] = [0.01, 0.25, 0.5, 0.75, 0.99].map(|p| x(pick(&s, p)));
+        let mid = y + 14;
+        let _ = write!(
+            svg,
+            "<line x1=\"{p1:.1}\" y1=\"{mid}\" x2=\"{p99:.1}\" y2=\"{mid}\" stroke=\"#444\"/>\
+<rect x=\"{p25:.1}\" y=\"{}\" width=\"{:.1}\" height=\"20\" fill=\"#5ec962\" stroke=\"#333\"><title>{}: p25 {:.3} ms, p75 {:.3} ms</title></rect>\
+<line x1=\"{p50:.1}\" y1=\"{}\" x2=\"{p50:.1}\" y2=\"{}\" stroke=\"#000\" stroke-width=\"2\"/>",
+            y + 4,
+            (p75 - p25).max(1.0),
+            escape(name),
+            pick(&s, 0.25) / 1e6,
+            pick(&s, 0.75) / 1e6,
+            y + 4,
+            y + 24,
+        );
+    }
+    let axis = 10 + row * series.len() + 4;
+    for k in 0..=4 {
+        let ns = max * k as f64 / 4.0;
+        let _ = write!(
+            svg,
+            "<text x=\"{:.1}\" y=\"{}\" font-size=\"10\" text-anchor=\"middle\">{:.2} ms</text>",
+            x(ns),
+            axis + 10,
+            ns / 1e6
+        );
+    }
+    svg.push_str("</svg>");
+    svg
 }
 
 #[cfg(test)]
@@ -203,6 +417,51 @@ mod tests {
         assert_eq!(color(0.0), "rgb(68,1,84)");
         assert_eq!(color(1.0), "rgb(253,231,37)");
         assert_eq!(color(f64::NAN), color(0.0));
+    }
+
+    #[test]
+    fn latency_boxes_order_the_quantiles() {
+        let svg =
+            latency_boxes_svg("t", &[("a".into(), (1..=100).map(|v| v * 1_000_000).collect()), ("b".into(), vec![])]);
+        // One box (the empty series draws only its name), median inside it.
+        assert_eq!(svg.matches("<rect").count(), 1);
+        // Nearest rank: p25 of 1..=100 ms is sample 26 (index round(24.75)), p75 sample 75.
+        assert!(svg.contains("p25 26.000 ms, p75 75.000 ms"), "{svg}");
+        assert!(svg.contains(">a</text>") && svg.contains(">b</text>"));
+    }
+
+    #[test]
+    fn merged_report_shows_device_and_compaction_figures() {
+        let device = serde_json::json!({
+            "target": "local (pty)",
+            "benchmark": {
+                "device": {"board": "local", "arch": "x86_64", "cores": 2},
+                "results": [
+                    {"model": "orig", "samples_ns": [2000000, 2100000], "stats": {"count": 2, "p50_ns": 2000000}, "peak_rss_bytes": 1048576},
+                    {"model": "slim", "samples_ns": [1500000, 1600000], "stats": {"count": 2, "p50_ns": 1500000}}
+                ],
+                "ab": {"model_a": "orig", "model_b": "slim", "speedup": {"point": 1.333, "low": 1.2, "high": 1.4, "confidence": 0.95}}
+            },
+            "evaluation": {"data": "demo:test", "results": [{"model": "slim", "samples": 497, "top1_accuracy": 0.9678}]}
+        });
+        let compaction = serde_json::json!({
+            "model": "m.onnx", "output": "s.onnx",
+            "compaction": {
+                "replacements": [{"span": {"start": 4, "end": 6}, "translator": "folded", "fit_residual": 0.25, "solver": "cholesky"}],
+                "calibration": {"images": 500, "source": "demo", "fitted_on": "original model activations"},
+                "held_out": {"images": 300, "source": "demo:val"},
+                "baseline": {"accuracy": 0.99, "agreement": 1.0, "output_cosine": 1.0},
+                "result": {"accuracy": 0.98, "agreement": 0.98, "output_cosine": 0.99}
+            },
+            "trials": [{"removed_blocks": [5], "quality": {"accuracy": 0.985}}, {"removed_blocks": [5, 6], "quality": {"accuracy": 0.98}}]
+        });
+        let page = merged_html(None, Some(&compaction), Some(&device));
+        assert!(page.contains("is <b>1.333x</b> as fast as <b>orig</b> (95% interval 1.200&ndash;1.400)"), "{page}");
+        assert!(page.contains("<td>slim</td><td>497</td><td>96.78%</td>"), "{page}");
+        assert!(page.contains("<td>4..6</td><td>folded</td><td>0.2500</td>"), "{page}");
+        assert!(page.contains("Held-out metric 99.00% &rarr; 98.00%"), "{page}");
+        assert!(page.contains("<td>orig</td><td>2</td><td>-</td><td>2.000</td>") && page.contains("1.0 MiB"), "{page}");
+        assert!(!page.contains("rba analysis"), "no analysis given");
     }
 
     #[test]

@@ -7,7 +7,7 @@ use crate::fit::{fit, FitKind, Moments};
 use crate::fit::{Cross, Solver};
 
 /// Scores of one candidate span `(start, end)`: blocks `start+1 ..= end`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct SpanScore {
     pub start: usize,
     pub end: usize,
