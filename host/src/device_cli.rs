@@ -163,7 +163,12 @@ fn deployed_line(d: &Deployed, device: &str) -> String {
     if d.skipped {
         format!("{device} already has {} ({size}, sha256 {sha}...): upload skipped", d.name)
     } else {
-        format!("deployed {} ({size}, sha256 {sha}...) to {device}", d.name)
+        let resumed = if d.resumed_from > 0 {
+            format!(", resumed at byte {} of an interrupted upload", d.resumed_from)
+        } else {
+            String::new()
+        };
+        format!("deployed {} ({size}, sha256 {sha}...) to {device}{resumed}", d.name)
     }
 }
 

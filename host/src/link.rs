@@ -583,6 +583,9 @@ pub struct Deployed {
     pub sha256: String,
     /// The device already held these bytes under this name.
     pub skipped: bool,
+    /// Bytes the device already had staged from an interrupted upload
+    /// (the upload resumed there; 0 for a fresh one).
+    pub resumed_from: u64,
 }
 
 /// A model to deploy: its device name, the model, and the exact bytes sent.
@@ -769,11 +772,12 @@ impl Device {
         let size = bytes.len() as u64;
         let have = self.with_client(|c| c.list(Some(kind)))?;
         if have.iter().any(|a| a.name == name && a.sha256 == sha && a.size == size) {
-            return Ok(Deployed { name: name.into(), size, sha256: hex(&sha), skipped: true });
+            return Ok(Deployed { name: name.into(), size, sha256: hex(&sha), skipped: true, resumed_from: 0 });
         }
         let bar = self.bar(size, &format!("upload {name}"));
         let mut first = self.client.take();
         let connector = &self.connector;
+        let mut resumed_from = 0;
         let result = upload_resumable(
             || match first.take() {
                 Some(c) => Ok(c),
@@ -784,6 +788,7 @@ impl Device {
             bytes,
             UPLOAD_ATTEMPTS,
             |p| {
+                resumed_from = p.resumed_from;
                 bar.set_position(p.acked);
             },
         );
@@ -791,7 +796,13 @@ impl Device {
         match result {
             Ok((client, info)) => {
                 self.client = Some(client);
-                Ok(Deployed { name: info.name, size: info.size, sha256: hex(&info.sha256), skipped: false })
+                Ok(Deployed {
+                    name: info.name,
+                    size: info.size,
+                    sha256: hex(&info.sha256),
+                    skipped: false,
+                    resumed_from,
+                })
             }
             Err(e) => Err(self.error(e)),
         }

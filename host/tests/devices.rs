@@ -79,6 +79,33 @@ fn deploy_twice_skips_the_second_upload() {
 }
 
 #[test]
+fn deploy_resumes_an_interrupted_upload() {
+    // A store holding the first half of the model, as a link that broke
+    // mid-upload leaves it.
+    let dir = tempfile::tempdir().unwrap();
+    let m = ModelArtifact::from_spec("demo:resnet").unwrap();
+    let half = m.bytes.len() / 2;
+    {
+        let mut store = Store::open(dir.path(), 1 << 30).unwrap();
+        let begin = rba_protocol::UploadBegin {
+            kind: rba_protocol::ArtifactKind::Model,
+            name: m.name.clone(),
+            size: m.bytes.len() as u64,
+            sha256: Sha256::digest(&m.bytes).into(),
+        };
+        assert_eq!(store.begin(&begin).unwrap(), 0);
+        store.write(0, &m.bytes[..half]).unwrap();
+    }
+    let mut d = Device::connect(&Target::Local { store: Some(dir.path().to_path_buf()) }).unwrap();
+    d.set_progress(false);
+    let r = d.deploy(&m).unwrap();
+    assert_eq!((r.skipped, r.resumed_from), (false, half as u64));
+    assert_eq!(r.sha256, rba_host::link::hex(&Sha256::digest(&m.bytes)));
+    let stored = std::fs::read(dir.path().join("models").join(&m.name)).unwrap();
+    assert!(stored == m.bytes, "the resumed upload must be byte-identical");
+}
+
+#[test]
 fn bench_one_model() {
     let mut d = local();
     let m = ModelArtifact::from_spec("demo:resnet").unwrap();
