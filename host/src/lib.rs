@@ -13,6 +13,7 @@ pub mod inspect;
 pub mod link;
 pub mod model;
 pub mod npy;
+pub mod probe;
 pub mod onnx;
 pub mod report;
 pub mod runtime;

@@ -1,0 +1,618 @@
+//! Linear probes: turn a headless backbone into a classifier by fitting a
+//! ridge regression on one-hot targets in closed form (METHOD.md, "Evaluation
+//! protocol") and appending it to the graph as `pool -> MatMul -> Add`.
+//!
+//! The training pass streams f64 sufficient statistics (`X^T X`, `X^T Y`,
+//! sums) of the pooled feature, so memory is `O(D^2)` whatever the number of
+//! images; only a bounded sample of pooled training rows is kept to report
+//! training accuracy per lambda. Lambda is chosen on a validation split from
+//! a relative grid (`lambda = r * trace(G) / D`, `G` the centred Gram): best
+//! validation accuracy, ties to the larger lambda. By default the chosen
+//! lambda is then refitted on train + validation (the validation statistics
+//! are accumulated during the validation pass, so this costs no extra pass).
+
+use std::collections::HashSet;
+
+use faer::{Mat, Par};
+use serde::Serialize;
+
+use crate::data::{DataError, Dataset, Preprocess};
+use crate::fit::{self, Cross, FitError, FitKind, Moments, Solver};
+use crate::onnx::build::{attr_int, attr_ints, f32_tensor, f32_value_info, i64_tensor, node, value_info_dims, Dim};
+use crate::onnx::graph::GraphIndex;
+use crate::onnx::OnnxModel;
+use crate::runtime::{nd, tensor_shapes, Runner, RuntimeError};
+use crate::surgery::prune;
+
+/// Metadata key holding the probe's record (JSON).
+pub const METADATA_KEY: &str = "rba.probe";
+/// Name of the appended output.
+pub const OUTPUT: &str = "logits";
+/// Prefix of every node and initializer the probe adds.
+const PREFIX: &str = "rba.probe";
+/// Default relative lambdas: `1e-6 ..= 1e1`, one per decade.
+pub const DEFAULT_LAMBDAS: [f64; 8] = [1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0];
+
+/// How a token feature `[B, T, D]` becomes one vector per image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Pooling {
+    /// Token 0 (the CLS token of a ViT).
+    Cls,
+    /// The mean over tokens.
+    Mean,
+}
+
+/// The per-image shape of the feature tensor, and so how it is pooled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum FeatureLayout {
+    /// `[B, T, D]`: pooled by [`Pooling`].
+    Tokens { tokens: usize, dim: usize },
+    /// `[B, C, H, W]`: spatial mean (channels first, as ONNX convolutions are).
+    Channels { channels: usize, height: usize, width: usize },
+    /// `[B, D]`: used as is.
+    Flat { dim: usize },
+}
+
+impl FeatureLayout {
+    /// Width of the pooled vector.
+    pub fn dim(&self) -> usize {
+        match *self {
+            FeatureLayout::Tokens { dim, .. } | FeatureLayout::Flat { dim } => dim,
+            FeatureLayout::Channels { channels, .. } => channels,
+        }
+    }
+
+    /// Values per image in the unpooled tensor.
+    fn per_image(&self) -> usize {
+        match *self {
+            FeatureLayout::Tokens { tokens, dim } => tokens * dim,
+            FeatureLayout::Channels { channels, height, width } => channels * height * width,
+            FeatureLayout::Flat { dim } => dim,
+        }
+    }
+
+    /// The pooling actually applied, as recorded in metadata.
+    pub fn pooling_name(&self, pooling: Pooling) -> &'static str {
+        match (self, pooling) {
+            (FeatureLayout::Tokens { .. }, Pooling::Cls) => "cls",
+            (FeatureLayout::Tokens { .. }, Pooling::Mean) => "mean",
+            (FeatureLayout::Channels { .. }, _) => "spatial_mean",
+            (FeatureLayout::Flat { .. }, _) => "none",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error(
+        "{path}: tensor '{tensor}' does not exist in the model; candidates near the end of the graph: {candidates}"
+    )]
+    UnknownTensor { path: String, tensor: String, candidates: String },
+    #[error("{path}: tensor '{tensor}' has shape {shape:?}; a probe needs [B, T, D] (tokens), [B, C, H, W] (channels first) or [B, D]")]
+    UnsupportedShape { path: String, tensor: String, shape: Vec<usize> },
+    #[error("{path}: the probe's output name '{OUTPUT}' is already used by a tensor the feature depends on")]
+    NameTaken { path: String },
+    #[error("{data}: {problem}")]
+    Labels { data: String, problem: String },
+    #[error("{problem}")]
+    Options { problem: String },
+    #[error(transparent)]
+    Data(#[from] DataError),
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    #[error("ridge fit on '{tensor}' failed: {source}")]
+    Fit { tensor: String, source: FitError },
+}
+
+/// What to probe and how.
+#[derive(Debug, Clone)]
+pub struct ProbeOptions {
+    /// The feature tensor to cut the model at.
+    pub feature: String,
+    pub pooling: Pooling,
+    /// Relative lambdas to try (multiples of `trace(G) / D`).
+    pub relative_lambdas: Vec<f64>,
+    /// Images per forward pass (a model with a fixed batch uses its own).
+    pub batch: usize,
+    /// Refit the chosen lambda on train + validation.
+    pub refit: bool,
+    /// Show a progress bar for the feature passes.
+    pub progress: bool,
+    /// Pooled training rows kept to report training accuracy (bounded memory).
+    pub train_eval_rows: usize,
+}
+
+impl ProbeOptions {
+    pub fn new(feature: impl Into<String>) -> Self {
+        Self {
+            feature: feature.into(),
+            pooling: Pooling::Cls,
+            relative_lambdas: DEFAULT_LAMBDAS.to_vec(),
+            batch: 16,
+            refit: true,
+            progress: false,
+            train_eval_rows: 5000,
+        }
+    }
+}
+
+/// One lambda of the grid.
+#[derive(Debug, Clone, Serialize)]
+pub struct LambdaTrial {
+    pub relative_lambda: f64,
+    /// Absolute lambda added to the centred Gram's diagonal.
+    pub lambda: f64,
+    /// On (at most `train_eval_rows` of) the training images, fit on train only.
+    pub train_accuracy: f64,
+    pub val_accuracy: Option<f64>,
+    pub solver: Solver,
+}
+
+/// A probed model and how it was obtained.
+#[derive(Debug, Clone)]
+pub struct Probe {
+    /// The backbone up to the feature, with the head appended; its only output is [`OUTPUT`].
+    pub model: OnnxModel,
+    pub layout: FeatureLayout,
+    pub trials: Vec<LambdaTrial>,
+    /// Index into `trials`.
+    pub chosen: usize,
+    /// `D x K`, row-major (row = feature).
+    pub weight: Vec<f32>,
+    pub bias: Vec<f32>,
+    pub classes: Vec<String>,
+    /// The JSON stored under [`METADATA_KEY`].
+    pub record: serde_json::Value,
+}
+
+/// The model cut at `tensor`: it becomes the only output and everything
+/// that no longer feeds it is pruned.
+pub fn cut(model: &OnnxModel, tensor: &str) -> Result<OnnxModel, ProbeError> {
+    let path = model.path.display().to_string();
+    let index = GraphIndex::new(model.graph()).map_err(|reason| RuntimeError::Load { path: path.clone(), reason })?;
+    if !index.producer.contains_key(tensor) && !index.inputs.iter().any(|i| i == tensor) {
+        return Err(ProbeError::UnknownTensor {
+            path,
+            tensor: tensor.to_string(),
+            candidates: candidates(&index, model, tensor).join(", "),
+        });
+    }
+    let mut cut = model.clone();
+    let graph = cut.graph_mut();
+    // The runtime infers every shape; an output without dims is enough here.
+    graph.output = vec![f32_value_info(tensor, &[])];
+    prune(graph);
+    Ok(cut)
+}
+
+/// A few tensors to suggest when `wanted` does not exist: those whose name
+/// shares its last path component, else the last activations before the
+/// outputs (where a probe usually goes).
+fn candidates(index: &GraphIndex, model: &OnnxModel, wanted: &str) -> Vec<String> {
+    let graph = model.graph();
+    let ordered: Vec<&String> = index
+        .order
+        .iter()
+        .flat_map(|&i| graph.node[i].output.iter())
+        .filter(|t| index.activations.contains(*t))
+        .collect();
+    let key = wanted.rsplit(['/', '.']).next().unwrap_or(wanted).to_ascii_lowercase();
+    let similar: Vec<String> = if key.len() >= 3 {
+        ordered.iter().filter(|t| t.to_ascii_lowercase().contains(&key)).rev().take(6).map(|t| t.to_string()).collect()
+    } else {
+        Vec::new()
+    };
+    if !similar.is_empty() {
+        return similar;
+    }
+    ordered.iter().rev().take(6).map(|t| t.to_string()).collect()
+}
+
+/// The feature's per-image layout, from shapes inferred at batch 2 (so the
+/// batch axis can be told apart from a fixed leading dimension).
+pub fn feature_layout(cut: &OnnxModel, tensor: &str) -> Result<FeatureLayout, ProbeError> {
+    let path = cut.path.display().to_string();
+    let fixed_batch = crate::runtime::input_shape(cut, 2)?.first().copied().unwrap_or(2);
+    let shapes = tensor_shapes(cut, fixed_batch)?;
+    let shape = shapes.get(tensor).cloned().ok_or_else(|| ProbeError::UnknownTensor {
+        path: path.clone(),
+        tensor: tensor.to_string(),
+        candidates: "(tract cannot infer its shape)".into(),
+    })?;
+    let unsupported =
+        || ProbeError::UnsupportedShape { path: path.clone(), tensor: tensor.to_string(), shape: shape.clone() };
+    if shape.first() != Some(&fixed_batch) || shape.contains(&0) {
+        return Err(unsupported());
+    }
+    Ok(match shape[1..] {
+        [tokens, dim] => FeatureLayout::Tokens { tokens, dim },
+        [channels, height, width] => FeatureLayout::Channels { channels, height, width },
+        [dim] => FeatureLayout::Flat { dim },
+        _ => return Err(unsupported()),
+    })
+}
+
+/// Pools `valid` images of a feature batch into row-major `[valid, D]` rows,
+/// exactly as the appended graph nodes do.
+fn pool(feature: &nd::ArrayD<f32>, valid: usize, layout: FeatureLayout, pooling: Pooling) -> Vec<f32> {
+    let d = layout.dim();
+    let per = layout.per_image();
+    let values: Vec<f32> = feature.iter().copied().collect();
+    let mut rows = Vec::with_capacity(valid * d);
+    for img in values.chunks_exact(per).take(valid) {
+        match (layout, pooling) {
+            (FeatureLayout::Tokens { .. }, Pooling::Cls) | (FeatureLayout::Flat { .. }, _) => {
+                rows.extend_from_slice(&img[..d])
+            }
+            (FeatureLayout::Tokens { tokens, .. }, Pooling::Mean) => {
+                let mut acc = vec![0f64; d];
+                for tok in img.chunks_exact(d) {
+                    acc.iter_mut().zip(tok).for_each(|(a, &v)| *a += v as f64);
+                }
+                rows.extend(acc.iter().map(|a| (a / tokens as f64) as f32));
+            }
+            (FeatureLayout::Channels { height, width, .. }, _) => {
+                let hw = height * width;
+                rows.extend(
+                    img.chunks_exact(hw).map(|c| (c.iter().map(|&v| v as f64).sum::<f64>() / hw as f64) as f32),
+                );
+            }
+        }
+    }
+    rows
+}
+
+/// Runs `data` through the cut model and hands each batch's pooled rows and
+/// labels to `sink`.
+fn feature_pass(
+    runner: &Runner,
+    data: &Dataset,
+    pre: &Preprocess,
+    layout: FeatureLayout,
+    pooling: Pooling,
+    bar: Option<&indicatif::ProgressBar>,
+    mut sink: impl FnMut(&[f32], &[usize]),
+) -> Result<(), ProbeError> {
+    let batch = runner.input_shape[0];
+    for item in data.batches(pre, batch) {
+        let (inputs, labels) = item?;
+        let labels = labels.ok_or_else(|| DataError::MissingLabels { source_name: data.name().to_string() })?;
+        let valid = inputs.shape()[0];
+        // A fixed-shape plan: pad the last batch with zeros.
+        let inputs = if valid == batch {
+            inputs
+        } else {
+            let mut padded = nd::ArrayD::zeros(runner.input_shape.clone());
+            padded.slice_axis_mut(nd::Axis(0), (0..valid).into()).assign(&inputs);
+            padded
+        };
+        let feature = runner.run(inputs)?.swap_remove(0);
+        sink(&pool(&feature, valid, layout, pooling), &labels);
+        if let Some(bar) = bar {
+            bar.inc(valid as u64);
+        }
+    }
+    Ok(())
+}
+
+/// Streaming statistics of pooled features `X` and one-hot targets `Y`.
+#[derive(Clone)]
+struct Stats {
+    x: Moments,
+    y: Moments,
+    xy: Cross,
+}
+
+impl Stats {
+    fn new(d: usize, k: usize) -> Self {
+        Self { x: Moments::new(d), y: Moments::new(k), xy: Cross::new(d, k) }
+    }
+
+    fn update(&mut self, rows: &[f32], labels: &[usize]) {
+        let k = self.y.dim();
+        let mut onehot = vec![0f32; labels.len() * k];
+        for (r, &l) in labels.iter().enumerate() {
+            onehot[r * k + l] = 1.0;
+        }
+        self.x.update(rows, Par::Seq);
+        self.y.update_target(&onehot);
+        self.xy.update(rows, &onehot, Par::Seq);
+    }
+
+    /// Ridge with an unpenalised bias: centre the statistics, solve with
+    /// [`fit::fit`], recover `b = mean(Y) - mean(X) W`.
+    fn ridge(&self, relative_lambda: f64) -> Result<Head, FitError> {
+        let (d, k, n) = (self.x.dim(), self.y.dim(), self.x.rows);
+        let (mx, my) = (self.x.mean(), self.y.mean());
+        let mut xc = Moments::new(d);
+        xc.rows = n;
+        xc.gram = Mat::from_fn(d, d, |i, j| self.x.gram[(i, j)] - n * mx[i] * mx[j]);
+        let mut yc = Moments::new(k);
+        yc.rows = n;
+        yc.sq_norm = self.y.sq_norm - n * my.iter().map(|v| v * v).sum::<f64>();
+        let cc = Cross { xy: Mat::from_fn(d, k, |i, j| self.xy.xy[(i, j)] - n * mx[i] * my[j]) };
+        let f = fit::fit(FitKind::Ridge { relative_lambda }, &xc, &yc, &cc)?;
+        let lambda = relative_lambda * (0..d).map(|i| xc.gram[(i, i)]).sum::<f64>() / d as f64;
+        let bias = (0..k).map(|j| my[j] - (0..d).map(|i| mx[i] * f.weight[(i, j)]).sum::<f64>()).collect();
+        Ok(Head { weight: f.weight, bias, lambda, solver: f.solver })
+    }
+}
+
+/// A fitted head in f64.
+struct Head {
+    weight: Mat<f64>,
+    bias: Vec<f64>,
+    lambda: f64,
+    solver: Solver,
+}
+
+impl Head {
+    /// Predicted classes of row-major `[n, D]` rows.
+    fn predict(&self, rows: &[f32]) -> Vec<usize> {
+        let (d, k) = (self.weight.nrows(), self.weight.ncols());
+        rows.chunks_exact(d)
+            .map(|x| {
+                let score = |j: usize| self.bias[j] + (0..d).map(|i| x[i] as f64 * self.weight[(i, j)]).sum::<f64>();
+                (0..k)
+                    .map(|j| (j, score(j)))
+                    .fold((0, f64::NEG_INFINITY), |b, (j, s)| if s > b.1 { (j, s) } else { b })
+                    .0
+            })
+            .collect()
+    }
+
+    fn correct(&self, rows: &[f32], labels: &[usize]) -> usize {
+        self.predict(rows).iter().zip(labels).filter(|(p, l)| p == l).count()
+    }
+}
+
+/// Class names and count: the dataset's names, else `0..=max label`.
+fn classes(train: &Dataset, val: &Dataset) -> Result<Vec<String>, ProbeError> {
+    let labels = train.require_labels()?;
+    let val_labels = val.require_labels()?;
+    let max = labels.iter().chain(&val_labels).max().copied();
+    let names = match (train.classes(), max) {
+        (Some(names), _) => names,
+        (None, Some(m)) => (0..=m).map(|c| c.to_string()).collect(),
+        (None, None) => {
+            return Err(DataError::Empty { path: train.name().into(), what: "labelled samples".into() }.into())
+        }
+    };
+    if let Some(m) = max.filter(|&m| m >= names.len()) {
+        return Err(ProbeError::Labels {
+            data: train.name().into(),
+            problem: format!("label {m} is out of range for {} classes", names.len()),
+        });
+    }
+    let distinct: HashSet<usize> = labels.iter().copied().collect();
+    if distinct.len() < 2 {
+        return Err(ProbeError::Labels {
+            data: train.name().into(),
+            problem: format!("the training images cover {} class(es); a classifier needs at least 2", distinct.len()),
+        });
+    }
+    Ok(names)
+}
+
+fn progress(show: bool, total: usize, what: &str) -> Option<indicatif::ProgressBar> {
+    show.then(|| {
+        let bar = indicatif::ProgressBar::new(total as u64);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} images, {per_sec}, eta {eta}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar.set_message(what.to_string());
+        bar
+    })
+}
+
+/// Fits a probe on `train`, chooses lambda on `val`, and returns the model
+/// with the head appended (and its record in metadata).
+pub fn probe(
+    model: &OnnxModel,
+    train: &Dataset,
+    val: &Dataset,
+    pre: &Preprocess,
+    options: &ProbeOptions,
+) -> Result<Probe, ProbeError> {
+    let feature = options.feature.as_str();
+    let classes = classes(train, val)?;
+    let lambdas = &options.relative_lambdas;
+    if lambdas.is_empty() || lambdas.iter().any(|l| !l.is_finite() || *l < 0.0) {
+        return Err(ProbeError::Options { problem: format!("lambdas must be finite and >= 0, got {lambdas:?}") });
+    }
+    if val.is_empty() && lambdas.len() > 1 {
+        return Err(ProbeError::Options {
+            problem: "choosing lambda needs validation images; give a holdout or a single lambda".into(),
+        });
+    }
+    let cut = cut(model, feature)?;
+    let layout = feature_layout(&cut, feature)?;
+    let (d, k) = (layout.dim(), classes.len());
+    let runner = Runner::new(&cut, options.batch, &[])?;
+
+    // Pass 1: training statistics (plus a bounded sample for train accuracy).
+    let mut stats = Stats::new(d, k);
+    let (mut kept_rows, mut kept_labels) = (Vec::new(), Vec::new());
+    let bar = progress(options.progress, train.len(), "probe: train features");
+    feature_pass(&runner, train, pre, layout, options.pooling, bar.as_ref(), |rows, labels| {
+        stats.update(rows, labels);
+        let room = options.train_eval_rows.saturating_sub(kept_labels.len()).min(labels.len());
+        kept_rows.extend_from_slice(&rows[..room * d]);
+        kept_labels.extend_from_slice(&labels[..room]);
+    })?;
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    let fit_err = |source| ProbeError::Fit { tensor: feature.to_string(), source };
+    let heads: Vec<Head> = lambdas.iter().map(|&r| stats.ridge(r)).collect::<Result<_, _>>().map_err(fit_err)?;
+
+    // Pass 2: validation accuracy of every lambda, and the statistics of
+    // train + validation for the refit.
+    let mut all = stats.clone();
+    let mut val_correct = vec![0usize; heads.len()];
+    let bar = progress(options.progress, val.len(), "probe: validation features");
+    feature_pass(&runner, val, pre, layout, options.pooling, bar.as_ref(), |rows, labels| {
+        for (c, h) in val_correct.iter_mut().zip(&heads) {
+            *c += h.correct(rows, labels);
+        }
+        if options.refit {
+            all.update(rows, labels);
+        }
+    })?;
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    let trials: Vec<LambdaTrial> = lambdas
+        .iter()
+        .zip(&heads)
+        .zip(&val_correct)
+        .map(|((&r, h), &c)| LambdaTrial {
+            relative_lambda: r,
+            lambda: h.lambda,
+            train_accuracy: h.correct(&kept_rows, &kept_labels) as f64 / kept_labels.len().max(1) as f64,
+            val_accuracy: (!val.is_empty()).then(|| c as f64 / val.len() as f64),
+            solver: h.solver,
+        })
+        .collect();
+    // Best validation accuracy; ties go to the larger (safer) lambda.
+    let mut chosen = 0;
+    for (i, t) in trials.iter().enumerate() {
+        let key = |t: &LambdaTrial| (t.val_accuracy.unwrap_or(0.0), t.relative_lambda);
+        if key(t).partial_cmp(&key(&trials[chosen])).is_some_and(|o| o.is_ge()) {
+            chosen = i;
+        }
+    }
+    let refit = options.refit && !val.is_empty();
+    let head = if refit {
+        all.ridge(lambdas[chosen]).map_err(fit_err)?
+    } else {
+        stats.ridge(lambdas[chosen]).map_err(fit_err)?
+    };
+    let weight: Vec<f32> = (0..d * k).map(|p| head.weight[(p / k, p % k)] as f32).collect();
+    let bias: Vec<f32> = head.bias.iter().map(|&v| v as f32).collect();
+
+    let mut out = append_head(&cut, feature, layout, options.pooling, &weight, &bias, k)?;
+    let t = &trials[chosen];
+    let record = serde_json::json!({
+        "feature": feature,
+        "feature_layout": layout,
+        "pooling": layout.pooling_name(options.pooling),
+        "relative_lambda": t.relative_lambda,
+        "lambda": head.lambda,
+        "train_accuracy": t.train_accuracy,
+        "val_accuracy": t.val_accuracy,
+        "train_accuracy_images": kept_labels.len(),
+        "trials": &trials,
+        "classes": &classes,
+        "data": { "train": train.name(), "train_images": train.len(), "val": val.name(), "val_images": val.len() },
+        "fitted_on": if refit { "train+val" } else { "train" },
+        "solver": head.solver,
+        "method": "ridge regression on one-hot targets, unpenalised bias, lambda relative to trace(centred Gram)/D",
+        "output": out.graph().output.first().map(|o| o.name().to_string()),
+    });
+    out.set_metadata(METADATA_KEY, record.to_string());
+    Ok(Probe { model: out, layout, trials, chosen, weight, bias, classes, record })
+}
+
+/// Appends `pool -> MatMul W -> Add b` after `feature` in the cut model and
+/// makes its result the only output.
+pub fn append_head(
+    cut: &OnnxModel,
+    feature: &str,
+    layout: FeatureLayout,
+    pooling: Pooling,
+    weight: &[f32],
+    bias: &[f32],
+    classes: usize,
+) -> Result<OnnxModel, ProbeError> {
+    let path = cut.path.display().to_string();
+    let mut out = cut.clone();
+    let opset = out.opset().unwrap_or(0);
+    let batch_dim = out
+        .graph()
+        .input
+        .first()
+        .and_then(value_info_dims)
+        .and_then(|dims| dims.first().cloned().flatten())
+        .unwrap_or(Dim::Named("batch".into()));
+    let graph = out.graph_mut();
+    let taken = graph.node.iter().flat_map(|n| n.output.iter()).any(|o| o == OUTPUT)
+        || graph.input.iter().any(|i| i.name() == OUTPUT);
+    if taken {
+        return Err(ProbeError::NameTaken { path });
+    }
+    let name = |s: &str| format!("{PREFIX}/{s}");
+    let pooled = name("pooled");
+    let mut reduce_mean = |axes: &[i64]| {
+        let mut n = node("ReduceMean", &name("ReduceMean"), &[feature], &[&pooled]);
+        n.attribute.push(attr_int("keepdims", 0));
+        // Opset 18 moved `axes` from an attribute to an input.
+        if opset >= 18 {
+            graph.initializer.push(i64_tensor(&name("axes"), &[axes.len()], axes));
+            n.input.push(name("axes"));
+        } else {
+            n.attribute.push(attr_ints("axes", axes));
+        }
+        n
+    };
+    let pool_node = match (layout, pooling) {
+        (FeatureLayout::Tokens { .. }, Pooling::Cls) => {
+            let mut n = node("Gather", &name("Gather"), &[feature, &name("cls_index")], &[&pooled]);
+            n.attribute.push(attr_int("axis", 1));
+            Some((n, Some(i64_tensor(&name("cls_index"), &[], &[0]))))
+        }
+        (FeatureLayout::Tokens { .. }, Pooling::Mean) => Some((reduce_mean(&[1]), None)),
+        (FeatureLayout::Channels { .. }, _) => Some((reduce_mean(&[2, 3]), None)),
+        (FeatureLayout::Flat { .. }, _) => None,
+    };
+    let pooled = match pool_node {
+        Some((n, init)) => {
+            graph.node.push(n);
+            graph.initializer.extend(init);
+            pooled
+        }
+        None => feature.to_string(),
+    };
+    let d = layout.dim();
+    graph.initializer.push(f32_tensor(&name("W"), &[d, classes], weight));
+    graph.initializer.push(f32_tensor(&name("b"), &[classes], bias));
+    graph.node.push(node("MatMul", &name("MatMul"), &[&pooled, &name("W")], &[&name("scores")]));
+    graph.node.push(node("Add", &name("Add"), &[&name("scores"), &name("b")], &[OUTPUT]));
+    graph.output = vec![f32_value_info(OUTPUT, &[batch_dim, Dim::Fixed(classes)])];
+    prune(graph);
+    Ok(out)
+}
+
+/// A short text summary: accuracy per lambda and the choice.
+pub fn render(p: &Probe) -> String {
+    let pct = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{:.1}%", 100.0 * v));
+    let mut s = String::new();
+    s.push_str(&format!(
+        "probe on '{}' ({}, D = {}, {} classes)\n",
+        p.record["feature"].as_str().unwrap_or(""),
+        p.record["pooling"].as_str().unwrap_or(""),
+        p.layout.dim(),
+        p.classes.len()
+    ));
+    s.push_str("  rel. lambda      lambda    train      val  solver\n");
+    for (i, t) in p.trials.iter().enumerate() {
+        s.push_str(&format!(
+            "  {:>11.0e} {:>11.3e} {:>8} {:>8}  {:?}{}\n",
+            t.relative_lambda,
+            t.lambda,
+            pct(Some(t.train_accuracy)),
+            pct(t.val_accuracy),
+            t.solver,
+            if i == p.chosen { "  <- chosen" } else { "" }
+        ));
+    }
+    s.push_str(&format!(
+        "chosen relative lambda {:.0e} (best validation accuracy, ties to the larger); head fitted on {}\n",
+        p.trials[p.chosen].relative_lambda,
+        p.record["fitted_on"].as_str().unwrap_or("")
+    ));
+    s
+}
