@@ -91,6 +91,9 @@ fn describe_client_error(e: &ClientError) -> String {
         ClientError::Remote(RemoteError::AuthRequired) => {
             format!("the device requires a pre-shared key: pass --key-file PATH or set ${KEY_ENV}")
         }
+        ClientError::Remote(RemoteError::Busy) => {
+            "the device is busy with another host; try again when it is done".into()
+        }
         ClientError::ServerAuthFailed => "the device did not prove it holds the key (wrong device or key?)".into(),
         ClientError::Timeout { attempts } => {
             format!("no answer after {attempts} attempt(s) (is rba-device serving there, at the right baud rate?)")
@@ -693,7 +696,20 @@ impl Device {
             config,
             connect_timeout: if quick { Duration::from_secs(2) } else { Duration::from_secs(10) },
         };
-        let client = connector.connect().map_err(|source| LinkError::Device { device: label.clone(), source })?;
+        // A TCP daemon serves one host at a time and answers Busy until it
+        // has noticed that the previous host (often this same user's last
+        // command) left: give it a moment before reporting it.
+        let mut busy_retries = if quick { 2 } else { 10 };
+        let client = loop {
+            match connector.connect() {
+                Err(ClientError::Remote(RemoteError::Busy)) if busy_retries > 0 => {
+                    busy_retries -= 1;
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                Err(source) => return Err(LinkError::Device { device: label.clone(), source }),
+                Ok(c) => break c,
+            }
+        };
         let session = client.session().cloned().ok_or_else(|| setup("no session after the handshake".into()))?;
         Ok(Device {
             label,
@@ -1173,15 +1189,19 @@ pub fn render_bench(report: &BenchReport) -> String {
 pub fn render_eval(results: &[EvalResult], source: &str) -> String {
     let mut out = String::new();
     for e in results {
-        let pct = |v: Option<f64>| v.map_or("-".into(), |v| format!("{:.2}%", 100.0 * v));
-        out.push_str(&format!(
-            "on-device accuracy  {}: top-1 {} on {} samples of {source}, agreement with the reference {}, mean latency {}\n",
-            e.model,
-            pct(e.top1_accuracy),
-            e.samples,
-            pct(e.top1_agreement),
-            e.latency.map_or("-".into(), |l| format_ns(l.mean_ns)),
-        ));
+        let pct = |v: f64| format!("{:.2}%", 100.0 * v);
+        let mut line = format!("on-device  {}: {} samples of {source}", e.model, e.samples);
+        if let Some(a) = e.top1_accuracy {
+            line.push_str(&format!(", top-1 accuracy {}", pct(a)));
+        }
+        if let Some(a) = e.top1_agreement {
+            line.push_str(&format!(", top-1 agreement with the reference {}", pct(a)));
+        }
+        if let Some(l) = e.latency {
+            line.push_str(&format!(", mean latency {}", format_ns(l.mean_ns)));
+        }
+        out.push_str(&line);
+        out.push('\n');
     }
     out
 }

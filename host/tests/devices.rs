@@ -294,7 +294,7 @@ fn cli_bench_with_eval_writes_json() {
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("deployed resnet-digits") && stdout.contains("on-device accuracy"), "{stdout}");
+    assert!(stdout.contains("deployed resnet-digits") && stdout.contains("top-1 accuracy"), "{stdout}");
     let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     assert_eq!(v["benchmark"]["results"][0]["samples_ns"].as_array().unwrap().len(), 5);
     assert_eq!(v["evaluation"]["samples"], 40);
