@@ -25,6 +25,8 @@ pub enum CompactError {
     NoFoldStatistics(Span),
     #[error("{0}")]
     Budget(String),
+    #[error(transparent)]
+    Model(#[from] crate::model::ModelError),
 }
 
 /// Which map stands in for a span.
@@ -241,6 +243,37 @@ pub fn build(
         replacements.push(Replacement { span, translator: kind, fit_residual: f.relative_residual, solver: f.solver });
     }
     Ok((replace_spans(&model.onnx, &model.blocks, &translators)?, replacements))
+}
+
+/// `--sequential`: refits each span's translator on the model with the
+/// earlier spans already replaced (their errors included), instead of on the
+/// original model's activations. `capture` computes statistics of a model
+/// (with fold statistics) for spans of up to the given length.
+pub fn refit_sequentially(
+    model: &Model,
+    spans: &[(Span, TranslatorKind)],
+    mut capture: impl FnMut(&Model, usize) -> Result<Statistics, CompactError>,
+) -> Result<(OnnxModel, Vec<Replacement>), CompactError> {
+    let mut ordered = spans.to_vec();
+    ordered.sort_by_key(|(s, _)| *s);
+    let mut current = model.onnx.clone();
+    // Boundaries of the partly compacted model: a replaced span leaves one
+    // pseudo-block (its translator) between its start and its new end.
+    let mut names = model.blocks.boundaries.clone();
+    let mut shift = 0;
+    let mut replacements = Vec::new();
+    for (span, kind) in ordered {
+        let partial = Model::new(current.clone(), Some(&names))?;
+        let local = Span::new(span.start - shift, span.end - shift);
+        let stats = capture(&partial, local.end - local.start)?;
+        let (translator, f) = fit_span(&stats, local, kind)?;
+        current = replace_spans(&current, &partial.blocks, &[(local, translator)])?;
+        let end = crate::surgery::span_output_name(partial.onnx.graph(), local, &names[local.end]);
+        names.splice(local.start + 1..=local.end, [end]);
+        shift += span.end - span.start - 1;
+        replacements.push(Replacement { span, translator: kind, fit_residual: f.relative_residual, solver: f.solver });
+    }
+    Ok((current, replacements))
 }
 
 /// Chooses per span the translator that verifies best, for `Auto`.

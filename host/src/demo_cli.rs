@@ -93,6 +93,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         &selection,
         (calibration_set.name(), stats.images),
         (held_out.name(), held.len()),
+        "original model activations",
     );
     let mut slim = selection.model.clone();
     slim.set_metadata("rba.compaction", record.to_string());

@@ -87,6 +87,11 @@ enum Command {
         /// blocks merge into one span, up to this length.
         #[arg(long, default_value_t = 4)]
         max_span: usize,
+        /// After selection, refit each translator on the model with the
+        /// earlier spans already replaced (one more calibration pass per span)
+        /// instead of on the original model's activations.
+        #[arg(long)]
+        sequential: bool,
     },
     /// Compare models side by side: accuracy, agreement, size, host latency.
     Evaluate {
@@ -245,6 +250,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             translator,
             held_out_samples,
             max_span,
+            sequential,
         } => {
             let budget = match (spans, remove, max_drop, target_params, target_macs) {
                 (Some(s), ..) => Budget::Spans(s),
@@ -256,7 +262,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     anyhow::bail!("say what to remove: --spans, --remove, --max-drop, --target-params or --target-macs")
                 }
             };
-            let (batch, seed) = (calibration.batch, calibration.seed);
+            let (batch, seed, threads) = (calibration.batch, calibration.seed, calibration.threads);
             let Calibrated { model, pre, stats, calibration, held_out } =
                 calibrate(&calibration, max_span, matches!(translator, TranslatorKind::Folded | TranslatorKind::Auto))?;
             let held_out = held_out.subset(Some(held_out_samples), Some(seed));
@@ -274,13 +280,33 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     );
                 }
             }
-            let selection = compact::select(&model, &stats, &held, &budget, translator, |msg| eprintln!("{msg}"))?;
+            let mut selection = compact::select(&model, &stats, &held, &budget, translator, |msg| eprintln!("{msg}"))?;
+            let mut fitted_on = "original model activations";
+            if sequential {
+                let spans: Vec<(Span, TranslatorKind)> =
+                    selection.replacements.iter().map(|r| (r.span, r.translator)).collect();
+                let (refit, replacements) = compact::refit_sequentially(&model, &spans, |partial, max_span| {
+                    let options = CaptureOptions { batch, max_span, threads, progress: true, fold: true };
+                    let batches = calibration.batches(&pre, batch).map(|b| b.map(|(x, _labels)| x));
+                    analyze::capture(partial, batches, Some(calibration.len()), &options)
+                        .map_err(|e| compact::CompactError::Budget(e.to_string()))
+                })?;
+                let result = held.measure(&refit)?;
+                println!(
+                    "sequential refit: held-out metric {:.4} (fitted on the original activations: {:.4})",
+                    result.metric(),
+                    selection.result.metric()
+                );
+                (selection.model, selection.replacements, selection.result) = (refit, replacements, result);
+                fitted_on = "sequentially, each span on the model with the earlier spans replaced";
+            }
             let (record, report) = compaction_report(
                 &model,
                 &out,
                 &selection,
                 (calibration.name(), stats.images),
                 (held_out.name(), held.len()),
+                fitted_on,
             );
             let mut slim = selection.model.clone();
             slim.set_metadata("rba.compaction", record.to_string());
@@ -314,10 +340,11 @@ fn compaction_report(
     selection: &compact::Selection,
     calibration: (&str, usize),
     held_out: (&str, usize),
+    fitted_on: &str,
 ) -> (serde_json::Value, serde_json::Value) {
     let record = serde_json::json!({
         "replacements": &selection.replacements,
-        "calibration": { "source": calibration.0, "images": calibration.1, "fitted_on": "original model activations" },
+        "calibration": { "source": calibration.0, "images": calibration.1, "fitted_on": fitted_on },
         "held_out": { "source": held_out.0, "images": held_out.1 },
         "baseline": &selection.baseline,
         "result": &selection.result,

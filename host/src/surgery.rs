@@ -167,9 +167,9 @@ pub fn replace_spans(
         };
         let old = blocks.boundaries[e].clone();
         let prefix = format!("rba/span_{s}_{e}");
+        let new_out = span_output_name(out.graph(), *span, &old);
         let graph = out.graph_mut();
-        let is_output = graph.output.iter().any(|o| o.name() == old);
-        let new_out = if is_output { old.clone() } else { format!("{prefix}/out") };
+        let is_output = new_out == old;
         if is_output {
             // The graph output keeps its name: retire the old producer's.
             let retired = format!("{prefix}/replaced");
@@ -214,6 +214,16 @@ pub fn replace_spans(
     }
     prune(out.graph_mut());
     Ok(out)
+}
+
+/// The tensor that stands for boundary `old` (the end of `span`) after
+/// [`replace_spans`]: a graph output keeps its name, others get a new one.
+pub fn span_output_name(graph: &GraphProto, span: Span, old: &str) -> String {
+    if graph.output.iter().any(|o| o.name() == old) {
+        old.to_string()
+    } else {
+        format!("rba/span_{}_{}/out", span.start, span.end)
+    }
 }
 
 #[allow(clippy::too_many_arguments)]

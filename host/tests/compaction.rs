@@ -6,12 +6,12 @@ mod common;
 
 use common::*;
 use rba_host::analyze::{capture, CaptureOptions};
-use rba_host::compact::{select, Budget, HeldOut, TranslatorKind};
+use rba_host::compact::{fit_span, refit_sequentially, select, Budget, HeldOut, TranslatorKind};
 use rba_host::cost;
 use rba_host::demo::{DemoModel, Digits, Split};
 use rba_host::model::Model;
 use rba_host::runtime::{argmax_rows, nd, predict};
-use rba_host::surgery::Span;
+use rba_host::surgery::{replace_spans, Span, Translator};
 
 #[test]
 fn linear_blocks_are_replaced_exactly_from_streamed_statistics() {
@@ -82,4 +82,36 @@ fn demo_vit_two_blocks_go_with_a_small_verified_drop() {
     let (before, after) = (accuracy(&model.onnx), accuracy(&sel.model));
     assert!(before - after <= 0.02, "test accuracy {before} -> {after}");
     assert_eq!(sel.proxy_spearman.len(), 4);
+}
+
+#[test]
+fn sequential_refit_fits_each_span_on_the_partly_compacted_model() {
+    let model = Model::new(token_model(&[41, 42, 43, 44, 45, 46], 5, 8, Some(16)), None).expect("blocks");
+    let calib = random_input(&[48, 5, 8], 7);
+    let capture_on = |m: &Model, max_span: usize| {
+        let options = CaptureOptions { batch: 16, max_span, threads: 1, progress: false, fold: true };
+        capture(m, [Ok::<_, String>(calib.clone())], Some(48), &options)
+            .map_err(|e| rba_host::compact::CompactError::Budget(e.to_string()))
+    };
+    // Blocks 2-3 dropped, then block 5 replaced by a map fitted after that drop.
+    let spans = [(Span::new(1, 3), TranslatorKind::Identity), (Span::new(4, 5), TranslatorKind::Linear)];
+    let (sequential, replacements) = refit_sequentially(&model, &spans, capture_on).expect("refit");
+    assert_eq!(replacements.iter().map(|r| r.span).collect::<Vec<_>>(), [Span::new(1, 3), Span::new(4, 5)]);
+    // By hand: drop blocks 2-3, re-detect, fit block 5 (now block 3) there.
+    let dropped = replace_spans(&model.onnx, &model.blocks, &[(Span::new(1, 3), Translator::Identity)]).unwrap();
+    let partial = Model::new(dropped, None).expect("blocks");
+    assert_eq!(partial.blocks.blocks.len(), 4);
+    let stats = capture_on(&partial, 1).unwrap();
+    let (t, _) = fit_span(&stats, Span::new(2, 3), TranslatorKind::Linear).unwrap();
+    let by_hand = replace_spans(&partial.onnx, &partial.blocks, &[(Span::new(2, 3), t)]).unwrap();
+    let x = random_input(&[6, 5, 8], 8);
+    let diff = max_abs_diff(&run(&sequential, &x), &run(&by_hand, &x));
+    assert!(diff < 1e-5, "sequential refit differs from the by-hand refit by {diff}");
+    // And it is not what the original activations give.
+    let original = capture_on(&model, 2).unwrap();
+    let (t0, _) = fit_span(&original, Span::new(4, 5), TranslatorKind::Linear).unwrap();
+    let one_shot =
+        replace_spans(&model.onnx, &model.blocks, &[(Span::new(1, 3), Translator::Identity), (Span::new(4, 5), t0)])
+            .unwrap();
+    assert!(max_abs_diff(&run(&one_shot, &x), &run(&by_hand, &x)) > 1e-4);
 }
