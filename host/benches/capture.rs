@@ -121,8 +121,10 @@ fn throughput(spec: &str, threads: usize) {
                 &format!("{cap_ips:.2} img/s"),
                 &format!("{ort_ips:.2} img/s"),
                 cap_ips / ort_ips,
-                ">= 0.8",
-                Some(cap_ips / ort_ips >= 0.8),
+                // The target is stated for a ViT-S-sized model; on the tiny
+                // demo ViT the statistics outweigh the forward.
+                if large { ">= 0.8" } else { "-" },
+                large.then_some(cap_ips / ort_ips >= 0.8),
             );
             row(
                 &format!("capture {name}: plain tract forward vs onnxruntime forward ({threads} threads)"),
@@ -185,6 +187,9 @@ fn main() {
         let n: usize = images.parse().expect("count");
         capture(&model, batches(&model, n), Some(n), &options(threads)).expect("capture");
         println!("{}", peak_rss_kib());
+        return;
+    }
+    if !run_as_bench("capture") {
         return;
     }
     let mut specs = vec!["demo:vit".to_string()];

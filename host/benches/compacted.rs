@@ -30,6 +30,9 @@ fn median(v: &mut [f64]) -> f64 {
 }
 
 fn main() {
+    if !run_as_bench("compacted") {
+        return;
+    }
     let threads = threads();
     tract_threads(threads);
     let batch: usize = std::env::var("RBA_BENCH_LATENCY_BATCH").ok().and_then(|v| v.parse().ok()).unwrap_or(1);

@@ -54,6 +54,9 @@ fn rba_fit(x: &[f32], y: &[f32], d: usize, par: Par) -> (f64, f64, Moments, Mome
 }
 
 fn main() {
+    if !run_as_bench("fit") {
+        return;
+    }
     let threads = threads();
     let par = if threads > 1 { Par::rayon(threads) } else { Par::Seq };
     let n: usize = std::env::var("RBA_BENCH_TOKENS").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000);

@@ -12,6 +12,16 @@ use rba_host::model::Model;
 use rba_host::onnx::OnnxModel;
 use rba_host::runtime::nd;
 
+/// False under `cargo test --benches` (which runs a `harness = false` bench
+/// without `--bench`): the heavy benches then only say so and return.
+pub fn run_as_bench(name: &str) -> bool {
+    let yes = std::env::args().any(|a| a == "--bench");
+    if !yes {
+        println!("{name}: skipped outside `cargo bench` (see bench/README.md)");
+    }
+    yes
+}
+
 /// Deterministic uniform noise in [0, 1) (xorshift), the same for every run.
 pub fn random_batch(shape: &[usize], seed: u64) -> nd::ArrayD<f32> {
     let mut s = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
