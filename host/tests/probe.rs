@@ -236,3 +236,52 @@ fn missing_tensor_unsupported_shape_and_unlabeled_data_are_errors() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("labels are needed"));
     assert!(!dir.path().join("x.onnx").exists(), "nothing written on error");
 }
+
+/// Channels-first maps are pooled by their spatial mean, `[B, D]` features
+/// are used as is; either way the graph computes `pool(feature) W + b`.
+#[test]
+fn spatial_and_flat_features_on_the_demo_models() {
+    use rba_host::runtime::Runner;
+    let (train, val) =
+        Dataset::open("demo").expect("demo").calibration_split(Holdout::Fraction(0.2), 0).expect("split");
+    let (train, val) = (train.subset(Some(300), Some(0)), val.subset(Some(100), Some(0)));
+    let test = Dataset::open("demo:test").expect("test").subset(Some(100), None);
+    for (which, feature, layout) in [
+        (DemoModel::Resnet, "/layers/layers.8/Relu_1_output_0", "spatial_mean"),
+        (DemoModel::Vit, "/Gather_1_output_0", "none"),
+    ] {
+        let backbone = which.load().expect("demo model");
+        let pre = Preprocess::for_model(&PreprocessArgs::default(), &backbone).expect("preprocess");
+        let p = probe::probe(&backbone, &train, &val, &pre, &ProbeOptions { batch: 50, ..ProbeOptions::new(feature) })
+            .expect("probe");
+        assert_eq!(p.record["pooling"], layout);
+        let (inputs, labels) = test.load_all(&pre).expect("load");
+        let logits = predict(&p.model, &inputs, 50).expect("probed model runs");
+        let correct = argmax_rows(&logits).iter().zip(&labels.expect("labels")).filter(|(a, b)| a == b).count();
+        assert!(correct >= 85, "{feature}: {correct}/100 test digits");
+        // The same feature taken from the original model, pooled here.
+        let n = inputs.shape()[0];
+        let runner = Runner::new(&backbone, n, &[feature.to_string()]).expect("runner");
+        let raw = runner.run(inputs.clone()).expect("run").swap_remove(1);
+        let d = p.layout.dim();
+        let per = raw.len() / n;
+        let k = p.classes.len();
+        let values: Vec<f32> = raw.iter().copied().collect();
+        for (i, img) in values.chunks_exact(per).enumerate() {
+            let pooled: Vec<f64> = (0..d)
+                .map(|c| {
+                    let s = &img[c * (per / d)..(c + 1) * (per / d)];
+                    s.iter().map(|&v| v as f64).sum::<f64>() / s.len() as f64
+                })
+                .collect();
+            for j in 0..k {
+                let want = p.bias[j] as f64 + (0..d).map(|c| pooled[c] * p.weight[c * k + j] as f64).sum::<f64>();
+                let got = logits[[i, j]] as f64;
+                assert!(
+                    (got - want).abs() < 1e-3 * want.abs().max(1.0),
+                    "{feature} image {i} class {j}: {got} vs {want}"
+                );
+            }
+        }
+    }
+}
