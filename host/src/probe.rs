@@ -16,7 +16,7 @@ use std::collections::HashSet;
 use faer::{Mat, Par};
 use serde::Serialize;
 
-use crate::data::{DataError, Dataset, Preprocess};
+use crate::data::{DataError, Dataset, Preprocess, Resize};
 use crate::fit::{self, Cross, FitError, FitKind, Moments, Solver};
 use crate::onnx::build::{attr_int, attr_ints, f32_tensor, f32_value_info, i64_tensor, node, value_info_dims, Dim};
 use crate::onnx::graph::GraphIndex;
@@ -514,7 +514,30 @@ pub fn probe(
         "output": out.graph().output.first().map(|o| o.name().to_string()),
     });
     out.set_metadata(METADATA_KEY, record.to_string());
+    // The head only fits inputs preprocessed as here: record it so later
+    // commands (and a device) use the same without repeating the flags.
+    out.set_metadata(crate::data::preprocess::METADATA_KEY, preprocess_json(pre).to_string());
     Ok(Probe { model: out, layout, trials, chosen, weight, bias, classes, record })
+}
+
+/// The resolved preprocessing in the `rba.preprocess` metadata format.
+pub fn preprocess_json(pre: &Preprocess) -> serde_json::Value {
+    let mut v = serde_json::json!({
+        "layout": pre.layout.to_string(),
+        "scale": pre.scale,
+        "mean": &pre.mean,
+        "std": &pre.std,
+        "channels": pre.channels,
+    });
+    match pre.resize {
+        Resize::Exact(hw) => v["size"] = serde_json::json!([hw.h, hw.w]),
+        Resize::Shorter(n) => v["resize_shorter"] = serde_json::json!(n),
+        Resize::None => {}
+    }
+    if let Some(c) = pre.crop {
+        v["crop"] = serde_json::json!([c.h, c.w]);
+    }
+    v
 }
 
 /// Appends `pool -> MatMul W -> Add b` after `feature` in the cut model and

@@ -169,6 +169,8 @@ fn demo_vit_probe_on_final_norm_cls_classifies_digits() {
         .expect("probe");
     print!("{}", probe::render(&p));
     assert!(p.model.graph().node.iter().all(|n| n.op_type() != "Gemm"), "the original head is pruned");
+    // The preprocessing used is recorded and read back by later commands.
+    assert_eq!(Preprocess::for_model(&PreprocessArgs::default(), &p.model).expect("metadata preprocess"), pre);
 
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("probed.onnx");
