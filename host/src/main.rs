@@ -161,14 +161,18 @@ struct CalibrationArgs {
     /// Images per forward pass.
     #[arg(long, default_value_t = 16)]
     batch: usize,
-    /// Threads for the statistics.
-    #[arg(long, default_value_t = 1)]
+    /// Threads for the model's and the statistics' matrix products (default: all cores).
+    #[arg(long, default_value_t = all_cores())]
     threads: usize,
     /// Use these boundary tensors instead of detecting blocks.
     #[arg(long, value_delimiter = ',')]
     boundaries: Option<Vec<String>>,
     #[command(flatten)]
     preprocess: PreprocessArgs,
+}
+
+fn all_cores() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
 }
 
 /// A model with its calibration statistics, and the held-out data left over.
