@@ -32,8 +32,8 @@ struct Cli {
 enum Command {
     /// Show a model's inputs, outputs, size and the blocks rba detects.
     Inspect {
-        /// The ONNX model.
-        model: PathBuf,
+        /// The ONNX model (or `demo:vit`, `demo:resnet`).
+        model: String,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -198,7 +198,7 @@ fn calibrate(args: &CalibrationArgs, max_span: usize, fold: bool) -> anyhow::Res
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Inspect { model, json, boundaries } => {
-            let model = Model::load(&model, boundaries.as_deref())?;
+            let model = Model::new(rba_host::demo::load_model_spec(&model)?, boundaries.as_deref())?;
             let report = inspect::inspect(&model);
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
