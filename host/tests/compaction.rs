@@ -8,6 +8,7 @@ use common::*;
 use rba_host::analyze::{capture, CaptureOptions};
 use rba_host::compact::{fit_span, refit_sequentially, select, Budget, HeldOut, TranslatorKind};
 use rba_host::cost;
+use rba_host::data::{Dataset, Holdout, Preprocess, PreprocessArgs};
 use rba_host::demo::{DemoModel, Digits, Split};
 use rba_host::model::Model;
 use rba_host::runtime::{argmax_rows, nd, predict};
@@ -48,27 +49,32 @@ fn impossible_budget_writes_nothing_and_says_the_best() {
 }
 
 #[test]
-fn demo_vit_two_blocks_go_with_a_small_verified_drop() {
+fn demo_vit_two_blocks_fold_away_with_a_small_verified_drop() {
     let model = Model::new(DemoModel::Vit.load().expect("vit"), None).expect("blocks");
     let digits = Digits::embedded().expect("digits");
-    let train = digits.indices(Split::Train);
-    let batches = train[..500].chunks(50).map(|c| Ok::<_, String>(digits.batch(c)));
-    let options = CaptureOptions { batch: 50, max_span: 2, threads: 1, progress: false, fold: false };
+    // The calibration and held-out images `rba compact --data demo` uses.
+    let pre = Preprocess::for_model(&PreprocessArgs::default(), &model.onnx).expect("preprocess");
+    let (calibration, held_out) =
+        Dataset::open("demo").unwrap().calibration_split(Holdout::Fraction(0.2), 0).expect("split");
+    let calibration = calibration.subset(Some(500), Some(0));
+    let batches = calibration.batches(&pre, 50).map(|b| b.map(|(x, _labels)| x));
+    let options = CaptureOptions { batch: 50, max_span: 2, threads: 1, progress: false, fold: true };
     let stats = capture(&model, batches, Some(500), &options).expect("capture");
-    let val = digits.indices(Split::Val);
-    let held = HeldOut::new(&model.onnx, digits.batch(val), Some(val.iter().map(|&i| digits.label(i)).collect()), 50)
-        .expect("held-out");
-    let sel = select(&model, &stats, &held, &Budget::Remove(2), TranslatorKind::Linear, |_| {}).expect("select");
+    let (inputs, labels) = held_out.load_all(&pre).expect("held-out images");
+    assert_eq!(inputs.shape()[0], 300, "the validation digits");
+    let held = HeldOut::new(&model.onnx, inputs, labels, 50).expect("held-out");
+    let sel = select(&model, &stats, &held, &Budget::Remove(2), TranslatorKind::Folded, |_| {}).expect("select");
     // Selection's contract is on the held-out split it measured.
     assert!(sel.baseline.metric() - sel.result.metric() <= 0.01, "{:?} -> {:?}", sel.baseline, sel.result);
-    assert_eq!(sel.trials.len(), 12 + 11, "every replaceable block tried at each step");
+    // Block 1 has no block before it to fold into: never a candidate.
+    assert_eq!(sel.trials.iter().filter(|t| t.removed_blocks.len() == 1).count(), 11);
+    assert!(sel.trials.iter().all(|t| !t.removed_blocks.contains(&1)));
     let removed: usize = sel.replacements.iter().map(|r| r.span.end - r.span.start).sum();
     assert_eq!(removed, 2);
-    // Parameters: exactly the removed blocks go, one D x D map per span comes.
+    // Parameters: exactly the removed blocks go; folding adds nothing.
     let blocks: u64 =
         sel.replacements.iter().flat_map(|r| r.span.blocks()).map(|b| model.blocks.blocks[b - 1].params).sum();
-    let maps = (sel.replacements.len() * 96 * 96) as u64;
-    assert_eq!(cost::total_params(sel.model.graph()), cost::total_params(model.onnx.graph()) - blocks + maps);
+    assert_eq!(cost::total_params(sel.model.graph()), cost::total_params(model.onnx.graph()) - blocks);
     // Reported on the test split, which selection never saw.
     let test = digits.indices(Split::Test);
     let labels: Vec<usize> = test.iter().map(|&i| digits.label(i)).collect();
@@ -76,11 +82,8 @@ fn demo_vit_two_blocks_go_with_a_small_verified_drop() {
         let p = argmax_rows(&predict(m, &digits.batch(test), 50).expect("predict"));
         p.iter().zip(&labels).filter(|(a, b)| a == b).count() as f64 / labels.len() as f64
     };
-    // 300 validation images at 99% resolve drops only coarsely, so the
-    // unseen test split moves more: measured 97.2% -> 95.8% with this
-    // calibration subset, 97.2% -> 97.0% with the CLI's seeded one.
     let (before, after) = (accuracy(&model.onnx), accuracy(&sel.model));
-    assert!(before - after <= 0.02, "test accuracy {before} -> {after}");
+    assert!(before - after <= 0.01, "test accuracy {before} -> {after}");
     assert_eq!(sel.proxy_spearman.len(), 4);
 }
 
