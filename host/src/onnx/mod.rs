@@ -278,7 +278,12 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), OnnxError> {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(write_err)?;
+    let mut builder = tempfile::Builder::new();
+    // Temporary files are private (0600); the result is an ordinary file
+    // (0644 before the umask), as any other tool would write it.
+    #[cfg(unix)]
+    builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644));
+    let mut tmp = builder.tempfile_in(dir).map_err(write_err)?;
     tmp.write_all(bytes).map_err(write_err)?;
     tmp.as_file().sync_all().map_err(write_err)?;
     tmp.persist(path).map_err(|e| write_err(e.error))?;
