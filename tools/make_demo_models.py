@@ -76,6 +76,7 @@ DEMO_DIR = os.path.join(ROOT, "host", "demo")
 FIXTURE_DIR = os.path.join(ROOT, "tests", "fixtures")
 
 VIT_EPOCHS = 120
+VIT_DROP_PATH = 0.2
 RESNET_EPOCHS = 60
 
 
@@ -211,29 +212,43 @@ class Mlp(nn.Module):
         return self.fc2(self.act(self.fc1(x)))
 
 
+def drop_path(x, rate, training):
+    """Stochastic depth (timm's DropPath): in training, skip a residual branch
+    for a random subset of the samples; at inference (and in ONNX) a no-op."""
+    if rate == 0.0 or not training:
+        return x
+    keep = 1.0 - rate
+    mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
+    return x * mask / keep
+
+
 class Block(nn.Module):
-    def __init__(self, dim, heads, mlp_ratio):
+    def __init__(self, dim, heads, mlp_ratio, drop_path=0.0):
         super().__init__()
         self.ln1 = nn.LayerNorm(dim)
         self.attn = Attention(dim, heads)
         self.ln2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, dim * mlp_ratio)
+        self.drop_path = drop_path
 
     def forward(self, x):
-        x = x + self.attn(self.ln1(x))
-        x = x + self.mlp(self.ln2(x))
+        x = x + drop_path(self.attn(self.ln1(x)), self.drop_path, self.training)
+        x = x + drop_path(self.mlp(self.ln2(x)), self.drop_path, self.training)
         return x
 
 
 class ViT(nn.Module):
     def __init__(self, dim=96, depth=12, heads=3, mlp_ratio=4, patch=2, img=8, classes=10, drop=0.0,
-                 pos_std=0.02, init_std=0.02):
+                 pos_std=0.02, init_std=0.02, drop_path_rate=0.0):
         super().__init__()
         n_patches = (img // patch) ** 2
         self.patch_embed = nn.Conv2d(1, dim, kernel_size=patch, stride=patch)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, n_patches + 1, dim))
-        self.blocks = nn.ModuleList([Block(dim, heads, mlp_ratio) for _ in range(depth)])
+        # Stochastic depth rising linearly with depth, as timm/DeiT recipes
+        # train ViTs; it is also what makes real ViTs' blocks redundant.
+        rates = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
+        self.blocks = nn.ModuleList([Block(dim, heads, mlp_ratio, r) for r in rates])
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, classes)
         self.drop = nn.Dropout(drop)
@@ -572,7 +587,7 @@ def main():
     # Position embeddings start large (std 0.5, not the usual 0.02): with
     # 2x2 patches many tokens are identical blank patches, and tiny position
     # embeddings leave the model stuck at chance for tens of epochs.
-    vit = ViT(pos_std=0.5)
+    vit = ViT(pos_std=0.5, drop_path_rate=VIT_DROP_PATH)
     t0 = time.time()
     ep = train(vit, data, epochs=VIT_EPOCHS, lr=1e-3, wd=0.05, bs=64, warmup=5,
                label_smoothing=0.1, augment=aug_vit, seed=SEED + 21, name="vit")
