@@ -37,8 +37,11 @@ pub const KEY: &str = "rba-e2e-test-key-0123456789abcdef";
 
 /// The `rba-device` binary of this build: `target/<profile>/rba-device`,
 /// next to the test executable's `deps/`. `cargo test -p rba-tests` does not
-/// build other packages' binaries, so it is (re)built once per test process
-/// (a quick no-op when it is up to date).
+/// build other packages' binaries, so it is (re)built once per test process.
+/// The build covers the whole workspace and all targets, so cargo resolves
+/// dependency features exactly as `cargo test --workspace` did and finds the
+/// binary up to date (`-p rba-device` alone resolves fewer features and
+/// rebuilt tract, ~6 minutes in CI).
 pub fn device_binary() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
@@ -47,7 +50,7 @@ pub fn device_binary() -> PathBuf {
         let profile_dir = exe.parent().and_then(Path::parent).expect("test executable under target/<profile>/deps");
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
-        cmd.current_dir(qemu::workspace()).args(["build", "--quiet", "-p", "rba-device", "--bin", "rba-device"]);
+        cmd.current_dir(qemu::workspace()).args(["build", "--quiet", "--workspace", "--all-targets"]);
         if profile_dir.file_name().is_some_and(|n| n == "release") {
             cmd.arg("--release");
         }
