@@ -4,34 +4,11 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::Command;
-
 use common::*;
 use rba_host::model::Model;
-use rba_host::npy;
 use rba_host::onnx::{DataPlacement, OnnxModel};
 use rba_host::runtime::nd;
 use rba_host::surgery::{replace_spans, Span, Translator};
-
-/// Runs `model` on `input` with onnxruntime; `None` when onnxruntime is not installed.
-fn onnxruntime(model: &Path, input: &nd::ArrayD<f32>) -> Option<nd::ArrayD<f32>> {
-    let probe = Command::new("python3").args(["-c", "import onnxruntime"]).output();
-    if !probe.is_ok_and(|o| o.status.success()) {
-        eprintln!("skipped: python3 with onnxruntime is not installed (pip install onnxruntime)");
-        return None;
-    }
-    let dir = model.parent().expect("model dir");
-    let (x, y) = (dir.join("input.npy"), dir.join("output.npy"));
-    std::fs::write(&x, npy::to_bytes_f32(input)).expect("write input");
-    let script = "import sys, numpy as np, onnxruntime as ort\n\
-                  s = ort.InferenceSession(sys.argv[1], providers=['CPUExecutionProvider'])\n\
-                  x = np.load(sys.argv[2])\n\
-                  np.save(sys.argv[3], s.run(None, {s.get_inputs()[0].name: x})[0].astype(np.float32))\n";
-    let out = Command::new("python3").args(["-c", script]).arg(model).arg(&x).arg(&y).output().expect("python3");
-    assert!(out.status.success(), "onnxruntime failed: {}", String::from_utf8_lossy(&out.stderr));
-    Some(npy::read_f32(&y).expect("read output"))
-}
 
 fn check_same_in_both(model: &OnnxModel, input: &nd::ArrayD<f32>, placement: DataPlacement) {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -120,3 +120,28 @@ pub fn matmul(a: &[f32], b: &[f32], d: usize) -> Vec<f32> {
 pub fn identity(d: usize) -> Vec<f32> {
     (0..d * d).map(|i| if i / d == i % d { 1.0 } else { 0.0 }).collect()
 }
+
+/// Runs `model` on `input` with onnxruntime; `None` when onnxruntime is not installed.
+pub fn onnxruntime(model: &std::path::Path, input: &nd::ArrayD<f32>) -> Option<nd::ArrayD<f32>> {
+    let probe = std::process::Command::new("python3").args(["-c", "import onnxruntime"]).output();
+    if !probe.is_ok_and(|o| o.status.success()) {
+        eprintln!("skipped: python3 with onnxruntime is not installed (pip install onnxruntime)");
+        return None;
+    }
+    let dir = model.parent().expect("model dir");
+    let (x, y) = (dir.join("input.npy"), dir.join("output.npy"));
+    std::fs::write(&x, rba_host::npy::to_bytes_f32(input)).expect("write input");
+    let script = "import sys, numpy as np, onnxruntime as ort\n\
+                  s = ort.InferenceSession(sys.argv[1], providers=['CPUExecutionProvider'])\n\
+                  x = np.load(sys.argv[2])\n\
+                  np.save(sys.argv[3], s.run(None, {s.get_inputs()[0].name: x})[0].astype(np.float32))\n";
+    let out = std::process::Command::new("python3")
+        .args(["-c", script])
+        .arg(model)
+        .arg(&x)
+        .arg(&y)
+        .output()
+        .expect("python3");
+    assert!(out.status.success(), "onnxruntime failed: {}", String::from_utf8_lossy(&out.stderr));
+    Some(rba_host::npy::read_f32(&y).expect("read output"))
+}
