@@ -1,21 +1,30 @@
 //! rba host library: read ONNX models, find their blocks, score and replace
-//! redundant ones, and write standard ONNX back.
-pub mod analyze;
-pub mod blocks;
-pub mod capture;
+//! redundant ones, write standard ONNX back, and talk to boards.
+//!
+//! The modules follow the pipeline (see ARCHITECTURE.md):
+//!
+//! - [`onnx`] (the `rba-onnx` crate): model files, graph queries, tract loading.
+//! - [`data`]: datasets, preprocessing, splits, `.npy`/`.npz`.
+//! - [`model`]: a model with its blocks, their costs, and running it.
+//! - [`calibrate`]: streaming calibration images into sufficient statistics,
+//!   and the scores computed from them.
+//! - [`fit`]: closed-form maps (least squares), folding them into the graph,
+//!   and the linear probe head.
+//! - [`compact`]: choosing spans under a budget, graph surgery, held-out
+//!   evaluation.
+//! - [`board`]: reaching boards and asking them to deploy, benchmark and
+//!   evaluate.
+//! - [`report`]: the JSON reports (typed, versioned), terminal tables, HTML.
+//! - [`progress`]: how long work reports itself (the CLI draws bars).
+//! - [`demo`]: the embedded demo models and digits.
+pub mod board;
+pub mod calibrate;
 pub mod compact;
-pub mod cost;
 pub mod data;
 pub mod demo;
 pub mod fit;
-pub mod fold;
-pub mod inspect;
-pub mod link;
 pub mod model;
-pub mod npy;
-pub mod onnx;
-pub mod probe;
+pub mod progress;
 pub mod report;
-pub mod runtime;
-pub mod scores;
-pub mod surgery;
+
+pub use rba_onnx as onnx;

@@ -7,11 +7,12 @@ use std::sync::Arc;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::internal::InferenceModel;
 
-use crate::onnx::build::{value_info_dims, Dim};
-use crate::onnx::proto::type_proto::Value;
+use rba_onnx::inputs::{declared_inputs, InputSpec};
+use rba_onnx::tract;
+
 use crate::onnx::OnnxModel;
 
-pub use tract_onnx::prelude::tract_ndarray as nd;
+pub use rba_onnx::tract::nd;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
@@ -39,62 +40,29 @@ pub struct Runner {
     pub optimized: bool,
 }
 
-/// The concrete shape of the model's single input for a given batch size: a
-/// symbolic first dimension becomes the batch; fixed dimensions stay (a model
-/// exported with a fixed batch runs at that batch); other symbolic ones are an
-/// error.
+/// The concrete shape of the model's single input for a given batch size
+/// (the rule is [`rba_onnx::inputs::declared_inputs`]'s).
 pub fn input_shape(model: &OnnxModel, batch: usize) -> Result<Vec<usize>, RuntimeError> {
     let path = model.path.display().to_string();
-    let index = crate::onnx::graph::GraphIndex::new(model.graph())
-        .map_err(|reason| RuntimeError::Load { path: path.clone(), reason })?;
-    let [name] = index.inputs.as_slice() else {
-        return Err(RuntimeError::Input {
+    let inputs = declared_inputs(model.graph(), batch)
+        .map_err(|e| RuntimeError::Input { path: path.clone(), input: e.input, problem: e.problem })?;
+    match inputs.as_slice() {
+        [one] => Ok(one.shape.clone()),
+        _ => Err(RuntimeError::Input {
             path,
-            input: index.inputs.join(", "),
-            problem: format!("rba handles models with exactly one input, this one has {}", index.inputs.len()),
-        });
-    };
-    let err = |problem: String| RuntimeError::Input { path: path.clone(), input: name.clone(), problem };
-    let vi = model
-        .graph()
-        .input
-        .iter()
-        .find(|i| i.name() == name)
-        .ok_or_else(|| err("not declared as a graph input".into()))?;
-    let dims = value_info_dims(vi).ok_or_else(|| err("has no tensor shape".into()))?;
-    let mut shape = Vec::with_capacity(dims.len());
-    for (axis, d) in dims.iter().enumerate() {
-        shape.push(match d {
-            Some(Dim::Fixed(v)) => *v,
-            _ if axis == 0 => batch,
-            Some(Dim::Named(s)) => {
-                return Err(err(format!("dimension {axis} is symbolic ('{s}'); only the batch may be")))
-            }
-            None => return Err(err(format!("dimension {axis} is unknown; only the batch may be"))),
-        });
+            input: inputs.iter().map(|i| i.name.as_str()).collect::<Vec<_>>().join(", "),
+            problem: format!("rba handles models with exactly one input, this one has {}", inputs.len()),
+        }),
     }
-    Ok(shape)
 }
 
 fn inference_model(model: &OnnxModel, input_shape: &[usize]) -> Result<InferenceModel, RuntimeError> {
     let path = model.path.display().to_string();
     let load = |e: anyhow::Error| RuntimeError::Load { path: path.clone(), reason: format!("{e:#}") };
-    // Exporters annotate intermediate tensors and outputs with the symbolic
-    // batch ("batch_size"); with a concrete input those hints cannot unify, and
-    // tract infers every shape anyway, so drop them.
-    let mut proto = model.proto.clone();
-    if let Some(g) = proto.graph.as_mut() {
-        g.value_info.clear();
-        for o in g.output.iter_mut() {
-            if let Some(Value::TensorType(t)) = o.r#type.as_mut().and_then(|t| t.value.as_mut()) {
-                t.shape = None;
-            }
-        }
-    }
-    let bytes = prost::Message::encode_to_vec(&proto);
-    let mut m = tract_onnx::onnx().model_for_read(&mut bytes.as_slice()).map_err(load)?;
-    m.set_input_fact(0, f32::fact(input_shape).into()).map_err(load)?;
-    Ok(m)
+    let inputs = declared_inputs(model.graph(), input_shape[0])
+        .map_err(|e| RuntimeError::Input { path: path.clone(), input: e.input, problem: e.problem })?;
+    let inputs: Vec<InputSpec> = inputs.into_iter().map(|i| InputSpec { shape: input_shape.to_vec(), ..i }).collect();
+    tract::inference_model(&model.proto, &inputs).map_err(load)
 }
 
 impl Runner {
@@ -114,13 +82,7 @@ impl Runner {
         }
         outputs.extend(extra_outputs.iter().cloned());
         m.select_outputs_by_name(&outputs).map_err(load)?;
-        let typed = m.into_typed().map_err(load)?;
-        // Some exports trip tract's optimizer; the typed model still runs.
-        let (typed, optimized) = match typed.clone().into_optimized() {
-            Ok(opt) => (opt, true),
-            Err(_) => (typed, false),
-        };
-        let plan = typed.into_runnable().map_err(load)?;
+        let (plan, optimized) = tract::into_plan(m).map_err(load)?;
         Ok(Self { plan, path, input_shape, outputs, optimized })
     }
 
@@ -137,10 +99,7 @@ impl Runner {
         let result = self.plan.run(tvec!(Tensor::from(input).into())).map_err(run)?;
         result
             .into_iter()
-            .map(|v| {
-                let v = v.cast_to::<f32>().map_err(run)?;
-                Ok(v.to_plain_array_view::<f32>().map_err(run)?.to_owned())
-            })
+            .map(|v| tract::to_f32_array(v).map_err(run))
             .collect()
     }
 }

@@ -1,5 +1,7 @@
-//! ONNX models: protobuf types, reading and writing files (including
-//! external data), and small helpers to build nodes and tensors.
+//! rba-onnx: ONNX models as both sides of rba read them: protobuf types,
+//! reading and writing files (including external data), graph queries,
+//! small helpers to build nodes and tensors, the input rule ([`inputs`]) and
+//! loading into tract ([`tract`]).
 //!
 //! We generate our own prost types from the official proto2 `onnx.proto`
 //! instead of re-encoding `tract_onnx::pb`: tract's proto3 schema loses field
@@ -9,6 +11,8 @@
 
 pub mod build;
 pub mod graph;
+pub mod inputs;
+pub mod tract;
 
 use std::collections::HashMap;
 use std::fs;
