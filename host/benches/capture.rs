@@ -24,9 +24,10 @@ use std::process::Command;
 use std::time::Instant;
 
 use common::*;
-use rba_host::analyze::{capture, CaptureOptions};
+use rba_host::calibrate::{capture, CaptureOptions};
+use rba_host::model::run::{input_shape, nd, Runner};
 use rba_host::model::Model;
-use rba_host::runtime::{input_shape, nd, Runner};
+use rba_host::progress::Silent;
 
 const BATCH: usize = 8;
 
@@ -87,13 +88,13 @@ fn throughput(spec: &str, threads: usize) {
     ];
     // Warm-up (first-run allocations, page faults of the weights).
     tract_forward(&model, &runner, BATCH);
-    capture(&model, batches(&model, BATCH), Some(BATCH), &options(threads)).expect("capture");
+    capture(&model, batches(&model, BATCH), Some(BATCH), &options(threads), &Silent).expect("capture");
     // Interleave the measurements so machine noise hits all alike; keep the best round of each.
     let (mut forward, mut stats, mut ort) = (f64::INFINITY, f64::INFINITY, None::<Result<f64, String>>);
     for _round in 0..3 {
         forward = forward.min(tract_forward(&model, &runner, images));
         let t = Instant::now();
-        capture(&model, batches(&model, images), Some(images), &options(threads)).expect("capture");
+        capture(&model, batches(&model, images), Some(images), &options(threads), &Silent).expect("capture");
         stats = stats.min(t.elapsed().as_secs_f64());
         if python().is_some() && !matches!(ort, Some(Err(_))) {
             let r = run_python(&ort_args, "images_per_s");
@@ -185,7 +186,7 @@ fn main() {
         let (spec, images) = job.rsplit_once('=').expect("spec=images");
         let model = load(spec);
         let n: usize = images.parse().expect("count");
-        capture(&model, batches(&model, n), Some(n), &options(threads)).expect("capture");
+        capture(&model, batches(&model, n), Some(n), &options(threads), &Silent).expect("capture");
         println!("{}", peak_rss_kib());
         return;
     }

@@ -4,9 +4,9 @@
 
 use serde::Deserialize;
 
-use crate::npy;
+use crate::data::npy;
+use crate::model::run::nd;
 use crate::onnx::{OnnxError, OnnxModel};
-use crate::runtime::nd;
 
 pub const VIT_ONNX: &[u8] = include_bytes!("../demo/vit-digits.onnx");
 pub const RESNET_ONNX: &[u8] = include_bytes!("../demo/resnet-digits.onnx");
@@ -18,7 +18,7 @@ const SPLITS_JSON: &str = include_str!("../demo/digits-splits.json");
 const PIXEL_SCALE: f32 = 1.0 / 16.0;
 
 /// Which embedded model.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DemoModel {
     Vit,
     Resnet,

@@ -3,9 +3,11 @@
 mod common;
 
 use common::*;
-use rba_host::analyze::{capture, report, CaptureOptions};
+use rba_host::calibrate::{capture, CaptureOptions};
+use rba_host::model::run::{nd, Runner};
 use rba_host::model::Model;
-use rba_host::runtime::{nd, Runner};
+use rba_host::progress::Silent;
+use rba_host::report::analysis;
 
 /// Boundary activations for all images at once, as f64 `[images][tokens][d]`.
 fn direct_activations(model: &Model, x: &nd::ArrayD<f32>, channels_first: bool) -> Vec<Vec<Vec<Vec<f64>>>> {
@@ -88,8 +90,8 @@ fn token_model_scores_match_direct_computation() {
     // Batches of 8 with a short last batch, as a dataset would stream them.
     let batches: Vec<Result<nd::ArrayD<f32>, String>> =
         (0..37).step_by(8).map(|s| Ok(x.slice_axis(nd::Axis(0), (s..(s + 8).min(37)).into()).to_owned())).collect();
-    let options = CaptureOptions { batch: 8, max_span: 3, threads: 1, progress: false, fold: false };
-    let stats = capture(&model, batches, Some(37), &options).expect("capture");
+    let options = CaptureOptions { batch: 8, max_span: 3, threads: 1, fold: false };
+    let stats = capture(&model, batches, Some(37), &options, &Silent).expect("capture");
     assert_eq!(stats.images, 37);
     let acts = direct_activations(&model, &x, false);
     let scores = stats.span_scores();
@@ -145,8 +147,8 @@ fn token_model_scores_match_direct_computation() {
 fn conv_model_uses_channel_rows_and_spatial_means() {
     let model = Model::new(conv_model(&[1, 2, 3], 6, 4), None).expect("blocks");
     let x = random_input(&[20, 1, 4, 4], 2);
-    let options = CaptureOptions { batch: 20, max_span: 2, threads: 1, progress: false, fold: false };
-    let stats = capture(&model, [Ok::<_, String>(x.clone())], Some(20), &options).expect("capture");
+    let options = CaptureOptions { batch: 20, max_span: 2, threads: 1, fold: false };
+    let stats = capture(&model, [Ok::<_, String>(x.clone())], Some(20), &options, &Silent).expect("capture");
     let acts = direct_activations(&model, &x, true);
     let mean_rows = |b: usize| -> Vec<Vec<f64>> {
         acts[b]
@@ -168,8 +170,8 @@ fn conv_model_uses_channel_rows_and_spatial_means() {
 fn report_ranks_spans_and_counts_savings() {
     let model = Model::new(token_model(&[1, 2, 3, 4], 5, 8, Some(16)), None).expect("blocks");
     let x = random_input(&[16, 5, 8], 3);
-    let stats = capture(&model, [Ok::<_, String>(x)], Some(16), &CaptureOptions::default()).expect("capture");
-    let r = report(&model, &stats, "random", std::time::Instant::now());
+    let stats = capture(&model, [Ok::<_, String>(x)], Some(16), &CaptureOptions::default(), &Silent).expect("capture");
+    let r = analysis::build(&model, &stats, "random", std::time::Instant::now());
     assert!(r.spans.windows(2).all(|w| w[0].score.linear_residual <= w[1].score.linear_residual));
     let two = r.spans.iter().find(|s| s.score.start == 1 && s.score.end == 3).expect("span 1..3");
     assert_eq!(two.params_removed, 2 * 2 * 8 * 16);
@@ -187,7 +189,7 @@ fn cka_of_a_constant_boundary_is_undefined_not_zero() {
     let model = Model::new(token_model(&[1, 2], 3, 4, None), None).expect("blocks");
     // The same image every time: nothing varies.
     let x = nd::ArrayD::from_shape_fn(vec![6, 3, 4], |i| (i[1] * 4 + i[2]) as f32 * 0.1);
-    let stats = capture(&model, [Ok::<_, String>(x)], Some(6), &CaptureOptions::default()).expect("capture");
+    let stats = capture(&model, [Ok::<_, String>(x)], Some(6), &CaptureOptions::default(), &Silent).expect("capture");
     let cka = stats.cka_matrix();
     assert_eq!(cka[0][1], None);
     assert_eq!(cka[1][1], Some(1.0));
@@ -200,7 +202,8 @@ fn non_finite_activations_name_the_boundary() {
     let model = Model::new(m, None).expect("blocks");
     let mut x = random_input(&[4, 3, 4], 1);
     x[[2, 1, 1]] = f32::NAN;
-    let err = capture(&model, [Ok::<_, String>(x)], Some(4), &CaptureOptions::default()).unwrap_err().to_string();
+    let err =
+        capture(&model, [Ok::<_, String>(x)], Some(4), &CaptureOptions::default(), &Silent).unwrap_err().to_string();
     assert_eq!(err, "nan.onnx: boundary 'x' produced NaN or Inf activations");
 }
 

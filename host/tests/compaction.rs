@@ -5,14 +5,15 @@
 mod common;
 
 use common::*;
-use rba_host::analyze::{capture, CaptureOptions};
+use rba_host::calibrate::{capture, CaptureOptions};
+use rba_host::compact::surgery::{replace_spans, Span, Translator};
 use rba_host::compact::{fit_span, refit_sequentially, select, Budget, HeldOut, TranslatorKind};
-use rba_host::cost;
-use rba_host::data::{Dataset, Holdout, Preprocess, PreprocessArgs};
+use rba_host::data::{Dataset, Holdout, Preprocess, PreprocessOptions};
 use rba_host::demo::{DemoModel, Digits, Split};
+use rba_host::model::cost;
+use rba_host::model::run::{argmax_rows, nd, predict};
 use rba_host::model::Model;
-use rba_host::runtime::{argmax_rows, nd, predict};
-use rba_host::surgery::{replace_spans, Span, Translator};
+use rba_host::progress::Silent;
 
 #[test]
 fn linear_blocks_are_replaced_exactly_from_streamed_statistics() {
@@ -20,10 +21,10 @@ fn linear_blocks_are_replaced_exactly_from_streamed_statistics() {
     let calib = random_input(&[64, 5, 8], 1);
     let batches =
         (0..64).step_by(16).map(|s| Ok::<_, String>(calib.slice_axis(nd::Axis(0), (s..s + 16).into()).to_owned()));
-    let stats = capture(&model, batches, Some(64), &CaptureOptions::default()).expect("capture");
+    let stats = capture(&model, batches, Some(64), &CaptureOptions::default(), &Silent).expect("capture");
     let held = HeldOut::new(&model.onnx, random_input(&[32, 5, 8], 2), None, 16).expect("held-out");
     let budget = Budget::Spans(vec![Span::new(1, 3)]);
-    let sel = select(&model, &stats, &held, &budget, TranslatorKind::Linear, |_| {}).expect("select");
+    let sel = select(&model, &stats, &held, &budget, TranslatorKind::Linear, &Silent).expect("select");
     assert_eq!(sel.replacements.len(), 1);
     assert!(sel.replacements[0].fit_residual < 1e-6, "a linear block is fitted exactly");
     let x = random_input(&[8, 5, 8], 3);
@@ -35,16 +36,17 @@ fn linear_blocks_are_replaced_exactly_from_streamed_statistics() {
 #[test]
 fn impossible_budget_writes_nothing_and_says_the_best() {
     let model = Model::new(token_model(&[1, 2, 3], 5, 8, Some(16)), None).expect("blocks");
-    let stats = capture(&model, [Ok::<_, String>(random_input(&[32, 5, 8], 1))], Some(32), &CaptureOptions::default())
-        .expect("capture");
+    let stats =
+        capture(&model, [Ok::<_, String>(random_input(&[32, 5, 8], 1))], Some(32), &CaptureOptions::default(), &Silent)
+            .expect("capture");
     let held = HeldOut::new(&model.onnx, random_input(&[16, 5, 8], 2), None, 16).expect("held-out");
     // The metric would have to rise by 50 points.
-    let err = select(&model, &stats, &held, &Budget::MaxDrop(-0.5), TranslatorKind::Linear, |_| {}).unwrap_err();
+    let err = select(&model, &stats, &held, &Budget::MaxDrop(-0.5), TranslatorKind::Linear, &Silent).unwrap_err();
     assert!(
         err.to_string().starts_with("no block can be removed within the budget; the best single removal reaches"),
         "{err}"
     );
-    let err = select(&model, &stats, &held, &Budget::Remove(5), TranslatorKind::Linear, |_| {}).unwrap_err();
+    let err = select(&model, &stats, &held, &Budget::Remove(5), TranslatorKind::Linear, &Silent).unwrap_err();
     assert!(err.to_string().contains("only 3 of the requested 5 blocks"), "{err}");
 }
 
@@ -53,17 +55,17 @@ fn demo_vit_two_blocks_fold_away_with_a_small_verified_drop() {
     let model = Model::new(DemoModel::Vit.load().expect("vit"), None).expect("blocks");
     let digits = Digits::embedded().expect("digits");
     // The calibration and held-out images `rba compact --data demo` uses.
-    let pre = Preprocess::for_model(&PreprocessArgs::default(), &model.onnx).expect("preprocess");
+    let pre = Preprocess::for_model(&PreprocessOptions::default(), &model.onnx).expect("preprocess");
     let (calibration, held_out) =
         Dataset::open("demo").unwrap().calibration_split(Holdout::Fraction(0.2), 0).expect("split");
     let calibration = calibration.subset(Some(500), Some(0));
     let batches = calibration.batches(&pre, 50).map(|b| b.map(|(x, _labels)| x));
-    let options = CaptureOptions { batch: 50, max_span: 2, threads: 1, progress: false, fold: true };
-    let stats = capture(&model, batches, Some(500), &options).expect("capture");
+    let options = CaptureOptions { batch: 50, max_span: 2, threads: 1, fold: true };
+    let stats = capture(&model, batches, Some(500), &options, &Silent).expect("capture");
     let (inputs, labels) = held_out.load_all(&pre).expect("held-out images");
     assert_eq!(inputs.shape()[0], 300, "the validation digits");
     let held = HeldOut::new(&model.onnx, inputs, labels, 50).expect("held-out");
-    let sel = select(&model, &stats, &held, &Budget::Remove(2), TranslatorKind::Folded, |_| {}).expect("select");
+    let sel = select(&model, &stats, &held, &Budget::Remove(2), TranslatorKind::Folded, &Silent).expect("select");
     // Selection's contract is on the held-out split it measured.
     assert!(sel.baseline.metric() - sel.result.metric() <= 0.01, "{:?} -> {:?}", sel.baseline, sel.result);
     // Block 1 has no block before it to fold into: never a candidate.
@@ -92,8 +94,8 @@ fn sequential_refit_fits_each_span_on_the_partly_compacted_model() {
     let model = Model::new(token_model(&[41, 42, 43, 44, 45, 46], 5, 8, Some(16)), None).expect("blocks");
     let calib = random_input(&[48, 5, 8], 7);
     let capture_on = |m: &Model, max_span: usize| {
-        let options = CaptureOptions { batch: 16, max_span, threads: 1, progress: false, fold: true };
-        capture(m, [Ok::<_, String>(calib.clone())], Some(48), &options)
+        let options = CaptureOptions { batch: 16, max_span, threads: 1, fold: true };
+        capture(m, [Ok::<_, String>(calib.clone())], Some(48), &options, &Silent)
             .map_err(|e| rba_host::compact::CompactError::Budget(e.to_string()))
     };
     // Blocks 2-3 dropped, then block 5 replaced by a map fitted after that drop.

@@ -4,13 +4,14 @@
 use std::io::Write;
 use std::path::Path;
 
-use clap::Parser;
+use rba_host::data::npy;
+use rba_host::data::preprocess::parse_scale;
 use rba_host::data::{
-    split_indices, tensors, DataError, Dataset, Holdout, Hw, Layout, Preprocess, PreprocessArgs, PreprocessSpec, Resize,
+    split_indices, tensors, DataError, Dataset, Holdout, Hw, Layout, Preprocess, PreprocessOptions, PreprocessSpec,
+    Resize,
 };
 use rba_host::demo::{DemoModel, Digits, Split};
-use rba_host::npy;
-use rba_host::runtime::nd;
+use rba_host::model::run::nd;
 
 const TOL: f32 = 1e-6;
 
@@ -35,17 +36,26 @@ fn assert_close(got: &[f32], want: &[f32]) {
     }
 }
 
-/// Flags -> Preprocess (no model).
+/// `--flag value` pairs as the `rba` binary parses them (its own tests
+/// cover the command line) -> Preprocess (no model).
 fn pre_from(flags: &[&str], model_input: Option<&[usize]>) -> Result<Preprocess, DataError> {
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        pre: PreprocessArgs,
+    let floats = |v: &str| v.split(',').map(|x| x.parse::<f32>().expect("float")).collect::<Vec<f32>>();
+    let mut o = PreprocessOptions::default();
+    for pair in flags.chunks(2) {
+        let [flag, v] = pair else { panic!("flags come in pairs: {flags:?}") };
+        match *flag {
+            "--size" => o.size = Some(v.parse().expect("size")),
+            "--resize-shorter" => o.resize_shorter = Some(v.parse().expect("n")),
+            "--crop" => o.crop = Some(v.parse().expect("crop")),
+            "--mean" => o.mean = Some(floats(v)),
+            "--std" => o.std = Some(floats(v)),
+            "--scale" => o.scale = Some(parse_scale(v).expect("scale")),
+            "--layout" => o.layout = Some(v.parse().expect("layout")),
+            "--channels" => o.channels = Some(v.parse().expect("channels")),
+            other => panic!("unknown flag {other}"),
+        }
     }
-    let mut argv = vec!["rba"];
-    argv.extend_from_slice(flags);
-    let cli = Cli::try_parse_from(argv).expect("flags parse");
-    Preprocess::from_args(&cli.pre, None, model_input)
+    Preprocess::from_args(&o, None, model_input)
 }
 
 fn values(data: &Dataset, pre: &Preprocess) -> (Vec<usize>, Vec<f32>, Option<Vec<usize>>) {
@@ -255,7 +265,8 @@ fn hf_config_merges_below_flags_and_above_metadata() {
         "model.onnx",
     )
     .expect("meta");
-    let args = PreprocessArgs { mean: Some(vec![0.0]), preprocessor_config: Some(cfg.clone()), ..Default::default() };
+    let args =
+        PreprocessOptions { mean: Some(vec![0.0]), preprocessor_config: Some(cfg.clone()), ..Default::default() };
     let pre = Preprocess::from_args(&args, Some(meta.clone()), Some(&[1, 2, 2, 3])).expect("merge");
     assert_eq!(pre.resize, Resize::Shorter(4)); // HF over metadata's size
     assert_eq!(pre.crop, Some(Hw::new(2, 2)));
@@ -264,7 +275,7 @@ fn hf_config_merges_below_flags_and_above_metadata() {
     assert_eq!(pre.std, vec![1.0, 2.0, 4.0]); // HF
     assert_eq!(pre.layout, Layout::Nhwc); // metadata (HF has none; agrees with the shape)
                                           // Without the config file the metadata's scale and size apply.
-    let pre = Preprocess::from_args(&PreprocessArgs::default(), Some(meta), None).expect("meta only");
+    let pre = Preprocess::from_args(&PreprocessOptions::default(), Some(meta), None).expect("meta only");
     assert_eq!((pre.scale, pre.resize), (0.0625, Resize::Exact(Hw::new(8, 8))));
 
     // do_* = false switch steps off, even against lower sources.
@@ -290,37 +301,6 @@ fn hf_config_merges_below_flags_and_above_metadata() {
     std::fs::write(&cfg, r#"{"do_center_crop": true}"#).expect("write");
     let e = err_text(PreprocessSpec::from_hf_file(&cfg));
     assert!(e.contains("preprocessor_config.json") && e.contains("crop_size"), "{e}");
-}
-
-#[test]
-fn flags_parse_sizes_scales_and_negative_means() {
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        pre: PreprocessArgs,
-    }
-    let cli = Cli::try_parse_from([
-        "rba",
-        "--size",
-        "224",
-        "--crop",
-        "200,180",
-        "--mean",
-        "-0.5,0.25,1",
-        "--scale",
-        "1/255",
-        "--layout",
-        "nhwc",
-    ])
-    .expect("parse");
-    assert_eq!(cli.pre.size, Some(Hw::new(224, 224)));
-    assert_eq!(cli.pre.crop, Some(Hw::new(200, 180)));
-    assert_eq!(cli.pre.mean, Some(vec![-0.5, 0.25, 1.0]));
-    assert_eq!(cli.pre.scale, Some(1.0 / 255.0));
-    assert_eq!(cli.pre.layout, Some(Layout::Nhwc));
-    assert!(Cli::try_parse_from(["rba", "--size", "0"]).is_err());
-    assert!(Cli::try_parse_from(["rba", "--scale", "1/0"]).is_err());
-    assert!(Cli::try_parse_from(["rba", "--size", "4", "--resize-shorter", "4"]).is_err());
 }
 
 fn npz(path: &Path, members: &[(&str, nd::ArrayD<f32>)], method: zip::CompressionMethod) {
@@ -408,7 +388,7 @@ fn demo_digits_match_the_embedded_batches_and_committed_splits() {
     let digits = Digits::embedded().expect("digits");
     for model in [DemoModel::Resnet, DemoModel::Vit] {
         let onnx = model.load().expect("model");
-        let pre = Preprocess::for_model(&PreprocessArgs::default(), &onnx).expect("preprocess from metadata");
+        let pre = Preprocess::for_model(&PreprocessOptions::default(), &onnx).expect("preprocess from metadata");
         assert_eq!(pre.scale, 1.0 / 16.0);
         let data = Dataset::open("demo:val").expect("demo:val");
         let idx = digits.indices(Split::Val);

@@ -5,11 +5,11 @@ mod common;
 
 use std::collections::HashSet;
 
-use rba_host::cost;
+use rba_host::compact::surgery::{replace_spans, Span, Translator};
 use rba_host::demo::{DemoModel, Digits, Split};
+use rba_host::model::cost;
+use rba_host::model::run::{argmax_rows, predict};
 use rba_host::model::Model;
-use rba_host::runtime::{argmax_rows, predict};
-use rba_host::surgery::{replace_spans, Span, Translator};
 
 const VIT_WIDTH: usize = 96;
 const VIT_TOKENS: usize = 17;
@@ -110,10 +110,10 @@ fn hf_style_export_with_decomposed_layernorm_erf_gelu_and_layerscale() {
 #[test]
 fn nhwc_cnn_blocks_sit_after_the_layout_transpose() {
     let m = fixture("nhwc-resnet.onnx");
-    assert_eq!(rba_host::runtime::input_shape(&m.onnx, 1).expect("shape"), [1, 8, 8, 1]);
+    assert_eq!(rba_host::model::run::input_shape(&m.onnx, 1).expect("shape"), [1, 8, 8, 1]);
     let replaceable: Vec<bool> = m.blocks.blocks.iter().map(|b| b.replaceable()).collect();
     assert_eq!(replaceable, [true, true, false, true]);
-    assert_eq!(m.blocks.blocks[0].layout, Some(rba_host::blocks::FeatureLayout::ChannelsFirst));
+    assert_eq!(m.blocks.blocks[0].layout, Some(rba_host::model::blocks::FeatureLayout::ChannelsFirst));
     assert_eq!(m.blocks.blocks[0].input_shape, [1, 8, 8, 8]);
     // Identity on a channels-first block still runs end to end from NHWC input.
     let cut = replace_spans(&m.onnx, &m.blocks, &[(Span::new(0, 2), Translator::Identity)]).expect("cut");

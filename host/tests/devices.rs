@@ -13,23 +13,20 @@ use std::thread::JoinHandle;
 use rba_device::link::Server;
 use rba_device::store::Store;
 use rba_device::{Daemon, DaemonConfig};
-use rba_host::data::PreprocessArgs;
+use rba_host::board::{build_eval_bundle, BenchOptions, BoardError, Device, LinkOptions, ModelArtifact, Target};
+use rba_host::compact::surgery::{replace_spans, Span, Translator};
+use rba_host::data::PreprocessOptions;
 use rba_host::demo::DemoModel;
-use rba_host::link::{
-    build_eval_bundle, render_bench, BenchOptions, Device, LinkArgs, LinkError, ModelArtifact, Target,
-};
+use rba_host::model::run::{argmax_rows, predict};
 use rba_host::model::Model;
 use rba_host::onnx::OnnxModel;
-use rba_host::runtime::{argmax_rows, predict};
-use rba_host::surgery::{replace_spans, Span, Translator};
 use rba_protocol::{ClientError, LatencyStats, PreSharedKey, RemoteError, RunPolicy, ServerConfig};
 use sha2::{Digest, Sha256};
 
 const KEY: &str = "devices-test-key-0123456789";
 
 fn local() -> Device {
-    let mut d = Device::connect(&Target::Local { store: None }).unwrap();
-    d.set_progress(false);
+    let d = Device::connect(&Target::Local { store: None }).unwrap();
     d
 }
 
@@ -71,7 +68,7 @@ fn deploy_twice_skips_the_second_upload() {
     let second = d.deploy(&m).unwrap();
     assert!(!first.skipped && second.skipped, "{first:?} {second:?}");
     assert_eq!(first.sha256, second.sha256);
-    assert_eq!(first.sha256, rba_host::link::hex(&Sha256::digest(&m.bytes)));
+    assert_eq!(first.sha256, rba_device::store::hex(&Sha256::digest(&m.bytes)));
     assert_eq!(first.size, m.bytes.len() as u64);
     // Different bytes under the same name are uploaded again.
     let changed = ModelArtifact::new("resnet-digits", truncated_vit());
@@ -97,10 +94,9 @@ fn deploy_resumes_an_interrupted_upload() {
         store.write(0, &m.bytes[..half]).unwrap();
     }
     let mut d = Device::connect(&Target::Local { store: Some(dir.path().to_path_buf()) }).unwrap();
-    d.set_progress(false);
     let r = d.deploy(&m).unwrap();
     assert_eq!((r.skipped, r.resumed_from), (false, half as u64));
-    assert_eq!(r.sha256, rba_host::link::hex(&Sha256::digest(&m.bytes)));
+    assert_eq!(r.sha256, rba_device::store::hex(&Sha256::digest(&m.bytes)));
     let stored = std::fs::read(dir.path().join("models").join(&m.name)).unwrap();
     assert!(stored == m.bytes, "the resumed upload must be byte-identical");
 }
@@ -118,11 +114,11 @@ fn bench_one_model() {
     assert_eq!(r.warmup_runs, 2);
     check_stats(&r.stats, &r.samples_ns);
     assert!(r.load_time_ns > 0 && r.first_run_ns > 0);
-    let text = render_bench(&report);
+    let text = rba_host::report::text::bench(&report);
     assert!(text.contains("resnet-digits") && text.contains("p99"), "{text}");
     // An unknown model is the device's typed error, naming the model.
     match d.bench(&["nope"], &quick(1)) {
-        Err(LinkError::Device { source: ClientError::Remote(RemoteError::NotFound(m)), .. }) => {
+        Err(BoardError::Device { source: ClientError::Remote(RemoteError::NotFound(m)), .. }) => {
             assert!(m.contains("nope"), "{m}")
         }
         Err(e) => panic!("wrong error: {e}"),
@@ -151,13 +147,13 @@ fn ab_compare_with_a_truncated_vit() {
     assert!((s.point * ab.ratio_of_medians - 1.0).abs() < 1e-9, "speedup is the inverse of p50 B/A");
     assert!(s.low <= s.point && s.point <= s.high, "the interval must bracket the ratio of medians: {s:?}");
     assert!(s.point > 1.0, "most of the ViT removed must be faster: {s:?}");
-    assert!(render_bench(&report).contains("interleaved"));
+    assert!(rba_host::report::text::bench(&report).contains("interleaved"));
 }
 
 #[test]
 fn on_device_accuracy_equals_host_accuracy() {
     let vit = DemoModel::Vit.load().unwrap();
-    let set = build_eval_bundle(&vit, "demo:test", Some(60), &PreprocessArgs::default(), Some(&vit)).unwrap();
+    let set = build_eval_bundle(&vit, "demo:test", Some(60), &PreprocessOptions::default(), Some(&vit)).unwrap();
     assert_eq!(set.bundle.num_samples(), 60);
     let labels = set.labels.clone().unwrap();
     let host = argmax_rows(&predict(&vit, &set.inputs, 16).unwrap());
@@ -224,7 +220,6 @@ fn tcp_deploy_bench_and_keys() {
     let daemon = TcpDaemon::start();
     {
         let mut d = Device::connect(&daemon.target(Some(KEY))).unwrap();
-        d.set_progress(false);
         assert!(d.session().authenticated);
         assert_eq!(d.identity().board, "loopback");
         let m = ModelArtifact::from_spec("demo:resnet").unwrap();
@@ -238,7 +233,7 @@ fn tcp_deploy_bench_and_keys() {
     }
     // The session above is closed; the daemon serves the next host.
     let e = Device::connect(&daemon.target(Some("a-wrong-key-0123456789"))).err().unwrap();
-    assert!(matches!(&e, LinkError::Device { source: ClientError::Remote(RemoteError::AuthFailed), .. }), "{e:?}");
+    assert!(matches!(&e, BoardError::Device { source: ClientError::Remote(RemoteError::AuthFailed), .. }), "{e:?}");
     let msg = e.to_string();
     assert!(msg.contains(&daemon.addr) && msg.contains("authentication failed"), "{msg}");
     let msg = Device::connect(&daemon.target(None)).err().unwrap().to_string();
@@ -249,32 +244,32 @@ fn tcp_deploy_bench_and_keys() {
 
 #[test]
 fn targets_from_arguments() {
-    let args = |board: Option<&str>, port: Option<&str>, addr: Option<&str>| LinkArgs {
+    let args = |board: Option<&str>, port: Option<&str>, addr: Option<&str>| LinkOptions {
         board: board.map(str::to_string),
         port: port.map(str::to_string),
         addr: addr.map(str::to_string),
-        ..LinkArgs::default()
+        ..LinkOptions::default()
     };
-    let msg = Target::from_args(&args(Some("no-such-board"), None, None)).unwrap_err().to_string();
+    let msg = Target::from_options(&args(Some("no-such-board"), None, None)).unwrap_err().to_string();
     assert!(msg.contains("no-such-board") && msg.contains("not found"), "{msg}");
     assert!(msg.contains("known boards: local, qemu-aarch64") && msg.contains("raspberry-pi-5"), "{msg}");
-    let msg = Target::from_args(&args(None, None, None)).unwrap_err().to_string();
+    let msg = Target::from_options(&args(None, None, None)).unwrap_err().to_string();
     assert!(msg.contains("--board") && msg.contains("--port") && msg.contains("--addr"), "{msg}");
     // A serial board needs the host's end of the link.
-    let msg = Target::from_args(&args(Some("raspberry-pi-5"), None, None)).unwrap_err().to_string();
+    let msg = Target::from_options(&args(Some("raspberry-pi-5"), None, None)).unwrap_err().to_string();
     assert!(msg.contains("raspberry-pi-5") && msg.contains("--port"), "{msg}");
-    match Target::from_args(&args(Some("raspberry-pi-5"), Some("/dev/ttyACM0"), None)).unwrap() {
+    match Target::from_options(&args(Some("raspberry-pi-5"), Some("/dev/ttyACM0"), None)).unwrap() {
         Target::Serial { path, baud, board, .. } => {
             assert_eq!((path.as_str(), baud, board.as_deref()), ("/dev/ttyACM0", 921_600, Some("raspberry-pi-5")))
         }
         other => panic!("{other:?}"),
     }
     // A profile listening on all interfaces cannot be dialled as it is.
-    let msg = Target::from_args(&args(Some("jetson-orin-nano"), None, None)).unwrap_err().to_string();
+    let msg = Target::from_options(&args(Some("jetson-orin-nano"), None, None)).unwrap_err().to_string();
     assert!(msg.contains("--addr"), "{msg}");
-    assert!(matches!(Target::from_args(&args(Some("local"), None, None)).unwrap(), Target::Local { .. }));
+    assert!(matches!(Target::from_options(&args(Some("local"), None, None)).unwrap(), Target::Local { .. }));
     // A missing serial port is named.
-    let t = Target::from_args(&args(None, Some("/dev/does-not-exist-rba"), None)).unwrap();
+    let t = Target::from_options(&args(None, Some("/dev/does-not-exist-rba"), None)).unwrap();
     let msg = Device::connect(&t).err().unwrap().to_string();
     assert!(msg.contains("/dev/does-not-exist-rba") && msg.contains("does not exist"), "{msg}");
 }

@@ -6,15 +6,16 @@
 mod common;
 
 use common::*;
-use rba_host::analyze::{capture, CaptureOptions};
+use rba_host::calibrate::{capture, CaptureOptions};
+use rba_host::compact::surgery::{replace_spans, Span, SurgeryError, Translator};
 use rba_host::compact::{fit_span, TranslatorKind};
-use rba_host::cost;
 use rba_host::demo::DemoModel;
-use rba_host::fold::{fold_site, FoldError};
+use rba_host::fit::fold::{fold_site, FoldError};
+use rba_host::model::cost;
+use rba_host::model::run::{nd, Runner};
 use rba_host::model::Model;
 use rba_host::onnx::build::{f32_tensor, node};
-use rba_host::runtime::{nd, Runner};
-use rba_host::surgery::{replace_spans, Span, SurgeryError, Translator};
+use rba_host::progress::Silent;
 
 fn fixture(name: &str) -> Model {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures").join(name);
@@ -84,8 +85,8 @@ fn folded_fit_from_statistics_equals_least_squares_on_the_tensors() {
     const D: usize = 6;
     let model = Model::new(token_model(&[31, 32, 33, 34], T, D, Some(12)), None).unwrap();
     let inputs: Vec<nd::ArrayD<f32>> = (0..4).map(|k| random_input(&[10, T, D], 100 + k)).collect();
-    let options = CaptureOptions { batch: 10, max_span: 2, threads: 1, progress: false, fold: true };
-    let stats = capture(&model, inputs.iter().cloned().map(Ok::<_, String>), Some(40), &options).unwrap();
+    let options = CaptureOptions { batch: 10, max_span: 2, threads: 1, fold: true };
+    let stats = capture(&model, inputs.iter().cloned().map(Ok::<_, String>), Some(40), &options, &Silent).unwrap();
     let span = Span::new(1, 3);
     let (translator, fit) = fit_span(&stats, span, TranslatorKind::Folded).unwrap();
     let Translator::Folded { weight } = translator else { panic!("folded translator expected") };

@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use rba_host::blocks::BlockError;
+use rba_host::model::blocks::BlockError;
 use rba_host::model::{Model, ModelError};
 use rba_host::onnx::build::{f32_tensor, f32_value_info, node, Dim};
 use rba_host::onnx::proto::GraphProto;

@@ -5,10 +5,10 @@
 mod common;
 
 use common::*;
+use rba_host::compact::surgery::{replace_spans, Span, Translator};
+use rba_host::model::run::nd;
 use rba_host::model::Model;
 use rba_host::onnx::{DataPlacement, OnnxModel};
-use rba_host::runtime::nd;
-use rba_host::surgery::{replace_spans, Span, Translator};
 
 fn check_same_in_both(model: &OnnxModel, input: &nd::ArrayD<f32>, placement: DataPlacement) {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -7,14 +7,15 @@ use std::path::Path;
 use std::process::Command;
 
 use common::*;
-use rba_host::data::{Dataset, Holdout, Preprocess, PreprocessArgs};
+use rba_host::data::npy;
+use rba_host::data::{Dataset, Holdout, Preprocess, PreprocessOptions};
 use rba_host::demo::DemoModel;
-use rba_host::npy;
+use rba_host::fit::probe::{self, Pooling, ProbeError, ProbeOptions};
+use rba_host::model::run::{argmax_rows, nd, predict};
 use rba_host::onnx::build::{f32_tensor, f32_value_info, i64_tensor, node, Dim};
 use rba_host::onnx::proto::GraphProto;
 use rba_host::onnx::{DataPlacement, OnnxModel};
-use rba_host::probe::{self, Pooling, ProbeError, ProbeOptions};
-use rba_host::runtime::{argmax_rows, nd, predict};
+use rba_host::progress::Silent;
 
 const T: usize = 3;
 const DIN: usize = 4;
@@ -86,9 +87,9 @@ fn linear_feature_with_separable_classes_is_probed_exactly() {
     let (path, x) = labelled_npz(dir.path(), 60);
     let data = Dataset::open(path.to_str().expect("utf-8")).expect("open");
     let (train, val) = data.split(Holdout::Fraction(0.25), 0).expect("split");
-    let pre = Preprocess::for_model(&PreprocessArgs::default(), &backbone).expect("preprocess");
+    let pre = Preprocess::for_model(&PreprocessOptions::default(), &backbone).expect("preprocess");
     for pooling in [Pooling::Cls, Pooling::Mean] {
-        let p = probe::probe(&backbone, &train, &val, &pre, &options("feat", pooling)).expect("probe");
+        let p = probe::probe(&backbone, &train, &val, &pre, &options("feat", pooling), &Silent).expect("probe");
         let chosen = &p.trials[p.chosen];
         assert_eq!(p.trials.len(), probe::DEFAULT_LAMBDAS.len());
         assert_eq!(chosen.train_accuracy, 1.0, "{pooling:?}: {:?}", p.trials);
@@ -140,17 +141,24 @@ const VIT_FEATURE: &str = "/norm/LayerNormalization_output_0";
 #[test]
 fn demo_vit_probe_on_final_norm_cls_classifies_digits() {
     let backbone = DemoModel::Vit.load().expect("demo vit");
-    let pre = Preprocess::for_model(&PreprocessArgs::default(), &backbone).expect("preprocess");
+    let pre = Preprocess::for_model(&PreprocessOptions::default(), &backbone).expect("preprocess");
     let (train, val) =
         Dataset::open("demo").expect("demo").calibration_split(Holdout::Fraction(0.2), 0).expect("split");
     let train = train.subset(Some(600), Some(0));
     let val = val.subset(Some(200), Some(0));
-    let p = probe::probe(&backbone, &train, &val, &pre, &ProbeOptions { batch: 50, ..ProbeOptions::new(VIT_FEATURE) })
-        .expect("probe");
-    print!("{}", probe::render(&p));
+    let p = probe::probe(
+        &backbone,
+        &train,
+        &val,
+        &pre,
+        &ProbeOptions { batch: 50, ..ProbeOptions::new(VIT_FEATURE) },
+        &Silent,
+    )
+    .expect("probe");
+    print!("{}", rba_host::report::text::probe(&p));
     assert!(p.model.graph().node.iter().all(|n| n.op_type() != "Gemm"), "the original head is pruned");
     // The preprocessing used is recorded and read back by later commands.
-    assert_eq!(Preprocess::for_model(&PreprocessArgs::default(), &p.model).expect("metadata preprocess"), pre);
+    assert_eq!(Preprocess::for_model(&PreprocessOptions::default(), &p.model).expect("metadata preprocess"), pre);
 
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("probed.onnx");
@@ -179,14 +187,16 @@ fn missing_tensor_unsupported_shape_and_unlabeled_data_are_errors() {
     let (path, x) = labelled_npz(dir.path(), 12);
     let data = Dataset::open(path.to_str().expect("utf-8")).expect("open");
     let (train, val) = data.split(Holdout::Fraction(0.25), 0).expect("split");
-    let pre = Preprocess::for_model(&PreprocessArgs::default(), &backbone).expect("preprocess");
+    let pre = Preprocess::for_model(&PreprocessOptions::default(), &backbone).expect("preprocess");
 
-    let err = probe::probe(&backbone, &train, &val, &pre, &options("nope", Pooling::Cls)).expect_err("missing");
+    let err =
+        probe::probe(&backbone, &train, &val, &pre, &options("nope", Pooling::Cls), &Silent).expect_err("missing");
     assert!(matches!(err, ProbeError::UnknownTensor { .. }), "{err:?}");
     let msg = err.to_string();
     assert!(msg.contains("'nope'") && msg.contains("feat"), "names the tensor and candidates: {msg}");
 
-    let err = probe::probe(&backbone, &train, &val, &pre, &options("feat5", Pooling::Cls)).expect_err("rank 5");
+    let err =
+        probe::probe(&backbone, &train, &val, &pre, &options("feat5", Pooling::Cls), &Silent).expect_err("rank 5");
     assert!(matches!(err, ProbeError::UnsupportedShape { .. }), "{err:?}");
     assert!(err.to_string().contains("'feat5'"), "{err}");
 
@@ -194,7 +204,8 @@ fn missing_tensor_unsupported_shape_and_unlabeled_data_are_errors() {
     npz(&unlabeled, &[("x", x)]);
     let data = Dataset::open(unlabeled.to_str().expect("utf-8")).expect("open");
     let (train, val) = data.split(Holdout::Fraction(0.25), 0).expect("split");
-    let err = probe::probe(&backbone, &train, &val, &pre, &options("feat", Pooling::Cls)).expect_err("unlabeled");
+    let err =
+        probe::probe(&backbone, &train, &val, &pre, &options("feat", Pooling::Cls), &Silent).expect_err("unlabeled");
     assert!(err.to_string().contains("labels are needed"), "{err}");
 
     // The CLI says the same, before any forward pass.
@@ -223,7 +234,7 @@ fn missing_tensor_unsupported_shape_and_unlabeled_data_are_errors() {
 /// are used as is; either way the graph computes `pool(feature) W + b`.
 #[test]
 fn spatial_and_flat_features_on_the_demo_models() {
-    use rba_host::runtime::Runner;
+    use rba_host::model::run::Runner;
     let (train, val) =
         Dataset::open("demo").expect("demo").calibration_split(Holdout::Fraction(0.2), 0).expect("split");
     let (train, val) = (train.subset(Some(300), Some(0)), val.subset(Some(100), Some(0)));
@@ -233,10 +244,17 @@ fn spatial_and_flat_features_on_the_demo_models() {
         (DemoModel::Vit, "/Gather_1_output_0", "none"),
     ] {
         let backbone = which.load().expect("demo model");
-        let pre = Preprocess::for_model(&PreprocessArgs::default(), &backbone).expect("preprocess");
-        let p = probe::probe(&backbone, &train, &val, &pre, &ProbeOptions { batch: 50, ..ProbeOptions::new(feature) })
-            .expect("probe");
-        assert_eq!(p.record["pooling"], layout);
+        let pre = Preprocess::for_model(&PreprocessOptions::default(), &backbone).expect("preprocess");
+        let p = probe::probe(
+            &backbone,
+            &train,
+            &val,
+            &pre,
+            &ProbeOptions { batch: 50, ..ProbeOptions::new(feature) },
+            &Silent,
+        )
+        .expect("probe");
+        assert_eq!(p.record.pooling, layout);
         let (inputs, labels) = test.load_all(&pre).expect("load");
         let logits = predict(&p.model, &inputs, 50).expect("probed model runs");
         let correct = argmax_rows(&logits).iter().zip(&labels.expect("labels")).filter(|(a, b)| a == b).count();

@@ -4,9 +4,9 @@
 
 mod common;
 
+use rba_host::compact::surgery::{replace_spans, Span, Translator};
 use rba_host::model::Model;
 use rba_host::onnx::OnnxModel;
-use rba_host::surgery::{replace_spans, Span, Translator};
 
 fn real_models() -> Vec<std::path::PathBuf> {
     let Ok(dir) = std::env::var("RBA_REAL_MODELS") else {
@@ -43,7 +43,7 @@ fn real_models_round_trip_detect_and_cut() {
         let first = b.blocks.iter().find(|x| x.replaceable()).expect("replaceable block");
         let span = Span::new(first.index - 1, first.index);
         let slim = replace_spans(&onnx, b, &[(span, Translator::Identity)]).expect("surgery");
-        let shape = rba_host::runtime::input_shape(&slim, 1).expect("input shape");
+        let shape = rba_host::model::run::input_shape(&slim, 1).expect("input shape");
         let x = common::random_input(&shape, 1);
         let y = common::run(&slim, &x);
         assert!(y.iter().all(|v| v.is_finite()));

@@ -4,9 +4,9 @@
 mod common;
 
 use common::*;
-use rba_host::cost;
+use rba_host::compact::surgery::{replace_spans, Span, SurgeryError, Translator};
+use rba_host::model::cost;
 use rba_host::model::Model;
-use rba_host::surgery::{replace_spans, Span, SurgeryError, Translator};
 
 const T: usize = 5;
 const D: usize = 8;

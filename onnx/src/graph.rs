@@ -203,3 +203,30 @@ impl GraphIndex {
         self.order.iter().copied().filter(|i| inside.contains(i)).collect()
     }
 }
+
+/// Removes nodes none of whose outputs is read or is a graph output, then
+/// initializers, initializer-inputs and value infos nobody refers to.
+pub fn prune(graph: &mut GraphProto) {
+    let outputs: HashSet<String> = graph.output.iter().map(|o| o.name().to_string()).collect();
+    loop {
+        let read: HashSet<&String> = graph.node.iter().flat_map(|n| n.input.iter()).collect();
+        let keep: Vec<bool> = graph
+            .node
+            .iter()
+            .map(|n| n.output.iter().any(|o| !o.is_empty() && (read.contains(o) || outputs.contains(o))))
+            .collect();
+        if keep.iter().all(|k| *k) {
+            break;
+        }
+        let mut it = keep.iter();
+        graph.node.retain(|_| *it.next().unwrap_or(&true));
+    }
+    let used: HashSet<String> =
+        graph.node.iter().flat_map(|n| n.input.iter().cloned()).chain(outputs.iter().cloned()).collect();
+    let before: HashSet<String> = graph.initializer.iter().map(|t| t.name().to_string()).collect();
+    graph.initializer.retain(|t| used.contains(t.name()));
+    // Old IRs list initializers among the inputs too: drop the removed ones.
+    graph.input.retain(|i| !before.contains(i.name()) || used.contains(i.name()));
+    let produced: HashSet<String> = graph.node.iter().flat_map(|n| n.output.iter().cloned()).collect();
+    graph.value_info.retain(|v| produced.contains(v.name()));
+}

@@ -8,9 +8,9 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use rba_host::demo::DemoModel;
+use rba_host::model::run::nd;
 use rba_host::model::Model;
 use rba_host::onnx::OnnxModel;
-use rba_host::runtime::nd;
 
 /// False under `cargo test --benches` (which runs a `harness = false` bench
 /// without `--bench`): the heavy benches then only say so and return.

@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 
-use crate::capture::{pair_index, Statistics};
+use super::statistics::{pair_index, Statistics};
 use crate::fit::{fit, FitKind, Moments};
 use crate::fit::{Cross, Solver};
 

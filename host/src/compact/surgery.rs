@@ -5,12 +5,10 @@
 //! `e` and removes blocks `s+1 ..= e` (blocks are numbered from 1; block `b`
 //! maps boundary `b-1` to boundary `b`), as in the paper.
 
-use std::collections::HashSet;
-
 use serde::Serialize;
 
-use crate::blocks::{BlockMap, FeatureLayout};
-use crate::fold::{fold_into, fold_site, FoldError};
+use crate::fit::fold::{fold_into, fold_site, FoldError};
+use crate::model::blocks::{BlockMap, FeatureLayout};
 use crate::onnx::build::{attr_ints, f32_tensor, node};
 use crate::onnx::proto::GraphProto;
 use crate::onnx::OnnxModel;
@@ -58,7 +56,7 @@ impl Translator {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, serde::Deserialize)]
 pub struct Span {
     pub start: usize,
     pub end: usize,
@@ -212,7 +210,7 @@ pub fn replace_spans(
         graph.node.splice(at..at, new_nodes);
         renamed_start = Some((e, new_out));
     }
-    prune(out.graph_mut());
+    rba_onnx::graph::prune(out.graph_mut());
     Ok(out)
 }
 
@@ -273,31 +271,4 @@ fn linear_nodes(
             }
         }
     }
-}
-
-/// Removes nodes none of whose outputs is read or is a graph output, then
-/// initializers, initializer-inputs and value infos nobody refers to.
-pub fn prune(graph: &mut GraphProto) {
-    let outputs: HashSet<String> = graph.output.iter().map(|o| o.name().to_string()).collect();
-    loop {
-        let read: HashSet<&String> = graph.node.iter().flat_map(|n| n.input.iter()).collect();
-        let keep: Vec<bool> = graph
-            .node
-            .iter()
-            .map(|n| n.output.iter().any(|o| !o.is_empty() && (read.contains(o) || outputs.contains(o))))
-            .collect();
-        if keep.iter().all(|k| *k) {
-            break;
-        }
-        let mut it = keep.iter();
-        graph.node.retain(|_| *it.next().unwrap_or(&true));
-    }
-    let used: HashSet<String> =
-        graph.node.iter().flat_map(|n| n.input.iter().cloned()).chain(outputs.iter().cloned()).collect();
-    let before: HashSet<String> = graph.initializer.iter().map(|t| t.name().to_string()).collect();
-    graph.initializer.retain(|t| used.contains(t.name()));
-    // Old IRs list initializers among the inputs too: drop the removed ones.
-    graph.input.retain(|i| !before.contains(i.name()) || used.contains(i.name()));
-    let produced: HashSet<String> = graph.node.iter().flat_map(|n| n.output.iter().cloned()).collect();
-    graph.value_info.retain(|v| produced.contains(v.name()));
 }

@@ -41,17 +41,18 @@
 //! splitmix64-driven Fisher-Yates ([`shuffle`]), stable across platforms and
 //! versions; it is not cryptographic.
 
+pub mod npy;
 pub mod preprocess;
 pub mod tensors;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-pub use preprocess::{Hw, Layout, Preprocess, PreprocessArgs, PreprocessSpec, RawImage, Resize};
+pub use preprocess::{Hw, Layout, Preprocess, PreprocessOptions, PreprocessSpec, RawImage, Resize};
 
+use crate::data::npy::NpyError;
 use crate::demo::{Digits, Split};
-use crate::npy::NpyError;
-use crate::runtime::nd;
+use crate::model::run::nd;
 
 /// Image file extensions (compared case-insensitively).
 pub const IMAGE_EXTENSIONS: [&str; 3] = ["png", "jpg", "jpeg"];

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use crate::runtime::nd;
+use crate::model::run::nd;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NpyError {

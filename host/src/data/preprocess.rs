@@ -16,7 +16,7 @@ use crate::onnx::OnnxModel;
 pub const METADATA_KEY: &str = "rba.preprocess";
 
 /// Memory layout of one model input: channels first or last.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Layout {
     Nchw,
     Nhwc,
@@ -108,35 +108,27 @@ pub fn parse_scale(s: &str) -> Result<f32, String> {
     Ok(v as f32)
 }
 
-/// Preprocessing flags; `main.rs` can `#[command(flatten)]` them.
-#[derive(Debug, Clone, Default, clap::Args)]
-pub struct PreprocessArgs {
-    /// Resize every image to H,W (or N for a square) before cropping.
-    #[arg(long, value_name = "H,W", conflicts_with = "resize_shorter")]
+/// Preprocessing as the user gave it (command-line flags); `None` defers to
+/// the next source (a config file, the model's metadata, its input shape).
+#[derive(Debug, Clone, Default)]
+pub struct PreprocessOptions {
+    /// Resize every image to H,W before cropping.
     pub size: Option<Hw>,
     /// Resize keeping the aspect ratio so the shorter side is N pixels.
-    #[arg(long, value_name = "N")]
     pub resize_shorter: Option<usize>,
-    /// Center-crop to H,W (or N for a square) after resizing.
-    #[arg(long, value_name = "H,W")]
+    /// Center-crop to H,W after resizing.
     pub crop: Option<Hw>,
     /// Per-channel mean subtracted after scaling (one value or one per channel).
-    #[arg(long, value_name = "A,B,C", value_delimiter = ',', allow_hyphen_values = true)]
     pub mean: Option<Vec<f32>>,
     /// Per-channel standard deviation divided by after subtracting the mean.
-    #[arg(long, value_name = "A,B,C", value_delimiter = ',', allow_hyphen_values = true)]
     pub std: Option<Vec<f32>>,
     /// Factor applied to raw pixel values first, e.g. 1/255.
-    #[arg(long, value_name = "F", value_parser = parse_scale)]
     pub scale: Option<f32>,
-    /// Model input layout (default: from the model input shape).
-    #[arg(long, value_enum)]
+    /// Model input layout.
     pub layout: Option<Layout>,
-    /// Channels the model takes (1 = grayscale, 3 = RGB; default: from the model).
-    #[arg(long, value_name = "C")]
+    /// Channels the model takes (1 = grayscale, 3 = RGB).
     pub channels: Option<usize>,
     /// A HuggingFace preprocessor_config.json to take preprocessing from.
-    #[arg(long, value_name = "FILE")]
     pub preprocessor_config: Option<PathBuf>,
 }
 
@@ -157,7 +149,7 @@ pub struct PreprocessSpec {
 
 impl PreprocessSpec {
     /// The explicit flags (not the config file they may name).
-    pub fn from_args(args: &PreprocessArgs) -> Self {
+    pub fn from_args(args: &PreprocessOptions) -> Self {
         let resize = match (args.size, args.resize_shorter) {
             (Some(s), _) => Some(Resize::Exact(s)),
             (None, Some(n)) => Some(Resize::Shorter(n)),
@@ -448,8 +440,8 @@ impl Preprocess {
 
     /// Flags, then the config file they name, then `model`'s metadata, then
     /// its input shape.
-    pub fn for_model(args: &PreprocessArgs, model: &OnnxModel) -> Result<Self, DataError> {
-        let shape = crate::runtime::input_shape(model, 1)
+    pub fn for_model(args: &PreprocessOptions, model: &OnnxModel) -> Result<Self, DataError> {
+        let shape = crate::model::run::input_shape(model, 1)
             .map_err(|e| DataError::Config { origin: model.path.display().to_string(), problem: e.to_string() })?;
         let metadata = model
             .metadata()
@@ -466,7 +458,7 @@ impl Preprocess {
 
     /// Like [`Preprocess::for_model`] with the metadata and input shape given.
     pub fn from_args(
-        args: &PreprocessArgs,
+        args: &PreprocessOptions,
         metadata: Option<PreprocessSpec>,
         model_input: Option<&[usize]>,
     ) -> Result<Self, DataError> {

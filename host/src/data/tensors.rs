@@ -5,8 +5,8 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use super::DataError;
-use crate::npy;
-use crate::runtime::nd;
+use crate::data::npy;
+use crate::model::run::nd;
 
 /// Array names (without `.npy`) taken as inputs, in order of preference.
 pub const INPUT_NAMES: [&str; 2] = ["x", "inputs"];

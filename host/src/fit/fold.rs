@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 
-use crate::blocks::BlockMap;
+use crate::model::blocks::BlockMap;
 use crate::onnx::build::{f32_tensor, f32_values};
 use crate::onnx::proto::{GraphProto, TensorProto};
 

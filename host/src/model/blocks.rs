@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde::Serialize;
 
-use crate::cost;
+use crate::model::cost;
 use crate::onnx::graph::GraphIndex;
 use crate::onnx::proto::GraphProto;
 

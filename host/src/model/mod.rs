@@ -1,20 +1,30 @@
 //! A model ready for analysis: the ONNX graph, its index, concrete tensor
 //! shapes at batch 1, and its blocks.
+//!
+//! - [`blocks`]: boundary and block detection.
+//! - [`cost`]: parameters and MACs.
+//! - [`inspect`]: the `rba inspect` summary.
+//! - [`run`]: running a model with tract on the host.
+
+pub mod blocks;
+pub mod cost;
+pub mod inspect;
+pub mod run;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use crate::blocks::{BlockError, BlockMap};
 use crate::onnx::graph::GraphIndex;
 use crate::onnx::{OnnxError, OnnxModel};
-use crate::runtime::{self, RuntimeError};
+use blocks::{BlockError, BlockMap};
+use run::RunError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
     #[error(transparent)]
     Onnx(#[from] OnnxError),
     #[error(transparent)]
-    Runtime(#[from] RuntimeError),
+    Run(#[from] RunError),
     #[error("{path}: {problem}")]
     Graph { path: PathBuf, problem: String },
     #[error("{path}: {source}")]
@@ -39,7 +49,7 @@ impl Model {
         let path = onnx.path.clone();
         let index =
             GraphIndex::new(onnx.graph()).map_err(|problem| ModelError::Graph { path: path.clone(), problem })?;
-        let shapes = runtime::tensor_shapes(&onnx, 1)?;
+        let shapes = run::tensor_shapes(&onnx, 1)?;
         let graph = onnx.graph();
         let blocks = match boundaries {
             Some(names) => BlockMap::from_names(graph, &index, &shapes, names),

@@ -15,7 +15,7 @@ use crate::onnx::OnnxModel;
 pub use rba_onnx::tract::nd;
 
 #[derive(Debug, thiserror::Error)]
-pub enum RuntimeError {
+pub enum RunError {
     #[error("{path}: tract cannot load the model: {reason}")]
     Load { path: String, reason: String },
     #[error("{path}: input '{input}': {problem}")]
@@ -42,13 +42,16 @@ pub struct Runner {
 
 /// The concrete shape of the model's single input for a given batch size
 /// (the rule is [`rba_onnx::inputs::declared_inputs`]'s).
-pub fn input_shape(model: &OnnxModel, batch: usize) -> Result<Vec<usize>, RuntimeError> {
+pub fn input_shape(model: &OnnxModel, batch: usize) -> Result<Vec<usize>, RunError> {
     let path = model.path.display().to_string();
-    let inputs = declared_inputs(model.graph(), batch)
-        .map_err(|e| RuntimeError::Input { path: path.clone(), input: e.input, problem: e.problem })?;
+    let inputs = declared_inputs(model.graph(), batch).map_err(|e| RunError::Input {
+        path: path.clone(),
+        input: e.input,
+        problem: e.problem,
+    })?;
     match inputs.as_slice() {
         [one] => Ok(one.shape.clone()),
-        _ => Err(RuntimeError::Input {
+        _ => Err(RunError::Input {
             path,
             input: inputs.iter().map(|i| i.name.as_str()).collect::<Vec<_>>().join(", "),
             problem: format!("rba handles models with exactly one input, this one has {}", inputs.len()),
@@ -56,11 +59,14 @@ pub fn input_shape(model: &OnnxModel, batch: usize) -> Result<Vec<usize>, Runtim
     }
 }
 
-fn inference_model(model: &OnnxModel, input_shape: &[usize]) -> Result<InferenceModel, RuntimeError> {
+fn inference_model(model: &OnnxModel, input_shape: &[usize]) -> Result<InferenceModel, RunError> {
     let path = model.path.display().to_string();
-    let load = |e: anyhow::Error| RuntimeError::Load { path: path.clone(), reason: format!("{e:#}") };
-    let inputs = declared_inputs(model.graph(), input_shape[0])
-        .map_err(|e| RuntimeError::Input { path: path.clone(), input: e.input, problem: e.problem })?;
+    let load = |e: anyhow::Error| RunError::Load { path: path.clone(), reason: format!("{e:#}") };
+    let inputs = declared_inputs(model.graph(), input_shape[0]).map_err(|e| RunError::Input {
+        path: path.clone(),
+        input: e.input,
+        problem: e.problem,
+    })?;
     let inputs: Vec<InputSpec> = inputs.into_iter().map(|i| InputSpec { shape: input_shape.to_vec(), ..i }).collect();
     tract::inference_model(&model.proto, &inputs).map_err(load)
 }
@@ -68,16 +74,16 @@ fn inference_model(model: &OnnxModel, input_shape: &[usize]) -> Result<Inference
 impl Runner {
     /// Prepares `model` for `batch` inputs per run, returning the model's own
     /// outputs followed by the tensors named in `extra_outputs`.
-    pub fn new(model: &OnnxModel, batch: usize, extra_outputs: &[String]) -> Result<Self, RuntimeError> {
+    pub fn new(model: &OnnxModel, batch: usize, extra_outputs: &[String]) -> Result<Self, RunError> {
         let path = model.path.display().to_string();
-        let load = |e: anyhow::Error| RuntimeError::Load { path: path.clone(), reason: format!("{e:#}") };
+        let load = |e: anyhow::Error| RunError::Load { path: path.clone(), reason: format!("{e:#}") };
         let input_shape = input_shape(model, batch)?;
         let mut m = inference_model(model, &input_shape)?;
         let mut outputs: Vec<String> = model.graph().output.iter().map(|o| o.name().to_string()).collect();
         for t in extra_outputs {
             // Inputs are named nodes rather than labelled outlets.
             if m.find_outlet_label(t).is_none() && m.node_by_name(t).is_err() {
-                return Err(RuntimeError::UnknownTensor { path: path.clone(), tensor: t.clone() });
+                return Err(RunError::UnknownTensor { path: path.clone(), tensor: t.clone() });
             }
         }
         outputs.extend(extra_outputs.iter().cloned());
@@ -87,27 +93,24 @@ impl Runner {
     }
 
     /// Runs one batch; the input must have exactly `input_shape`.
-    pub fn run(&self, input: nd::ArrayD<f32>) -> Result<Vec<nd::ArrayD<f32>>, RuntimeError> {
+    pub fn run(&self, input: nd::ArrayD<f32>) -> Result<Vec<nd::ArrayD<f32>>, RunError> {
         if input.shape() != self.input_shape.as_slice() {
-            return Err(RuntimeError::Input {
+            return Err(RunError::Input {
                 path: self.path.clone(),
                 input: "input".into(),
                 problem: format!("got shape {:?}, the model expects {:?}", input.shape(), self.input_shape),
             });
         }
-        let run = |e: anyhow::Error| RuntimeError::Run { path: self.path.clone(), reason: format!("{e:#}") };
+        let run = |e: anyhow::Error| RunError::Run { path: self.path.clone(), reason: format!("{e:#}") };
         let result = self.plan.run(tvec!(Tensor::from(input).into())).map_err(run)?;
-        result
-            .into_iter()
-            .map(|v| tract::to_f32_array(v).map_err(run))
-            .collect()
+        result.into_iter().map(|v| tract::to_f32_array(v).map_err(run)).collect()
     }
 }
 
 /// Concrete shapes of every tensor tract can name, for a given batch size.
-pub fn tensor_shapes(model: &OnnxModel, batch: usize) -> Result<HashMap<String, Vec<usize>>, RuntimeError> {
+pub fn tensor_shapes(model: &OnnxModel, batch: usize) -> Result<HashMap<String, Vec<usize>>, RunError> {
     let path = model.path.display().to_string();
-    let load = |e: anyhow::Error| RuntimeError::Load { path: path.clone(), reason: format!("{e:#}") };
+    let load = |e: anyhow::Error| RunError::Load { path: path.clone(), reason: format!("{e:#}") };
     let shape = input_shape(model, batch)?;
     let m = inference_model(model, &shape)?;
     // Declare every labelled tensor an output so translation keeps them all.
@@ -131,7 +134,7 @@ pub fn tensor_shapes(model: &OnnxModel, batch: usize) -> Result<HashMap<String, 
 /// Runs `inputs` (first axis = samples) through the model in batches of
 /// `batch`, padding the last batch, and returns the first output for every
 /// sample, flattened to `[samples, features]`.
-pub fn predict(model: &OnnxModel, inputs: &nd::ArrayD<f32>, batch: usize) -> Result<nd::Array2<f32>, RuntimeError> {
+pub fn predict(model: &OnnxModel, inputs: &nd::ArrayD<f32>, batch: usize) -> Result<nd::Array2<f32>, RunError> {
     let runner = Runner::new(model, batch, &[])?;
     let batch = runner.input_shape[0];
     let n = inputs.shape()[0];
@@ -148,7 +151,7 @@ pub fn predict(model: &OnnxModel, inputs: &nd::ArrayD<f32>, batch: usize) -> Res
         rows.extend(out.iter().take((end - start) * width));
     }
     nd::Array2::from_shape_vec((n, width), rows)
-        .map_err(|e| RuntimeError::Run { path: model.path.display().to_string(), reason: e.to_string() })
+        .map_err(|e| RunError::Run { path: model.path.display().to_string(), reason: e.to_string() })
 }
 
 /// Index of the largest value in each row.

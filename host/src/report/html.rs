@@ -3,10 +3,10 @@
 
 use std::fmt::Write;
 
-use serde_json::Value;
-
-use crate::analyze::{Report, SPAN_COLUMNS};
-use crate::inspect::si;
+use super::analysis::{AnalysisReport, SPAN_COLUMNS};
+use super::compaction::CompactionReport;
+use super::device::DeviceReport;
+use super::text::si;
 
 fn escape(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
@@ -144,14 +144,17 @@ fn page(title: &str, sections: &[String]) -> String {
 }
 
 /// The analysis report page.
-pub fn html(r: &Report) -> String {
+pub fn analysis_page(r: &AnalysisReport) -> String {
     page(&format!("rba analysis: {}", r.model.file), &[analysis_section(r)])
 }
 
-/// One page with whatever is given: the analysis, the compaction (the
-/// `rba compact` report JSON) and device results (the `rba bench --json`
-/// document).
-pub fn merged_html(analysis: Option<&Report>, compaction: Option<&Value>, device: Option<&Value>) -> String {
+/// One page with whatever is given: the analysis, the compaction and the
+/// device results.
+pub fn merged_page(
+    analysis: Option<&AnalysisReport>,
+    compaction: Option<&CompactionReport>,
+    device: Option<&DeviceReport>,
+) -> String {
     let mut sections = vec!["<h1>rba report</h1>".to_string()];
     sections.extend(device.map(device_section));
     sections.extend(compaction.map(compaction_section));
@@ -159,7 +162,7 @@ pub fn merged_html(analysis: Option<&Report>, compaction: Option<&Value>, device
     page("rba report", &sections)
 }
 
-fn analysis_section(r: &Report) -> String {
+fn analysis_section(r: &AnalysisReport) -> String {
     let labels: Vec<String> = r.blocks.iter().map(|b| b.index.to_string()).collect();
     let residual: Vec<Option<f64>> = r.blocks.iter().map(|b| b.score.as_ref().map(|s| s.linear_residual)).collect();
     let br: Vec<Option<f64>> = r.blocks.iter().map(|b| b.score.as_ref().map(|s| -s.br_cls)).collect();
@@ -219,32 +222,20 @@ fn pct(v: Option<f64>) -> String {
 
 /// The compaction section: what was replaced, the verified quality, and the
 /// best held-out metric reached for each number of blocks removed.
-fn compaction_section(c: &Value) -> String {
-    let record = &c["compaction"];
+fn compaction_section(c: &CompactionReport) -> String {
+    let record = &c.compaction;
     let mut rows = String::new();
-    for r in record["replacements"].as_array().into_iter().flatten() {
+    for r in &record.replacements {
         let _ = write!(
             rows,
-            "<tr><td>{}..{}</td><td>{}</td><td>{:.4}</td><td>{}</td></tr>",
-            r["span"]["start"],
-            r["span"]["end"],
-            escape(r["translator"].as_str().unwrap_or("?")),
-            r["fit_residual"].as_f64().unwrap_or(f64::NAN),
-            escape(r["solver"].as_str().unwrap_or("?"))
+            "<tr><td>{}</td><td>{}</td><td>{:.4}</td><td>{}</td></tr>",
+            r.span,
+            escape(&serde_name(&r.translator)),
+            r.fit_residual,
+            escape(&serde_name(&r.solver))
         );
     }
-    let metric = |q: &Value| q["accuracy"].as_f64().or_else(|| q["agreement"].as_f64());
-    // Best metric per number of removed blocks, over every verified trial.
-    let mut best: Vec<Option<f64>> = vec![metric(&record["baseline"])];
-    for t in c["trials"].as_array().into_iter().flatten() {
-        let k = t["removed_blocks"].as_array().map_or(0, Vec::len);
-        if best.len() <= k {
-            best.resize(k + 1, None);
-        }
-        if let Some(m) = metric(&t["quality"]) {
-            best[k] = Some(best[k].map_or(m, |b: f64| b.max(m)));
-        }
-    }
+    let best = c.best_metric_per_removed();
     let labels: Vec<String> = (0..best.len()).map(|k| k.to_string()).collect();
     let chart = if best.len() > 1 {
         format!(
@@ -258,84 +249,90 @@ fn compaction_section(c: &Value) -> String {
         "<h2>Compaction</h2><p><b>{}</b> &rarr; <b>{}</b>; calibration: {} images from <code>{}</code>, fitted on {}; \
 held-out: {} images from <code>{}</code>.</p><p>Held-out metric {} &rarr; {} (agreement with the original {}, output cosine {:.4}).</p>\
 <table><tr><th>span</th><th>translator</th><th>1-R²</th><th>solver</th></tr>{rows}</table>{chart}",
-        escape(c["model"].as_str().unwrap_or("?")),
-        escape(c["output"].as_str().unwrap_or("?")),
-        record["calibration"]["images"],
-        escape(record["calibration"]["source"].as_str().unwrap_or("?")),
-        escape(record["calibration"]["fitted_on"].as_str().unwrap_or("?")),
-        record["held_out"]["images"],
-        escape(record["held_out"]["source"].as_str().unwrap_or("?")),
-        pct(metric(&record["baseline"])),
-        pct(metric(&record["result"])),
-        pct(record["result"]["agreement"].as_f64()),
-        record["result"]["output_cosine"].as_f64().unwrap_or(f64::NAN),
+        escape(&c.model),
+        escape(&c.output),
+        record.calibration.images,
+        escape(&record.calibration.source),
+        escape(&record.calibration.fitted_on),
+        record.held_out.images,
+        escape(&record.held_out.source),
+        pct(Some(record.baseline.metric())),
+        pct(Some(record.result.metric())),
+        pct(Some(record.result.agreement)),
+        record.result.output_cosine,
     )
 }
 
+/// How a value is spelled in the JSON (`"folded"`, `"cholesky"`).
+fn serde_name<T: serde::Serialize>(v: &T) -> String {
+    match serde_json::to_value(v) {
+        Ok(serde_json::Value::String(s)) => s,
+        _ => "?".into(),
+    }
+}
+
 /// The device section: latency box plots, the A/B speedup, on-device accuracy.
-fn device_section(d: &Value) -> String {
-    let bench = &d["benchmark"];
-    let device = &bench["device"];
+fn device_section(d: &DeviceReport) -> String {
+    let bench = &d.benchmark;
+    let device = &bench.device;
     let mut series = Vec::new();
     let mut rows = String::new();
-    for r in bench["results"].as_array().into_iter().flatten() {
-        let samples: Vec<u64> = r["samples_ns"].as_array().into_iter().flatten().filter_map(Value::as_u64).collect();
-        let st = &r["stats"];
-        let ms = |v: &Value| v.as_f64().map_or("-".into(), |v| format!("{:.3}", v / 1e6));
+    for r in &bench.results {
+        let st = &r.stats;
+        let ms = |v: f64| format!("{:.3}", v / 1e6);
         let _ = write!(
             rows,
             "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            escape(r["model"].as_str().unwrap_or("?")),
-            st["count"],
-            ms(&st["min_ns"]),
-            ms(&st["p50_ns"]),
-            ms(&st["p90_ns"]),
-            ms(&st["p99_ns"]),
-            ms(&st["max_ns"]),
-            r["peak_rss_bytes"].as_u64().map_or("-".into(), |b| format!("{:.1} MiB", b as f64 / (1 << 20) as f64)),
+            escape(&r.model),
+            st.count,
+            ms(st.min_ns as f64),
+            ms(st.p50_ns as f64),
+            ms(st.p90_ns as f64),
+            ms(st.p99_ns as f64),
+            ms(st.max_ns as f64),
+            r.peak_rss_bytes.map_or("-".into(), |b| format!("{:.1} MiB", b as f64 / (1 << 20) as f64)),
         );
-        series.push((r["model"].as_str().unwrap_or("?").to_string(), samples));
+        series.push((r.model.clone(), r.samples_ns.clone()));
     }
-    let speedup = &bench["ab"]["speedup"];
-    let ab = match speedup["point"].as_f64() {
-        Some(p) => format!(
-            "<p>A/B, interleaved: <b>{}</b> is <b>{p:.3}x</b> as fast as <b>{}</b> ({:.0}% interval {:.3}&ndash;{:.3}).</p>",
-            escape(bench["ab"]["model_b"].as_str().unwrap_or("?")),
-            escape(bench["ab"]["model_a"].as_str().unwrap_or("?")),
-            100.0 * speedup["confidence"].as_f64().unwrap_or(0.95),
-            speedup["low"].as_f64().unwrap_or(f64::NAN),
-            speedup["high"].as_f64().unwrap_or(f64::NAN),
+    let ab = match bench.ab.as_ref().and_then(|ab| ab.speedup.map(|s| (ab, s))) {
+        Some((ab, s)) => format!(
+            "<p>A/B, interleaved: <b>{}</b> is <b>{:.3}x</b> as fast as <b>{}</b> ({:.0}% interval {:.3}&ndash;{:.3}).</p>",
+            escape(&ab.model_b),
+            s.point,
+            escape(&ab.model_a),
+            100.0 * s.confidence,
+            s.low,
+            s.high,
         ),
         None => String::new(),
     };
     let mut evals = String::new();
-    for e in d["evaluation"]["results"].as_array().into_iter().flatten() {
+    for e in d.evaluation.iter().flat_map(|e| &e.results) {
         let _ = write!(
             evals,
             "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            escape(e["model"].as_str().unwrap_or("?")),
-            e["samples"],
-            pct(e["top1_accuracy"].as_f64()),
-            pct(e["top1_agreement"].as_f64()),
-            e["mean_cosine"].as_f64().map_or("-".into(), |v| format!("{v:.4}")),
+            escape(&e.model),
+            e.samples,
+            pct(e.top1_accuracy),
+            pct(e.top1_agreement),
+            e.mean_cosine.map_or("-".into(), |v| format!("{v:.4}")),
         );
     }
-    let evals = if evals.is_empty() {
-        String::new()
-    } else {
-        format!(
+    let evals = match &d.evaluation {
+        Some(e) if !evals.is_empty() => format!(
             "<h3>Accuracy on the device ({})</h3><table><tr><th>model</th><th>images</th><th>top-1</th><th>agreement with the original</th><th>output cosine</th></tr>{evals}</table>",
-            escape(d["evaluation"]["data"].as_str().unwrap_or("?"))
-        )
+            escape(&e.data)
+        ),
+        _ => String::new(),
     };
     format!(
         "<h2>On the device</h2><p>{} ({}, {} cores), reached as <code>{}</code>.</p>{ab}\
 <figure>{}<figcaption>Warm latency per run: whiskers p1&ndash;p99, box p25&ndash;p75, line at the median</figcaption></figure>\
 <table><tr><th>model</th><th>runs</th><th>min ms</th><th>p50 ms</th><th>p90 ms</th><th>p99 ms</th><th>max ms</th><th>peak RSS</th></tr>{rows}</table>{evals}",
-        escape(device["board"].as_str().unwrap_or("?")),
-        escape(device["arch"].as_str().unwrap_or("?")),
-        device["cores"],
-        escape(d["target"].as_str().unwrap_or("?")),
+        escape(&device.board),
+        escape(&device.arch),
+        device.cores,
+        escape(&d.target),
         latency_boxes_svg("warm latency", &series),
     )
 }
@@ -401,6 +398,7 @@ pub fn latency_boxes_svg(title: &str, series: &[(String, Vec<u64>)]) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -430,38 +428,122 @@ mod tests {
         assert!(svg.contains(">a</text>") && svg.contains(">b</text>"));
     }
 
+    fn bench_result(model: &str, samples: &[u64], rss: Option<u64>) -> rba_protocol::BenchmarkResult {
+        let stats = rba_protocol::LatencyStats {
+            count: samples.len() as u64,
+            min_ns: samples[0],
+            p50_ns: samples[0],
+            max_ns: samples[samples.len() - 1],
+            ..Default::default()
+        };
+        rba_protocol::BenchmarkResult {
+            model: model.into(),
+            threads: 1,
+            load_time_ns: 0,
+            first_run_ns: 0,
+            warmup_runs: 0,
+            samples_ns: samples.to_vec(),
+            stats,
+            peak_rss_bytes: rss,
+            cpu_temp_start_c: None,
+            cpu_temp_end_c: None,
+            throttling: None,
+        }
+    }
+
     #[test]
     fn merged_report_shows_device_and_compaction_figures() {
-        let device = serde_json::json!({
-            "target": "local (pty)",
-            "benchmark": {
-                "device": {"board": "local", "arch": "x86_64", "cores": 2},
-                "results": [
-                    {"model": "orig", "samples_ns": [2000000, 2100000], "stats": {"count": 2, "p50_ns": 2000000}, "peak_rss_bytes": 1048576},
-                    {"model": "slim", "samples_ns": [1500000, 1600000], "stats": {"count": 2, "p50_ns": 1500000}}
+        use crate::board::{AbComparison, BenchReport, Speedup};
+        use crate::compact::evaluate::Quality;
+        use crate::compact::surgery::Span;
+        use crate::compact::{Replacement, TranslatorKind, Trial};
+        use crate::report::compaction::{Calibration, CompactionRecord, DataUsed};
+        use crate::report::device::Evaluation;
+
+        let identity = rba_protocol::DeviceIdentity {
+            board: "local".into(),
+            arch: "x86_64".into(),
+            cores: 2,
+            ..Default::default()
+        };
+        let device = DeviceReport {
+            schema_version: 1,
+            device: identity.clone(),
+            target: "local (pty)".into(),
+            deployed: Vec::new(),
+            benchmark: BenchReport {
+                device: identity,
+                results: vec![
+                    bench_result("orig", &[2_000_000, 2_100_000], Some(1 << 20)),
+                    bench_result("slim", &[1_500_000, 1_600_000], None),
                 ],
-                "ab": {"model_a": "orig", "model_b": "slim", "speedup": {"point": 1.333, "low": 1.2, "high": 1.4, "confidence": 0.95}}
+                ab: Some(AbComparison {
+                    model_a: "orig".into(),
+                    model_b: "slim".into(),
+                    ratio_of_medians: 0.75,
+                    speedup: Some(Speedup { point: 1.333, low: 1.2, high: 1.4, confidence: 0.95, resamples: 100 }),
+                }),
             },
-            "evaluation": {"data": "demo:test", "results": [{"model": "slim", "samples": 497, "top1_accuracy": 0.9678}]}
-        });
-        let compaction = serde_json::json!({
-            "model": "m.onnx", "output": "s.onnx",
-            "compaction": {
-                "replacements": [{"span": {"start": 4, "end": 6}, "translator": "folded", "fit_residual": 0.25, "solver": "cholesky"}],
-                "calibration": {"images": 500, "source": "demo", "fitted_on": "original model activations"},
-                "held_out": {"images": 300, "source": "demo:val"},
-                "baseline": {"accuracy": 0.99, "agreement": 1.0, "output_cosine": 1.0},
-                "result": {"accuracy": 0.98, "agreement": 0.98, "output_cosine": 0.99}
+            evaluation: Some(Evaluation {
+                data: "demo:test".into(),
+                samples: 497,
+                results: vec![rba_protocol::EvalResult {
+                    model: "slim".into(),
+                    bundle: "b".into(),
+                    samples: 497,
+                    top1_accuracy: Some(0.9678),
+                    top1_agreement: None,
+                    max_abs_diff: None,
+                    mean_cosine: None,
+                    latency: None,
+                    peak_rss_bytes: None,
+                }],
+            }),
+        };
+        let q = |accuracy: f64| Quality { accuracy: Some(accuracy), agreement: 0.98, output_cosine: 0.99 };
+        let compaction = CompactionReport {
+            schema_version: 1,
+            model: "m.onnx".into(),
+            output: "s.onnx".into(),
+            compaction: CompactionRecord {
+                replacements: vec![Replacement {
+                    span: Span::new(4, 6),
+                    translator: TranslatorKind::Folded,
+                    fit_residual: 0.25,
+                    solver: crate::fit::Solver::Cholesky,
+                }],
+                calibration: Calibration {
+                    source: "demo".into(),
+                    images: 500,
+                    fitted_on: "original model activations".into(),
+                },
+                held_out: DataUsed { source: "demo:val".into(), images: 300 },
+                baseline: Quality { accuracy: Some(0.99), agreement: 1.0, output_cosine: 1.0 },
+                result: q(0.98),
             },
-            "trials": [{"removed_blocks": [5], "quality": {"accuracy": 0.985}}, {"removed_blocks": [5, 6], "quality": {"accuracy": 0.98}}]
-        });
-        let page = merged_html(None, Some(&compaction), Some(&device));
+            trials: vec![
+                Trial { removed_blocks: vec![5], quality: q(0.985) },
+                Trial { removed_blocks: vec![5, 6], quality: q(0.98) },
+            ],
+            proxy_spearman: vec![("1-cosine".into(), f64::NAN)],
+        };
+        let page = merged_page(None, Some(&compaction), Some(&device));
         assert!(page.contains("is <b>1.333x</b> as fast as <b>orig</b> (95% interval 1.200&ndash;1.400)"), "{page}");
         assert!(page.contains("<td>slim</td><td>497</td><td>96.78%</td>"), "{page}");
-        assert!(page.contains("<td>4..6</td><td>folded</td><td>0.2500</td>"), "{page}");
+        assert!(page.contains("<td>4..6</td><td>folded</td><td>0.2500</td><td>cholesky</td>"), "{page}");
         assert!(page.contains("Held-out metric 99.00% &rarr; 98.00%"), "{page}");
-        assert!(page.contains("<td>orig</td><td>2</td><td>-</td><td>2.000</td>") && page.contains("1.0 MiB"), "{page}");
+        assert!(
+            page.contains("<td>orig</td><td>2</td><td>2.000</td><td>2.000</td>") && page.contains("1.0 MiB"),
+            "{page}"
+        );
         assert!(!page.contains("rba analysis"), "no analysis given");
+        // The typed reports read back what they wrote, NaN included (JSON null).
+        let json = serde_json::to_string(&compaction).unwrap();
+        assert!(json.contains("[\"1-cosine\",null]"), "{json}");
+        let back: CompactionReport = serde_json::from_str(&json).unwrap();
+        assert!(back.proxy_spearman[0].1.is_nan());
+        let back: DeviceReport = serde_json::from_str(&serde_json::to_string(&device).unwrap()).unwrap();
+        assert_eq!(back.benchmark.results, device.benchmark.results);
     }
 
     #[test]

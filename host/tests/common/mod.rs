@@ -1,10 +1,10 @@
 //! Builders for small synthetic ONNX models with known block structure.
 #![allow(dead_code)]
 
+use rba_host::model::run::{nd, Runner};
 use rba_host::onnx::build::{attr_ints, f32_tensor, f32_value_info, node, Dim};
 use rba_host::onnx::proto::{GraphProto, ModelProto, OperatorSetIdProto};
 use rba_host::onnx::OnnxModel;
-use rba_host::runtime::{nd, Runner};
 
 /// Deterministic pseudo-random values in [-scale, scale).
 pub fn values(seed: u64, n: usize, scale: f32) -> Vec<f32> {
@@ -130,7 +130,7 @@ pub fn onnxruntime(model: &std::path::Path, input: &nd::ArrayD<f32>) -> Option<n
     }
     let dir = model.parent().expect("model dir");
     let (x, y) = (dir.join("input.npy"), dir.join("output.npy"));
-    std::fs::write(&x, rba_host::npy::to_bytes_f32(input)).expect("write input");
+    std::fs::write(&x, rba_host::data::npy::to_bytes_f32(input)).expect("write input");
     let script = "import sys, numpy as np, onnxruntime as ort\n\
                   s = ort.InferenceSession(sys.argv[1], providers=['CPUExecutionProvider'])\n\
                   x = np.load(sys.argv[2])\n\
@@ -143,5 +143,5 @@ pub fn onnxruntime(model: &std::path::Path, input: &nd::ArrayD<f32>) -> Option<n
         .output()
         .expect("python3");
     assert!(out.status.success(), "onnxruntime failed: {}", String::from_utf8_lossy(&out.stderr));
-    Some(rba_host::npy::read_f32(&y).expect("read output"))
+    Some(rba_host::data::npy::read_f32(&y).expect("read output"))
 }

@@ -16,11 +16,11 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use rba_host::compact::surgery::{replace_spans, Span, Translator};
 use rba_host::demo::{DemoModel, Digits, Split};
+use rba_host::model::run::{argmax_rows, predict};
 use rba_host::model::Model;
 use rba_host::onnx::OnnxModel;
-use rba_host::runtime::{argmax_rows, predict};
-use rba_host::surgery::{replace_spans, Span, Translator};
 use rba_protocol::*;
 use sha2::{Digest, Sha256};
 

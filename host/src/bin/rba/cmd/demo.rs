@@ -7,20 +7,25 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use rba_host::analyze;
-use rba_host::compact::{self, Budget, HeldOut, TranslatorKind};
-use rba_host::data::{Holdout, PreprocessArgs};
+use rba_host::board::{self, build_eval_bundle, BenchOptions, ModelArtifact};
+use rba_host::compact::{self, evaluate, Budget, HeldOut, TranslatorKind};
+use rba_host::data::{Holdout, PreprocessOptions};
 use rba_host::demo::{DemoModel, Digits, Split};
-use rba_host::inspect::{self, si};
-use rba_host::link::{self, build_eval_bundle, BenchOptions, Device, LinkArgs, ModelArtifact, Target};
-use rba_host::model::Model;
+use rba_host::model::{inspect, Model};
 use rba_host::onnx::{write_atomically, DataPlacement};
+use rba_host::report::compaction::{self, Calibration, CompactionReport, DataUsed};
+use rba_host::report::device::{DeviceReport, Evaluation, DEVICE_SCHEMA_VERSION};
+use rba_host::report::text::{self, format_bytes, format_ns, si};
+use rba_host::report::{analysis, html};
 use rba_protocol::RunPolicy;
 
-use crate::{calibrate, compaction_report, Calibrated, CalibrationArgs};
+use super::compact::translator_parser;
+use super::deploy::connect;
+use crate::args::{all_cores, calibrate, Calibrated, CalibrationArgs, LinkArgs, PreprocessArgs};
+use crate::progress::Terminal;
 
 #[derive(clap::Args)]
-pub struct DemoArgs {
+pub struct Args {
     /// The embedded model to slim.
     #[arg(long, value_enum, default_value = "vit")]
     model: DemoChoice,
@@ -33,7 +38,7 @@ pub struct DemoArgs {
     /// Folded maps add no node, so the compacted model's latency follows its
     /// MACs; a separate `MatMul` per span costs more than its MACs on a model
     /// this small.
-    #[arg(long, value_enum, default_value = "folded")]
+    #[arg(long, default_value = "folded", value_parser = translator_parser())]
     translator: TranslatorKind,
     /// Measured runs per model on the device (A/B interleaved).
     #[arg(long, default_value_t = 100)]
@@ -53,7 +58,7 @@ fn step(n: usize, what: &str) {
     println!("\n== [{n}/5] {what}");
 }
 
-pub fn run(args: DemoArgs) -> anyhow::Result<()> {
+pub fn run(args: Args) -> anyhow::Result<()> {
     let started = Instant::now();
     let (which, spec) = match args.model {
         DemoChoice::Vit => (DemoModel::Vit, "demo:vit"),
@@ -69,37 +74,38 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         holdout: Holdout::Fraction(0.2),
         seed: 0,
         batch: 50,
-        threads: crate::all_cores(),
+        threads: all_cores(),
         boundaries: None,
         preprocess: PreprocessArgs::default(),
     };
     let fold = matches!(args.translator, TranslatorKind::Folded | TranslatorKind::Auto);
     let Calibrated { model, pre, stats, calibration: calibration_set, held_out } = calibrate(&calibration, 3, fold)?;
-    print!("{}", inspect::render_text(&inspect::inspect(&model)));
+    print!("{}", text::inspection(&inspect::inspect(&model)));
 
     step(2, "analyze: score every block and span on 500 calibration digits");
-    let analysis = analyze::report(&model, &stats, calibration_set.name(), started);
-    print!("{}", analyze::render_table(&analysis, 5));
+    let analysis = analysis::build(&model, &stats, calibration_set.name(), started);
+    print!("{}", text::span_table(&analysis, 5));
 
     step(3, &format!("compact: remove blocks while validation accuracy drops <= {} point(s)", args.max_drop));
     let (inputs, labels) = held_out.load_all(&pre)?;
     let held = HeldOut::new(&model.onnx, inputs, labels, calibration.batch)?;
-    let selection =
-        compact::select(&model, &stats, &held, &Budget::MaxDrop(args.max_drop / 100.0), args.translator, |m| {
-            println!("  {m}")
-        })?;
-    print!("{}", compact::render(&model, &selection));
+    let budget = Budget::MaxDrop(args.max_drop / 100.0);
+    let selection = compact::select(&model, &stats, &held, &budget, args.translator, &Terminal::notes_on_stdout())?;
+    print!("{}", text::selection(&model, &selection));
     let slim_path = args.out.join(format!("slim-{}", which.file_name()));
-    let (record, compaction) = compaction_report(
+    let compaction = CompactionReport::new(
         &model,
         &slim_path,
         &selection,
-        (calibration_set.name(), stats.images),
-        (held_out.name(), held.len()),
-        "original model activations",
+        Calibration {
+            source: calibration_set.name().to_string(),
+            images: stats.images,
+            fitted_on: compaction::FITTED_ON_ORIGINAL.into(),
+        },
+        DataUsed { source: held_out.name().to_string(), images: held.len() },
     );
     let mut slim = selection.model.clone();
-    slim.set_metadata("rba.compaction", record.to_string());
+    slim.set_metadata(compaction::METADATA_KEY, serde_json::to_string(&compaction.compaction)?);
     which.load()?.save(args.out.join(which.file_name()), &DataPlacement::Inline)?;
     slim.save(&slim_path, &DataPlacement::Inline)?;
     write_atomically(&args.out.join("compaction.json"), &serde_json::to_vec_pretty(&compaction)?)?;
@@ -107,15 +113,14 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     step(4, "on the board: deploy both, benchmark A/B, accuracy on the test digits");
     let mut link_args = args.link.clone();
     if link_args.board.is_none() && link_args.port.is_none() && link_args.addr.is_none() {
-        link_args.board = Some(link::LOCAL_BOARD.into());
+        link_args.board = Some(board::LOCAL_BOARD.into());
     }
     let original = ModelArtifact::new(which.file_name().trim_end_matches(".onnx"), which.load()?);
     let compacted = ModelArtifact::new(format!("slim-{}", original.name), slim.clone());
     let eval_set =
-        build_eval_bundle(&original.onnx, "demo:test", None, &PreprocessArgs::default(), Some(&original.onnx))?;
-    let target = Target::from_args(&link_args)?;
-    let mut device = Device::connect(&target)?;
-    println!("device: {}", link::describe_identity(device.identity()));
+        build_eval_bundle(&original.onnx, "demo:test", None, &PreprocessOptions::default(), Some(&original.onnx))?;
+    let mut device = connect(&link_args)?;
+    println!("device: {}", text::describe_identity(device.identity()));
     let mut deployed = Vec::new();
     for m in [&original, &compacted] {
         let d = device.deploy(m)?;
@@ -123,31 +128,35 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
             "  {} {} ({}, sha256 {}...)",
             if d.skipped { "already there:" } else { "deployed" },
             d.name,
-            link::format_bytes(d.size),
+            format_bytes(d.size),
             &d.sha256[..16]
         );
         deployed.push(d);
     }
     let options = BenchOptions { runs: RunPolicy { count: args.runs, min_time_ms: 0 }, ..BenchOptions::default() };
     let bench = device.bench(&[&original.name, &compacted.name], &options)?;
-    print!("{}", link::render_bench(&bench));
+    print!("{}", text::bench(&bench));
     let evaluations =
         vec![device.evaluate(&original.name, &eval_set.bundle)?, device.evaluate(&compacted.name, &eval_set.bundle)?];
-    let device_doc = serde_json::json!({
-        "schema_version": 1,
-        "device": bench.device,
-        "target": device.label(),
-        "deployed": deployed,
-        "benchmark": bench,
-        "evaluation": { "data": eval_set.source, "samples": eval_set.bundle.num_samples(), "results": evaluations },
-    });
-    write_atomically(&args.out.join("device.json"), &serde_json::to_vec_pretty(&device_doc)?)?;
+    let device_report = DeviceReport {
+        schema_version: DEVICE_SCHEMA_VERSION,
+        device: bench.device.clone(),
+        target: device.label().to_string(),
+        deployed,
+        benchmark: bench.clone(),
+        evaluation: Some(Evaluation {
+            data: eval_set.source.clone(),
+            samples: eval_set.bundle.num_samples(),
+            results: evaluations.clone(),
+        }),
+    };
+    write_atomically(&args.out.join("device.json"), &serde_json::to_vec_pretty(&device_report)?)?;
 
     step(5, "side by side on the 497 test digits (never used for fitting or selection)");
     let digits = Digits::embedded().map_err(anyhow::Error::msg)?;
     let test = digits.indices(Split::Test);
     let test_labels: Vec<usize> = test.iter().map(|&i| digits.label(i)).collect();
-    let host = compact::evaluate(
+    let host = evaluate::evaluate(
         &[
             (original.name.clone(), Model::new(original.onnx.clone(), None)?, original.bytes.len() as u64),
             (compacted.name.clone(), Model::new(slim, None)?, compacted.bytes.len() as u64),
@@ -184,9 +193,9 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
             pct(evaluations[k].top1_accuracy),
             si(row.params),
             si(row.macs),
-            link::format_bytes(row.file_bytes),
-            link::format_ns(stats.p50_ns as f64),
-            link::format_ns(stats.p99_ns as f64),
+            format_bytes(row.file_bytes),
+            format_ns(stats.p50_ns as f64),
+            format_ns(stats.p99_ns as f64),
             speedup,
             row.ideal_speedup,
         );
@@ -194,7 +203,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     let report_path = args.out.join("report.html");
     write_atomically(
         &report_path,
-        rba_host::report::merged_html(Some(&analysis), Some(&compaction), Some(&device_doc)).as_bytes(),
+        html::merged_page(Some(&analysis), Some(&compaction), Some(&device_report)).as_bytes(),
     )?;
     println!(
         "\nwrote {} (models, compaction.json, device.json) in {:.0} s; open {}",

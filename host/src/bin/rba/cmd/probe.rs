@@ -3,13 +3,18 @@
 
 use std::path::PathBuf;
 
-use rba_host::data::{Dataset, Holdout, Preprocess, PreprocessArgs};
+use clap::builder::{PossibleValuesParser, TypedValueParser};
+use rba_host::data::{Dataset, Holdout, Preprocess};
 use rba_host::demo::load_model_spec;
+use rba_host::fit::probe::{self, Pooling, ProbeOptions, DEFAULT_LAMBDAS};
 use rba_host::onnx::DataPlacement;
-use rba_host::probe::{self, Pooling, ProbeOptions, DEFAULT_LAMBDAS};
+use rba_host::report::text;
+
+use crate::args::PreprocessArgs;
+use crate::progress::Terminal;
 
 #[derive(clap::Args)]
-pub struct ProbeArgs {
+pub struct Args {
     /// The backbone ONNX model (or `demo:vit`, `demo:resnet`).
     backbone: String,
     /// Labelled images: an ImageFolder, a .npz with labels, or `demo`.
@@ -23,7 +28,7 @@ pub struct ProbeArgs {
     #[arg(long)]
     out: PathBuf,
     /// Pooling of a token feature: the CLS token (token 0) or the token mean.
-    #[arg(long, value_enum, default_value = "cls")]
+    #[arg(long, default_value = "cls", value_parser = PossibleValuesParser::new(Pooling::NAMES).try_map(|s| s.parse::<Pooling>()))]
     pool: Pooling,
     /// Training images (at most).
     #[arg(long, default_value_t = 1000)]
@@ -52,9 +57,9 @@ pub struct ProbeArgs {
     preprocess: PreprocessArgs,
 }
 
-pub fn run(args: ProbeArgs) -> anyhow::Result<()> {
+pub fn run(args: Args) -> anyhow::Result<()> {
     let model = load_model_spec(&args.backbone)?;
-    let pre = Preprocess::for_model(&args.preprocess, &model)?;
+    let pre = Preprocess::for_model(&(&args.preprocess).into(), &model)?;
     let data = Dataset::open(&args.data)?;
     // Fail before any forward pass when there is nothing to fit on.
     data.require_labels()?;
@@ -66,13 +71,12 @@ pub fn run(args: ProbeArgs) -> anyhow::Result<()> {
         relative_lambdas: args.lambdas.unwrap_or_else(|| DEFAULT_LAMBDAS.to_vec()),
         batch: args.batch,
         refit: !args.no_refit,
-        progress: true,
         ..ProbeOptions::new(&args.feature)
     };
     eprintln!("probe: {} training and {} validation images from {}", train.len(), val.len(), data.name());
-    let result = probe::probe(&model, &train, &val, &pre, &options)?;
+    let result = probe::probe(&model, &train, &val, &pre, &options, &Terminal::stderr())?;
     result.model.save(&args.out, &DataPlacement::Inline)?;
-    print!("{}", probe::render(&result));
+    print!("{}", text::probe(&result));
     println!("wrote {} (output '{}', metadata '{}')", args.out.display(), probe::OUTPUT, probe::METADATA_KEY);
     Ok(())
 }

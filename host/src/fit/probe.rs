@@ -1,6 +1,6 @@
 //! Linear probes: turn a headless backbone into a classifier by fitting a
-//! ridge regression on one-hot targets in closed form (METHOD.md, "Evaluation
-//! protocol") and appending it to the graph as `pool -> MatMul -> Add`.
+//! ridge regression on one-hot targets in closed form (METHOD.md, "The linear
+//! probe head") and appending it to the graph as `pool -> MatMul -> Add`.
 //!
 //! The training pass streams f64 sufficient statistics (`X^T X`, `X^T Y`,
 //! sums) of the pooled feature, so memory is `O(D^2)` whatever the number of
@@ -18,11 +18,11 @@ use serde::Serialize;
 
 use crate::data::{DataError, Dataset, Preprocess, Resize};
 use crate::fit::{self, Cross, FitError, FitKind, Moments, Solver};
+use crate::model::run::{nd, tensor_shapes, RunError, Runner};
 use crate::onnx::build::{attr_int, attr_ints, f32_tensor, f32_value_info, i64_tensor, node, value_info_dims, Dim};
-use crate::onnx::graph::GraphIndex;
+use crate::onnx::graph::{prune, GraphIndex};
 use crate::onnx::OnnxModel;
-use crate::runtime::{nd, tensor_shapes, Runner, RuntimeError};
-use crate::surgery::prune;
+use crate::progress::{Progress, Task, Unit};
 
 /// Metadata key holding the probe's record (JSON).
 pub const METADATA_KEY: &str = "rba.probe";
@@ -34,7 +34,7 @@ const PREFIX: &str = "rba.probe";
 pub const DEFAULT_LAMBDAS: [f64; 8] = [1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0];
 
 /// How a token feature `[B, T, D]` becomes one vector per image.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Pooling {
     /// Token 0 (the CLS token of a ViT).
@@ -43,10 +43,26 @@ pub enum Pooling {
     Mean,
 }
 
+impl Pooling {
+    /// The values `--pool` takes.
+    pub const NAMES: [&'static str; 2] = ["cls", "mean"];
+}
+
+impl std::str::FromStr for Pooling {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "cls" => Ok(Pooling::Cls),
+            "mean" => Ok(Pooling::Mean),
+            _ => Err(format!("unknown pooling '{s}' (expected one of: {})", Pooling::NAMES.join(", "))),
+        }
+    }
+}
+
 /// The per-image shape of the feature tensor, and so how it is pooled.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case", tag = "kind")]
-pub enum FeatureLayout {
+pub enum FeatureShape {
     /// `[B, T, D]`: pooled by [`Pooling`].
     Tokens { tokens: usize, dim: usize },
     /// `[B, C, H, W]`: spatial mean (channels first, as ONNX convolutions are).
@@ -55,31 +71,31 @@ pub enum FeatureLayout {
     Flat { dim: usize },
 }
 
-impl FeatureLayout {
+impl FeatureShape {
     /// Width of the pooled vector.
     pub fn dim(&self) -> usize {
         match *self {
-            FeatureLayout::Tokens { dim, .. } | FeatureLayout::Flat { dim } => dim,
-            FeatureLayout::Channels { channels, .. } => channels,
+            FeatureShape::Tokens { dim, .. } | FeatureShape::Flat { dim } => dim,
+            FeatureShape::Channels { channels, .. } => channels,
         }
     }
 
     /// Values per image in the unpooled tensor.
     fn per_image(&self) -> usize {
         match *self {
-            FeatureLayout::Tokens { tokens, dim } => tokens * dim,
-            FeatureLayout::Channels { channels, height, width } => channels * height * width,
-            FeatureLayout::Flat { dim } => dim,
+            FeatureShape::Tokens { tokens, dim } => tokens * dim,
+            FeatureShape::Channels { channels, height, width } => channels * height * width,
+            FeatureShape::Flat { dim } => dim,
         }
     }
 
     /// The pooling actually applied, as recorded in metadata.
     pub fn pooling_name(&self, pooling: Pooling) -> &'static str {
         match (self, pooling) {
-            (FeatureLayout::Tokens { .. }, Pooling::Cls) => "cls",
-            (FeatureLayout::Tokens { .. }, Pooling::Mean) => "mean",
-            (FeatureLayout::Channels { .. }, _) => "spatial_mean",
-            (FeatureLayout::Flat { .. }, _) => "none",
+            (FeatureShape::Tokens { .. }, Pooling::Cls) => "cls",
+            (FeatureShape::Tokens { .. }, Pooling::Mean) => "mean",
+            (FeatureShape::Channels { .. }, _) => "spatial_mean",
+            (FeatureShape::Flat { .. }, _) => "none",
         }
     }
 }
@@ -101,7 +117,7 @@ pub enum ProbeError {
     #[error(transparent)]
     Data(#[from] DataError),
     #[error(transparent)]
-    Runtime(#[from] RuntimeError),
+    Run(#[from] RunError),
     #[error("ridge fit on '{tensor}' failed: {source}")]
     Fit { tensor: String, source: FitError },
 }
@@ -118,8 +134,6 @@ pub struct ProbeOptions {
     pub batch: usize,
     /// Refit the chosen lambda on train + validation.
     pub refit: bool,
-    /// Show a progress bar for the feature passes.
-    pub progress: bool,
     /// Pooled training rows kept to report training accuracy (bounded memory).
     pub train_eval_rows: usize,
 }
@@ -132,14 +146,13 @@ impl ProbeOptions {
             relative_lambdas: DEFAULT_LAMBDAS.to_vec(),
             batch: 16,
             refit: true,
-            progress: false,
             train_eval_rows: 5000,
         }
     }
 }
 
 /// One lambda of the grid.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct LambdaTrial {
     pub relative_lambda: f64,
     /// Absolute lambda added to the centred Gram's diagonal.
@@ -155,7 +168,7 @@ pub struct LambdaTrial {
 pub struct Probe {
     /// The backbone up to the feature, with the head appended; its only output is [`OUTPUT`].
     pub model: OnnxModel,
-    pub layout: FeatureLayout,
+    pub layout: FeatureShape,
     pub trials: Vec<LambdaTrial>,
     /// Index into `trials`.
     pub chosen: usize,
@@ -163,15 +176,46 @@ pub struct Probe {
     pub weight: Vec<f32>,
     pub bias: Vec<f32>,
     pub classes: Vec<String>,
-    /// The JSON stored under [`METADATA_KEY`].
-    pub record: serde_json::Value,
+    /// What is stored (as JSON) under [`METADATA_KEY`].
+    pub record: ProbeRecord,
+}
+
+/// The probe's record in the model's metadata (`rba.probe`, REPORT.md).
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct ProbeRecord {
+    pub feature: String,
+    pub feature_layout: FeatureShape,
+    /// `cls`, `mean`, `spatial_mean` or `none`.
+    pub pooling: String,
+    pub relative_lambda: f64,
+    pub lambda: f64,
+    pub train_accuracy: f64,
+    pub val_accuracy: Option<f64>,
+    pub train_accuracy_images: usize,
+    pub trials: Vec<LambdaTrial>,
+    pub classes: Vec<String>,
+    pub data: ProbeData,
+    /// `train+val` or `train`.
+    pub fitted_on: String,
+    pub solver: Solver,
+    pub method: String,
+    pub output: Option<String>,
+}
+
+/// The images a probe was fitted and validated on.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct ProbeData {
+    pub train: String,
+    pub train_images: usize,
+    pub val: String,
+    pub val_images: usize,
 }
 
 /// The model cut at `tensor`: it becomes the only output and everything
 /// that no longer feeds it is pruned.
 pub fn cut(model: &OnnxModel, tensor: &str) -> Result<OnnxModel, ProbeError> {
     let path = model.path.display().to_string();
-    let index = GraphIndex::new(model.graph()).map_err(|reason| RuntimeError::Load { path: path.clone(), reason })?;
+    let index = GraphIndex::new(model.graph()).map_err(|reason| RunError::Load { path: path.clone(), reason })?;
     if !index.producer.contains_key(tensor) && !index.inputs.iter().any(|i| i == tensor) {
         return Err(ProbeError::UnknownTensor {
             path,
@@ -212,9 +256,9 @@ fn candidates(index: &GraphIndex, model: &OnnxModel, wanted: &str) -> Vec<String
 
 /// The feature's per-image layout, from shapes inferred at batch 2 (so the
 /// batch axis can be told apart from a fixed leading dimension).
-pub fn feature_layout(cut: &OnnxModel, tensor: &str) -> Result<FeatureLayout, ProbeError> {
+pub fn feature_shape(cut: &OnnxModel, tensor: &str) -> Result<FeatureShape, ProbeError> {
     let path = cut.path.display().to_string();
-    let fixed_batch = crate::runtime::input_shape(cut, 2)?.first().copied().unwrap_or(2);
+    let fixed_batch = crate::model::run::input_shape(cut, 2)?.first().copied().unwrap_or(2);
     let shapes = tensor_shapes(cut, fixed_batch)?;
     let shape = shapes.get(tensor).cloned().ok_or_else(|| ProbeError::UnknownTensor {
         path: path.clone(),
@@ -227,33 +271,33 @@ pub fn feature_layout(cut: &OnnxModel, tensor: &str) -> Result<FeatureLayout, Pr
         return Err(unsupported());
     }
     Ok(match shape[1..] {
-        [tokens, dim] => FeatureLayout::Tokens { tokens, dim },
-        [channels, height, width] => FeatureLayout::Channels { channels, height, width },
-        [dim] => FeatureLayout::Flat { dim },
+        [tokens, dim] => FeatureShape::Tokens { tokens, dim },
+        [channels, height, width] => FeatureShape::Channels { channels, height, width },
+        [dim] => FeatureShape::Flat { dim },
         _ => return Err(unsupported()),
     })
 }
 
 /// Pools `valid` images of a feature batch into row-major `[valid, D]` rows,
 /// exactly as the appended graph nodes do.
-fn pool(feature: &nd::ArrayD<f32>, valid: usize, layout: FeatureLayout, pooling: Pooling) -> Vec<f32> {
+fn pool(feature: &nd::ArrayD<f32>, valid: usize, layout: FeatureShape, pooling: Pooling) -> Vec<f32> {
     let d = layout.dim();
     let per = layout.per_image();
     let values: Vec<f32> = feature.iter().copied().collect();
     let mut rows = Vec::with_capacity(valid * d);
     for img in values.chunks_exact(per).take(valid) {
         match (layout, pooling) {
-            (FeatureLayout::Tokens { .. }, Pooling::Cls) | (FeatureLayout::Flat { .. }, _) => {
+            (FeatureShape::Tokens { .. }, Pooling::Cls) | (FeatureShape::Flat { .. }, _) => {
                 rows.extend_from_slice(&img[..d])
             }
-            (FeatureLayout::Tokens { tokens, .. }, Pooling::Mean) => {
+            (FeatureShape::Tokens { tokens, .. }, Pooling::Mean) => {
                 let mut acc = vec![0f64; d];
                 for tok in img.chunks_exact(d) {
                     acc.iter_mut().zip(tok).for_each(|(a, &v)| *a += v as f64);
                 }
                 rows.extend(acc.iter().map(|a| (a / tokens as f64) as f32));
             }
-            (FeatureLayout::Channels { height, width, .. }, _) => {
+            (FeatureShape::Channels { height, width, .. }, _) => {
                 let hw = height * width;
                 rows.extend(
                     img.chunks_exact(hw).map(|c| (c.iter().map(|&v| v as f64).sum::<f64>() / hw as f64) as f32),
@@ -270,9 +314,9 @@ fn feature_pass(
     runner: &Runner,
     data: &Dataset,
     pre: &Preprocess,
-    layout: FeatureLayout,
+    layout: FeatureShape,
     pooling: Pooling,
-    bar: Option<&indicatif::ProgressBar>,
+    task: &dyn Task,
     mut sink: impl FnMut(&[f32], &[usize]),
 ) -> Result<(), ProbeError> {
     let batch = runner.input_shape[0];
@@ -290,9 +334,7 @@ fn feature_pass(
         };
         let feature = runner.run(inputs)?.swap_remove(0);
         sink(&pool(&feature, valid, layout, pooling), &labels);
-        if let Some(bar) = bar {
-            bar.inc(valid as u64);
-        }
+        task.advance(valid as u64);
     }
     Ok(())
 }
@@ -396,18 +438,6 @@ fn classes(train: &Dataset, val: &Dataset) -> Result<Vec<String>, ProbeError> {
     Ok(names)
 }
 
-fn progress(show: bool, total: usize, what: &str) -> Option<indicatif::ProgressBar> {
-    show.then(|| {
-        let bar = indicatif::ProgressBar::new(total as u64);
-        bar.set_style(
-            indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} images, {per_sec}, eta {eta}")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-        bar.set_message(what.to_string());
-        bar
-    })
-}
-
 /// Fits a probe on `train`, chooses lambda on `val`, and returns the model
 /// with the head appended (and its record in metadata).
 pub fn probe(
@@ -416,6 +446,7 @@ pub fn probe(
     val: &Dataset,
     pre: &Preprocess,
     options: &ProbeOptions,
+    progress: &dyn Progress,
 ) -> Result<Probe, ProbeError> {
     let feature = options.feature.as_str();
     let classes = classes(train, val)?;
@@ -429,42 +460,17 @@ pub fn probe(
         });
     }
     let cut = cut(model, feature)?;
-    let layout = feature_layout(&cut, feature)?;
+    let layout = feature_shape(&cut, feature)?;
     let (d, k) = (layout.dim(), classes.len());
     let runner = Runner::new(&cut, options.batch, &[])?;
-
-    // Pass 1: training statistics (plus a bounded sample for train accuracy).
-    let mut stats = Stats::new(d, k);
-    let (mut kept_rows, mut kept_labels) = (Vec::new(), Vec::new());
-    let bar = progress(options.progress, train.len(), "probe: train features");
-    feature_pass(&runner, train, pre, layout, options.pooling, bar.as_ref(), |rows, labels| {
-        stats.update(rows, labels);
-        let room = options.train_eval_rows.saturating_sub(kept_labels.len()).min(labels.len());
-        kept_rows.extend_from_slice(&rows[..room * d]);
-        kept_labels.extend_from_slice(&labels[..room]);
-    })?;
-    if let Some(bar) = bar {
-        bar.finish_and_clear();
-    }
+    let passes = Passes { runner: &runner, pre, layout, pooling: options.pooling, progress };
     let fit_err = |source| ProbeError::Fit { tensor: feature.to_string(), source };
-    let heads: Vec<Head> = lambdas.iter().map(|&r| stats.ridge(r)).collect::<Result<_, _>>().map_err(fit_err)?;
 
-    // Pass 2: validation accuracy of every lambda, and the statistics of
-    // train + validation for the refit.
-    let mut all = stats.clone();
-    let mut val_correct = vec![0usize; heads.len()];
-    let bar = progress(options.progress, val.len(), "probe: validation features");
-    feature_pass(&runner, val, pre, layout, options.pooling, bar.as_ref(), |rows, labels| {
-        for (c, h) in val_correct.iter_mut().zip(&heads) {
-            *c += h.correct(rows, labels);
-        }
-        if options.refit {
-            all.update(rows, labels);
-        }
-    })?;
-    if let Some(bar) = bar {
-        bar.finish_and_clear();
-    }
+    let train_pass = passes.train(train, d, k, options.train_eval_rows)?;
+    let heads: Vec<Head> =
+        lambdas.iter().map(|&r| train_pass.stats.ridge(r)).collect::<Result<_, _>>().map_err(fit_err)?;
+    let refit = options.refit && !val.is_empty();
+    let (val_correct, all) = passes.validate(val, &heads, refit.then(|| train_pass.stats.clone()))?;
     let trials: Vec<LambdaTrial> = lambdas
         .iter()
         .zip(&heads)
@@ -472,12 +478,51 @@ pub fn probe(
         .map(|((&r, h), &c)| LambdaTrial {
             relative_lambda: r,
             lambda: h.lambda,
-            train_accuracy: h.correct(&kept_rows, &kept_labels) as f64 / kept_labels.len().max(1) as f64,
+            train_accuracy: h.correct(&train_pass.kept_rows, &train_pass.kept_labels) as f64
+                / train_pass.kept_labels.len().max(1) as f64,
             val_accuracy: (!val.is_empty()).then(|| c as f64 / val.len() as f64),
             solver: h.solver,
         })
         .collect();
-    // Best validation accuracy; ties go to the larger (safer) lambda.
+    let chosen = choose_lambda(&trials);
+    let head = all.as_ref().unwrap_or(&train_pass.stats).ridge(lambdas[chosen]).map_err(fit_err)?;
+    let weight: Vec<f32> = (0..d * k).map(|p| head.weight[(p / k, p % k)] as f32).collect();
+    let bias: Vec<f32> = head.bias.iter().map(|&v| v as f32).collect();
+
+    let mut out = append_head(&cut, feature, layout, options.pooling, &weight, &bias, k)?;
+    let t = &trials[chosen];
+    let record = ProbeRecord {
+        feature: feature.to_string(),
+        feature_layout: layout,
+        pooling: layout.pooling_name(options.pooling).to_string(),
+        relative_lambda: t.relative_lambda,
+        lambda: head.lambda,
+        train_accuracy: t.train_accuracy,
+        val_accuracy: t.val_accuracy,
+        train_accuracy_images: train_pass.kept_labels.len(),
+        trials: trials.clone(),
+        classes: classes.clone(),
+        data: ProbeData {
+            train: train.name().to_string(),
+            train_images: train.len(),
+            val: val.name().to_string(),
+            val_images: val.len(),
+        },
+        fitted_on: if refit { "train+val" } else { "train" }.to_string(),
+        solver: head.solver,
+        method: "ridge regression on one-hot targets, unpenalised bias, lambda relative to trace(centred Gram)/D"
+            .to_string(),
+        output: out.graph().output.first().map(|o| o.name().to_string()),
+    };
+    out.set_metadata(METADATA_KEY, serde_json::to_string(&record).unwrap_or_default());
+    // The head only fits inputs preprocessed as here: record it so later
+    // commands (and a device) use the same without repeating the flags.
+    out.set_metadata(crate::data::preprocess::METADATA_KEY, preprocess_json(pre).to_string());
+    Ok(Probe { model: out, layout, trials, chosen, weight, bias, classes, record })
+}
+
+/// Best validation accuracy; ties go to the larger (safer) lambda.
+fn choose_lambda(trials: &[LambdaTrial]) -> usize {
     let mut chosen = 0;
     for (i, t) in trials.iter().enumerate() {
         let key = |t: &LambdaTrial| (t.val_accuracy.unwrap_or(0.0), t.relative_lambda);
@@ -485,39 +530,62 @@ pub fn probe(
             chosen = i;
         }
     }
-    let refit = options.refit && !val.is_empty();
-    let head = if refit {
-        all.ridge(lambdas[chosen]).map_err(fit_err)?
-    } else {
-        stats.ridge(lambdas[chosen]).map_err(fit_err)?
-    };
-    let weight: Vec<f32> = (0..d * k).map(|p| head.weight[(p / k, p % k)] as f32).collect();
-    let bias: Vec<f32> = head.bias.iter().map(|&v| v as f32).collect();
+    chosen
+}
 
-    let mut out = append_head(&cut, feature, layout, options.pooling, &weight, &bias, k)?;
-    let t = &trials[chosen];
-    let record = serde_json::json!({
-        "feature": feature,
-        "feature_layout": layout,
-        "pooling": layout.pooling_name(options.pooling),
-        "relative_lambda": t.relative_lambda,
-        "lambda": head.lambda,
-        "train_accuracy": t.train_accuracy,
-        "val_accuracy": t.val_accuracy,
-        "train_accuracy_images": kept_labels.len(),
-        "trials": &trials,
-        "classes": &classes,
-        "data": { "train": train.name(), "train_images": train.len(), "val": val.name(), "val_images": val.len() },
-        "fitted_on": if refit { "train+val" } else { "train" },
-        "solver": head.solver,
-        "method": "ridge regression on one-hot targets, unpenalised bias, lambda relative to trace(centred Gram)/D",
-        "output": out.graph().output.first().map(|o| o.name().to_string()),
-    });
-    out.set_metadata(METADATA_KEY, record.to_string());
-    // The head only fits inputs preprocessed as here: record it so later
-    // commands (and a device) use the same without repeating the flags.
-    out.set_metadata(crate::data::preprocess::METADATA_KEY, preprocess_json(pre).to_string());
-    Ok(Probe { model: out, layout, trials, chosen, weight, bias, classes, record })
+/// The two passes over the cut model's pooled feature.
+struct Passes<'a> {
+    runner: &'a Runner,
+    pre: &'a Preprocess,
+    layout: FeatureShape,
+    pooling: Pooling,
+    progress: &'a dyn Progress,
+}
+
+/// The training pass: statistics plus a bounded sample of rows for
+/// training accuracy.
+struct TrainPass {
+    stats: Stats,
+    kept_rows: Vec<f32>,
+    kept_labels: Vec<usize>,
+}
+
+impl Passes<'_> {
+    fn run(&self, data: &Dataset, what: &str, sink: impl FnMut(&[f32], &[usize])) -> Result<(), ProbeError> {
+        let task = self.progress.task(what, Some(data.len() as u64), Unit::Images);
+        feature_pass(self.runner, data, self.pre, self.layout, self.pooling, task.as_ref(), sink)
+    }
+
+    fn train(&self, train: &Dataset, d: usize, k: usize, keep: usize) -> Result<TrainPass, ProbeError> {
+        let mut pass = TrainPass { stats: Stats::new(d, k), kept_rows: Vec::new(), kept_labels: Vec::new() };
+        self.run(train, "probe: train features", |rows, labels| {
+            pass.stats.update(rows, labels);
+            let room = keep.saturating_sub(pass.kept_labels.len()).min(labels.len());
+            pass.kept_rows.extend_from_slice(&rows[..room * d]);
+            pass.kept_labels.extend_from_slice(&labels[..room]);
+        })?;
+        Ok(pass)
+    }
+
+    /// Correct validation predictions per head; with `all` (the training
+    /// statistics), also adds the validation rows to it for the refit.
+    fn validate(
+        &self,
+        val: &Dataset,
+        heads: &[Head],
+        mut all: Option<Stats>,
+    ) -> Result<(Vec<usize>, Option<Stats>), ProbeError> {
+        let mut correct = vec![0usize; heads.len()];
+        self.run(val, "probe: validation features", |rows, labels| {
+            for (c, h) in correct.iter_mut().zip(heads) {
+                *c += h.correct(rows, labels);
+            }
+            if let Some(all) = all.as_mut() {
+                all.update(rows, labels);
+            }
+        })?;
+        Ok((correct, all))
+    }
 }
 
 /// The resolved preprocessing in the `rba.preprocess` metadata format.
@@ -545,7 +613,7 @@ pub fn preprocess_json(pre: &Preprocess) -> serde_json::Value {
 pub fn append_head(
     cut: &OnnxModel,
     feature: &str,
-    layout: FeatureLayout,
+    layout: FeatureShape,
     pooling: Pooling,
     weight: &[f32],
     bias: &[f32],
@@ -582,14 +650,14 @@ pub fn append_head(
         n
     };
     let pool_node = match (layout, pooling) {
-        (FeatureLayout::Tokens { .. }, Pooling::Cls) => {
+        (FeatureShape::Tokens { .. }, Pooling::Cls) => {
             let mut n = node("Gather", &name("Gather"), &[feature, &name("cls_index")], &[&pooled]);
             n.attribute.push(attr_int("axis", 1));
             Some((n, Some(i64_tensor(&name("cls_index"), &[], &[0]))))
         }
-        (FeatureLayout::Tokens { .. }, Pooling::Mean) => Some((reduce_mean(&[1]), None)),
-        (FeatureLayout::Channels { .. }, _) => Some((reduce_mean(&[2, 3]), None)),
-        (FeatureLayout::Flat { .. }, _) => None,
+        (FeatureShape::Tokens { .. }, Pooling::Mean) => Some((reduce_mean(&[1]), None)),
+        (FeatureShape::Channels { .. }, _) => Some((reduce_mean(&[2, 3]), None)),
+        (FeatureShape::Flat { .. }, _) => None,
     };
     let pooled = match pool_node {
         Some((n, init)) => {
@@ -607,35 +675,4 @@ pub fn append_head(
     graph.output = vec![f32_value_info(OUTPUT, &[batch_dim, Dim::Fixed(classes)])];
     prune(graph);
     Ok(out)
-}
-
-/// A short text summary: accuracy per lambda and the choice.
-pub fn render(p: &Probe) -> String {
-    let pct = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{:.1}%", 100.0 * v));
-    let mut s = String::new();
-    s.push_str(&format!(
-        "probe on '{}' ({}, D = {}, {} classes)\n",
-        p.record["feature"].as_str().unwrap_or(""),
-        p.record["pooling"].as_str().unwrap_or(""),
-        p.layout.dim(),
-        p.classes.len()
-    ));
-    s.push_str("  rel. lambda      lambda    train      val  solver\n");
-    for (i, t) in p.trials.iter().enumerate() {
-        s.push_str(&format!(
-            "  {:>11.0e} {:>11.3e} {:>8} {:>8}  {:?}{}\n",
-            t.relative_lambda,
-            t.lambda,
-            pct(Some(t.train_accuracy)),
-            pct(t.val_accuracy),
-            t.solver,
-            if i == p.chosen { "  <- chosen" } else { "" }
-        ));
-    }
-    s.push_str(&format!(
-        "chosen relative lambda {:.0e} (best validation accuracy, ties to the larger); head fitted on {}\n",
-        p.trials[p.chosen].relative_lambda,
-        p.record["fitted_on"].as_str().unwrap_or("")
-    ));
-    s
 }

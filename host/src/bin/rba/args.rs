@@ -1,0 +1,197 @@
+//! Command-line arguments shared by several commands, and their conversion
+//! into the library's plain option types.
+
+use std::path::PathBuf;
+
+use clap::builder::{PossibleValuesParser, TypedValueParser};
+use rba_host::board::LinkOptions;
+use rba_host::calibrate::{self, CaptureOptions, Statistics};
+use rba_host::data::preprocess::parse_scale;
+use rba_host::data::{Dataset, Holdout, Hw, Layout, Preprocess, PreprocessOptions};
+use rba_host::model::Model;
+
+use crate::progress::Terminal;
+
+/// Preprocessing flags.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct PreprocessArgs {
+    /// Resize every image to H,W (or N for a square) before cropping.
+    #[arg(long, value_name = "H,W", conflicts_with = "resize_shorter")]
+    pub size: Option<Hw>,
+    /// Resize keeping the aspect ratio so the shorter side is N pixels.
+    #[arg(long, value_name = "N")]
+    pub resize_shorter: Option<usize>,
+    /// Center-crop to H,W (or N for a square) after resizing.
+    #[arg(long, value_name = "H,W")]
+    pub crop: Option<Hw>,
+    /// Per-channel mean subtracted after scaling (one value or one per channel).
+    #[arg(long, value_name = "A,B,C", value_delimiter = ',', allow_hyphen_values = true)]
+    pub mean: Option<Vec<f32>>,
+    /// Per-channel standard deviation divided by after subtracting the mean.
+    #[arg(long, value_name = "A,B,C", value_delimiter = ',', allow_hyphen_values = true)]
+    pub std: Option<Vec<f32>>,
+    /// Factor applied to raw pixel values first, e.g. 1/255.
+    #[arg(long, value_name = "F", value_parser = parse_scale)]
+    pub scale: Option<f32>,
+    /// Model input layout (default: from the model input shape).
+    #[arg(long, value_parser = PossibleValuesParser::new(["nchw", "nhwc"]).try_map(|s| s.parse::<Layout>()))]
+    pub layout: Option<Layout>,
+    /// Channels the model takes (1 = grayscale, 3 = RGB; default: from the model).
+    #[arg(long, value_name = "C")]
+    pub channels: Option<usize>,
+    /// A HuggingFace preprocessor_config.json to take preprocessing from.
+    #[arg(long, value_name = "FILE")]
+    pub preprocessor_config: Option<PathBuf>,
+}
+
+impl From<&PreprocessArgs> for PreprocessOptions {
+    fn from(a: &PreprocessArgs) -> Self {
+        PreprocessOptions {
+            size: a.size,
+            resize_shorter: a.resize_shorter,
+            crop: a.crop,
+            mean: a.mean.clone(),
+            std: a.std.clone(),
+            scale: a.scale,
+            layout: a.layout,
+            channels: a.channels,
+            preprocessor_config: a.preprocessor_config.clone(),
+        }
+    }
+}
+
+/// How to reach a device.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct LinkArgs {
+    /// Board: a profile name (boards/NAME.toml) or path, `local` (a board
+    /// running in this process over a pseudo-terminal) or `qemu-aarch64`
+    /// (the cross-built ARM daemon under qemu-user).
+    #[arg(long)]
+    pub board: Option<String>,
+    /// Serial port of the board (e.g. /dev/ttyACM0, or a pty path).
+    #[arg(long, conflicts_with = "addr")]
+    pub port: Option<String>,
+    /// Serial baud rate (default: the profile's, else 115200).
+    #[arg(long)]
+    pub baud: Option<u32>,
+    /// TCP address of the board, HOST:PORT (the port defaults to the profile's, else 7878).
+    #[arg(long)]
+    pub addr: Option<String>,
+    /// File with the board's pre-shared key (else $RBA_KEY); required on TCP.
+    #[arg(long)]
+    pub key_file: Option<PathBuf>,
+    /// Model store of the `local` and `qemu-aarch64` boards (default: a temporary directory).
+    #[arg(long)]
+    pub store: Option<PathBuf>,
+}
+
+impl From<&LinkArgs> for LinkOptions {
+    fn from(a: &LinkArgs) -> Self {
+        LinkOptions {
+            board: a.board.clone(),
+            port: a.port.clone(),
+            baud: a.baud,
+            addr: a.addr.clone(),
+            key_file: a.key_file.clone(),
+            store: a.store.clone(),
+        }
+    }
+}
+
+/// The model and the calibration data: shared by `analyze` and `compact`.
+#[derive(clap::Args)]
+pub struct CalibrationArgs {
+    /// The ONNX model (or `demo:vit`, `demo:resnet` for the embedded ones).
+    pub model: String,
+    /// Images: an ImageFolder, a flat folder, a .npy/.npz file, or `demo`.
+    #[arg(long)]
+    pub data: String,
+    /// Calibration images to use.
+    #[arg(long, default_value_t = 500)]
+    pub samples: usize,
+    /// Held out from calibration for verification (fraction or count; the
+    /// demo digits use their fixed split).
+    #[arg(long, default_value = "0.2")]
+    pub holdout: Holdout,
+    /// Seed for the held-out split and the calibration subset.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Images per forward pass.
+    #[arg(long, default_value_t = 16)]
+    pub batch: usize,
+    /// Threads for the model's and the statistics' matrix products (default: all cores).
+    #[arg(long, default_value_t = all_cores())]
+    pub threads: usize,
+    /// Use these boundary tensors instead of detecting blocks.
+    #[arg(long, value_delimiter = ',')]
+    pub boundaries: Option<Vec<String>>,
+    #[command(flatten)]
+    pub preprocess: PreprocessArgs,
+}
+
+pub fn all_cores() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
+}
+
+/// A model with its calibration statistics, and the held-out data left over.
+pub struct Calibrated {
+    pub model: Model,
+    pub pre: Preprocess,
+    pub stats: Statistics,
+    pub calibration: Dataset,
+    pub held_out: Dataset,
+}
+
+/// Loads the model, splits the data and captures the statistics.
+pub fn calibrate(args: &CalibrationArgs, max_span: usize, fold: bool) -> anyhow::Result<Calibrated> {
+    let model = Model::new(rba_host::demo::load_model_spec(&args.model)?, args.boundaries.as_deref())?;
+    let pre = Preprocess::for_model(&(&args.preprocess).into(), &model.onnx)?;
+    let (calibration, held_out) = Dataset::open(&args.data)?.calibration_split(args.holdout, args.seed)?;
+    let calibration = calibration.subset(Some(args.samples), Some(args.seed));
+    let options = CaptureOptions { batch: args.batch, max_span, threads: args.threads, fold };
+    let batches = calibration.batches(&pre, args.batch).map(|b| b.map(|(x, _labels)| x));
+    let stats = calibrate::capture(&model, batches, Some(calibration.len()), &options, &Terminal::stderr())?;
+    Ok(Calibrated { model, pre, stats, calibration, held_out })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        pre: PreprocessArgs,
+    }
+
+    #[test]
+    fn flags_parse_sizes_scales_and_negative_means() {
+        let cli = Cli::try_parse_from([
+            "rba",
+            "--size",
+            "224",
+            "--crop",
+            "200,180",
+            "--mean",
+            "-0.5,0.25,1",
+            "--scale",
+            "1/255",
+            "--layout",
+            "nhwc",
+        ])
+        .expect("parse");
+        let pre = PreprocessOptions::from(&cli.pre);
+        assert_eq!(pre.size, Some(Hw::new(224, 224)));
+        assert_eq!(pre.crop, Some(Hw::new(200, 180)));
+        assert_eq!(pre.mean, Some(vec![-0.5, 0.25, 1.0]));
+        assert_eq!(pre.scale, Some(1.0 / 255.0));
+        assert_eq!(pre.layout, Some(Layout::Nhwc));
+        assert!(Cli::try_parse_from(["rba", "--size", "0"]).is_err());
+        assert!(Cli::try_parse_from(["rba", "--scale", "1/0"]).is_err());
+        assert!(Cli::try_parse_from(["rba", "--size", "4", "--resize-shorter", "4"]).is_err());
+        assert!(Cli::try_parse_from(["rba", "--layout", "chw4"]).is_err());
+    }
+}

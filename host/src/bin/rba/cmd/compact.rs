@@ -1,0 +1,135 @@
+//! `rba compact`: replace spans under a budget, verified on held-out data;
+//! write the compacted model and its report.
+
+use std::path::PathBuf;
+
+use clap::builder::{PossibleValuesParser, TypedValueParser};
+use rba_host::calibrate::{self, CaptureOptions};
+use rba_host::compact::surgery::Span;
+use rba_host::compact::{self, Budget, CompactError, HeldOut, TranslatorKind};
+use rba_host::onnx::{write_atomically, DataPlacement};
+use rba_host::report::compaction::{self, Calibration, CompactionReport, DataUsed};
+use rba_host::report::text;
+
+use crate::args::{calibrate, Calibrated, CalibrationArgs};
+use crate::progress::Terminal;
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    calibration: CalibrationArgs,
+    /// Where to write the compacted model.
+    #[arg(long)]
+    out: PathBuf,
+    /// Replace exactly these spans, e.g. `5..6,9..10` (boundary indices).
+    #[arg(long, value_delimiter = ',', group = "budget")]
+    spans: Option<Vec<Span>>,
+    /// Remove the best K blocks.
+    #[arg(long, group = "budget")]
+    remove: Option<usize>,
+    /// Remove as many blocks as possible while the held-out metric drops
+    /// by at most P points (accuracy with labels, else top-1 agreement).
+    #[arg(long, group = "budget")]
+    max_drop: Option<f64>,
+    /// Remove blocks until parameters are at most this fraction of the original.
+    #[arg(long, group = "budget")]
+    target_params: Option<f64>,
+    /// Remove blocks until MACs are at most this fraction of the original.
+    #[arg(long, group = "budget")]
+    target_macs: Option<f64>,
+    #[arg(long, default_value = "linear", value_parser = translator_parser())]
+    translator: TranslatorKind,
+    /// Held-out images for verification (at most).
+    #[arg(long, default_value_t = 1000)]
+    held_out_samples: usize,
+    /// Longest span (in blocks) with fit statistics; adjacent removed
+    /// blocks merge into one span, up to this length.
+    #[arg(long, default_value_t = 4)]
+    max_span: usize,
+    /// After selection, refit each translator on the model with the
+    /// earlier spans already replaced (one more calibration pass per span)
+    /// instead of on the original model's activations.
+    #[arg(long)]
+    sequential: bool,
+}
+
+/// `--translator`'s values, listed in `--help`.
+pub fn translator_parser() -> impl TypedValueParser<Value = TranslatorKind> {
+    PossibleValuesParser::new(TranslatorKind::NAMES).try_map(|s| s.parse::<TranslatorKind>())
+}
+
+impl Args {
+    fn budget(&self) -> anyhow::Result<Budget> {
+        Ok(match (&self.spans, self.remove, self.max_drop, self.target_params, self.target_macs) {
+            (Some(s), ..) => Budget::Spans(s.clone()),
+            (_, Some(k), ..) => Budget::Remove(k),
+            (_, _, Some(p), ..) => Budget::MaxDrop(p / 100.0),
+            (_, _, _, Some(f), _) => Budget::TargetParams(f),
+            (.., Some(f)) => Budget::TargetMacs(f),
+            _ => anyhow::bail!("say what to remove: --spans, --remove, --max-drop, --target-params or --target-macs"),
+        })
+    }
+}
+
+/// Warns when the held-out set is too small to resolve the allowed drop.
+fn warn_if_too_few(budget: &Budget, held: &HeldOut) {
+    if let (Budget::MaxDrop(p), Some(_)) = (budget, &held.labels) {
+        let half_width = 1.96 * (0.25 / held.len() as f64).sqrt();
+        if half_width > *p {
+            eprintln!(
+                "warning: {} held-out images give accuracy +/- {:.1} points (95%), more than the allowed drop of {:.1}",
+                held.len(),
+                100.0 * half_width,
+                100.0 * p
+            );
+        }
+    }
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let budget = args.budget()?;
+    let c = &args.calibration;
+    let (batch, seed, threads) = (c.batch, c.seed, c.threads);
+    let fold = matches!(args.translator, TranslatorKind::Folded | TranslatorKind::Auto);
+    let Calibrated { model, pre, stats, calibration, held_out } = calibrate(c, args.max_span, fold)?;
+    let held_out = held_out.subset(Some(args.held_out_samples), Some(seed));
+    let (inputs, labels) = held_out.load_all(&pre)?;
+    let held = HeldOut::new(&model.onnx, inputs, labels, batch)?;
+    warn_if_too_few(&budget, &held);
+    let progress = Terminal::stderr();
+    let mut selection = compact::select(&model, &stats, &held, &budget, args.translator, &progress)?;
+    let mut fitted_on = compaction::FITTED_ON_ORIGINAL;
+    if args.sequential {
+        let spans: Vec<(Span, TranslatorKind)> =
+            selection.replacements.iter().map(|r| (r.span, r.translator)).collect();
+        let (refit, replacements) = compact::refit_sequentially(&model, &spans, |partial, max_span| {
+            let options = CaptureOptions { batch, max_span, threads, fold: true };
+            let batches = calibration.batches(&pre, batch).map(|b| b.map(|(x, _labels)| x));
+            calibrate::capture(partial, batches, Some(calibration.len()), &options, &progress)
+                .map_err(|e| CompactError::Budget(e.to_string()))
+        })?;
+        let result = held.measure(&refit)?;
+        println!(
+            "sequential refit: held-out metric {:.4} (fitted on the original activations: {:.4})",
+            result.metric(),
+            selection.result.metric()
+        );
+        (selection.model, selection.replacements, selection.result) = (refit, replacements, result);
+        fitted_on = compaction::FITTED_SEQUENTIALLY;
+    }
+    let report = CompactionReport::new(
+        &model,
+        &args.out,
+        &selection,
+        Calibration { source: calibration.name().to_string(), images: stats.images, fitted_on: fitted_on.into() },
+        DataUsed { source: held_out.name().to_string(), images: held.len() },
+    );
+    let mut slim = selection.model.clone();
+    slim.set_metadata(compaction::METADATA_KEY, serde_json::to_string(&report.compaction)?);
+    slim.save(&args.out, &DataPlacement::Inline)?;
+    let report_path = args.out.with_extension("report.json");
+    write_atomically(&report_path, &serde_json::to_vec_pretty(&report)?)?;
+    print!("{}", text::selection(&model, &selection));
+    println!("wrote {} and {}", args.out.display(), report_path.display());
+    Ok(())
+}

@@ -1,0 +1,348 @@
+//! A connected device: one protocol session, reopened when the link breaks;
+//! deploy (skipped when the bytes are already there, resumed after a broken
+//! link), benchmark, evaluate.
+
+use std::ops::ControlFlow;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rba_protocol::client::upload_resumable;
+use rba_protocol::{
+    ArtifactKind, BenchmarkRequest, Client, ClientConfig, ClientError, CompareRequest, DeviceIdentity, DeviceInfo,
+    EvalBundle, EvalRequest, EvalResult, RemoteError, Session,
+};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use super::bench::{speedup_ci, AbComparison, BenchOptions, BenchReport};
+use super::emulated::{start_qemu, QemuBoard};
+use super::local::{start_local, LocalBoard};
+use super::transport::{Connector, Route, Stream};
+use rba_device::store::hex;
+
+use super::{BoardError, Target, KEY_ENV};
+use crate::onnx::OnnxModel;
+use crate::progress::{Progress, Silent, Unit};
+
+/// Sessions `deploy` opens before giving up on a flaky link.
+const UPLOAD_ATTEMPTS: u32 = 4;
+
+/// A connected device: one protocol session, reopened when the link breaks.
+pub struct Device {
+    label: String,
+    connector: Connector,
+    client: Option<Client<Stream>>,
+    session: Session,
+    progress: Arc<dyn Progress>,
+    // Declared last: dropped after the client, so the boards outlive it.
+    _local: Option<LocalBoard>,
+    _qemu: Option<QemuBoard>,
+}
+
+/// What `deploy` did.
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
+pub struct Deployed {
+    pub name: String,
+    pub size: u64,
+    /// Lower-case hex SHA-256 of the bytes.
+    pub sha256: String,
+    /// The device already held these bytes under this name.
+    pub skipped: bool,
+    /// Bytes the device already had staged from an interrupted upload
+    /// (the upload resumed there; 0 for a fresh one).
+    pub resumed_from: u64,
+}
+
+/// A model to deploy: its device name, the model, and the exact bytes sent.
+#[derive(Clone, Debug)]
+pub struct ModelArtifact {
+    pub name: String,
+    pub onnx: OnnxModel,
+    pub bytes: Vec<u8>,
+}
+
+impl ModelArtifact {
+    /// A model argument (`demo:vit`, `demo:resnet`, or an ONNX file with any
+    /// external data pulled inline, since the board gets one file).
+    pub fn from_spec(spec: &str) -> Result<ModelArtifact, BoardError> {
+        let onnx = crate::demo::load_model_spec(spec)?;
+        let name = match spec {
+            "demo:vit" => "vit-digits".to_string(),
+            "demo:resnet" => "resnet-digits".to_string(),
+            path => device_name(Path::new(path).file_stem().map_or(path.into(), |s| s.to_string_lossy())),
+        };
+        Ok(ModelArtifact::new(name, onnx))
+    }
+
+    /// A model held in memory (e.g. a freshly compacted one).
+    pub fn new(name: impl AsRef<str>, onnx: OnnxModel) -> ModelArtifact {
+        let bytes = onnx.to_bytes();
+        ModelArtifact { name: device_name(name.as_ref()), onnx, bytes }
+    }
+}
+
+/// A valid device artifact name (`[A-Za-z0-9._-]{1,64}`, no leading dot).
+pub fn device_name(name: impl AsRef<str>) -> String {
+    let cleaned: String = name
+        .as_ref()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '-' })
+        .collect();
+    let trimmed: String = cleaned.trim_start_matches('.').chars().take(64).collect();
+    if trimmed.is_empty() {
+        "model".into()
+    } else {
+        trimmed
+    }
+}
+
+impl Device {
+    /// Connects (starting the `local` or `qemu-aarch64` board first) and
+    /// completes the handshake.
+    pub fn connect(target: &Target) -> Result<Device, BoardError> {
+        Self::open(target, false)
+    }
+
+    /// Like [`Device::connect`] with short timeouts, for discovery.
+    pub fn discover(target: &Target) -> Result<Device, BoardError> {
+        Self::open(target, true)
+    }
+
+    fn open(target: &Target, quick: bool) -> Result<Device, BoardError> {
+        let label = target.label();
+        let setup = |problem: String| BoardError::Setup { device: label.clone(), problem };
+        let mut config = ClientConfig::serial();
+        let (mut local, mut qemu) = (None, None);
+        let route = match target {
+            Target::Serial { path, baud, key, .. } => {
+                config.key = key.clone();
+                Route::Serial { path: path.clone(), baud: *baud }
+            }
+            Target::Tcp { addr, key, .. } => {
+                let Some(key) = key.clone() else {
+                    return Err(setup(format!(
+                        "TCP needs the device's pre-shared key: pass --key-file PATH or set ${KEY_ENV}"
+                    )));
+                };
+                config = ClientConfig::tcp(key);
+                Route::Tcp { addr: addr.clone() }
+            }
+            Target::Local { store } => {
+                let (master, b) = start_local(store).map_err(setup)?;
+                local = Some(b);
+                // A pty moves large frames as fast as small ones.
+                config.preferred_chunk = rba_protocol::DEFAULT_TCP_CHUNK;
+                Route::Pty(master)
+            }
+            Target::Qemu { store } => {
+                let (master, b) = start_qemu(store).map_err(setup)?;
+                qemu = Some(b);
+                // Emulation is tens of times slower: be patient.
+                config.preferred_chunk = 64 * 1024;
+                config.request_timeout = Duration::from_secs(15);
+                config.job_idle_timeout = Duration::from_secs(120);
+                config.max_retries = 2;
+                Route::Pty(master)
+            }
+        };
+        if quick && !matches!(target, Target::Qemu { .. }) {
+            config.request_timeout = Duration::from_millis(1500);
+            config.max_retries = 0;
+        }
+        let connector = Connector {
+            route,
+            config,
+            connect_timeout: if quick { Duration::from_secs(2) } else { Duration::from_secs(10) },
+        };
+        // A TCP daemon serves one host at a time and answers Busy until it
+        // has noticed that the previous host (often this same user's last
+        // command) left: give it a moment before reporting it.
+        let mut busy_retries = if quick { 2 } else { 10 };
+        let client = loop {
+            match connector.connect() {
+                Err(ClientError::Remote(RemoteError::Busy)) if busy_retries > 0 => {
+                    busy_retries -= 1;
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                Err(source) => return Err(BoardError::Device { device: label.clone(), source }),
+                Ok(c) => break c,
+            }
+        };
+        let session = client.session().cloned().ok_or_else(|| setup("no session after the handshake".into()))?;
+        Ok(Device {
+            label,
+            connector,
+            client: Some(client),
+            session,
+            progress: Arc::new(Silent),
+            _local: local,
+            _qemu: qemu,
+        })
+    }
+
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    /// Who the device said it is in the handshake.
+    pub fn identity(&self) -> &DeviceIdentity {
+        &self.session.device
+    }
+
+    pub fn session(&self) -> &Session {
+        &self.session
+    }
+
+    /// Where uploads and jobs report progress (default: nowhere).
+    pub fn set_progress(&mut self, progress: Arc<dyn Progress>) {
+        self.progress = progress;
+    }
+
+    fn error(&self, source: ClientError) -> BoardError {
+        BoardError::Device { device: self.label.clone(), source }
+    }
+
+    /// The session, reopened if an earlier failure dropped it.
+    pub fn client(&mut self) -> Result<&mut Client<Stream>, BoardError> {
+        let client = match self.client.take() {
+            Some(c) => c,
+            None => self.connector.connect().map_err(|e| self.error(e))?,
+        };
+        Ok(self.client.insert(client))
+    }
+
+    /// Runs one request; a failed session is dropped so the next call reconnects.
+    fn with_client<T>(
+        &mut self,
+        f: impl FnOnce(&mut Client<Stream>) -> Result<T, ClientError>,
+    ) -> Result<T, BoardError> {
+        let client = self.client()?;
+        match f(client) {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                if e.is_link_failure() {
+                    self.client = None;
+                }
+                Err(self.error(e))
+            }
+        }
+    }
+
+    pub fn info(&mut self) -> Result<DeviceInfo, BoardError> {
+        self.with_client(|c| c.device_info())
+    }
+
+    /// Deploys a model under its name; skipped when the device already
+    /// holds the same bytes under that name.
+    pub fn deploy(&mut self, model: &ModelArtifact) -> Result<Deployed, BoardError> {
+        self.upload(ArtifactKind::Model, &model.name, &model.bytes)
+    }
+
+    /// Uploads an artifact unless the device already has these bytes
+    /// (same name and SHA-256); resumes across broken links.
+    pub fn upload(&mut self, kind: ArtifactKind, name: &str, bytes: &[u8]) -> Result<Deployed, BoardError> {
+        let sha: [u8; 32] = Sha256::digest(bytes).into();
+        let size = bytes.len() as u64;
+        let have = self.with_client(|c| c.list(Some(kind)))?;
+        if have.iter().any(|a| a.name == name && a.sha256 == sha && a.size == size) {
+            return Ok(Deployed { name: name.into(), size, sha256: hex(&sha), skipped: true, resumed_from: 0 });
+        }
+        let task = self.progress.task(&format!("upload {name}"), Some(size), Unit::Bytes);
+        let mut first = self.client.take();
+        let connector = &self.connector;
+        let mut resumed_from = 0;
+        let result = upload_resumable(
+            || match first.take() {
+                Some(c) => Ok(c),
+                None => connector.connect(),
+            },
+            kind,
+            name,
+            bytes,
+            UPLOAD_ATTEMPTS,
+            |p| {
+                resumed_from = p.resumed_from;
+                task.set(p.acked);
+            },
+        );
+        drop(task);
+        match result {
+            Ok((client, info)) => {
+                self.client = Some(client);
+                Ok(Deployed {
+                    name: info.name,
+                    size: info.size,
+                    sha256: hex(&info.sha256),
+                    skipped: false,
+                    resumed_from,
+                })
+            }
+            Err(e) => Err(self.error(e)),
+        }
+    }
+
+    /// Benchmarks one model, or A/B-compares two with interleaved runs
+    /// (models are device names, see [`Device::deploy`]).
+    pub fn bench(&mut self, models: &[&str], options: &BenchOptions) -> Result<BenchReport, BoardError> {
+        let what = format!("benchmark {}", models.join(" vs "));
+        let task = self.progress.task(&what, None, Unit::Steps);
+        let show = |p: &rba_protocol::Progress| {
+            let total = p.total.map_or(String::new(), |t| format!("/{t}"));
+            task.message(&format!("{what}: {:?} {}{total}", p.phase, p.done));
+            ControlFlow::Continue(())
+        };
+        let result = match models {
+            [one] => {
+                let req = BenchmarkRequest {
+                    model: (*one).into(),
+                    threads: options.threads,
+                    warmup: options.warmup,
+                    runs: options.runs,
+                    input_bundle: options.input_bundle.clone(),
+                };
+                self.with_client(|c| c.benchmark(&req, show)).map(|r| (vec![r], None))
+            }
+            [a, b] => {
+                let req = CompareRequest {
+                    model_a: (*a).into(),
+                    model_b: (*b).into(),
+                    threads: options.threads,
+                    warmup: options.warmup,
+                    runs: options.runs,
+                    input_bundle: options.input_bundle.clone(),
+                };
+                self.with_client(|c| c.compare(&req, show)).map(|r| {
+                    let speedup = speedup_ci(&r.a.samples_ns, &r.b.samples_ns, 0.95, options.resamples, options.seed);
+                    let ab = AbComparison {
+                        model_a: r.a.model.clone(),
+                        model_b: r.b.model.clone(),
+                        ratio_of_medians: r.ratio_of_medians,
+                        speedup,
+                    };
+                    (vec![r.a, r.b], Some(ab))
+                })
+            }
+            _ => Err(BoardError::Usage(format!("bench takes one or two models, got {}", models.len()))),
+        };
+        drop(task);
+        let (results, ab) = result?;
+        Ok(BenchReport { device: self.identity().clone(), results, ab })
+    }
+
+    /// Uploads the bundle (skipped when already there) and evaluates
+    /// `model` on it on the device.
+    pub fn evaluate(&mut self, model: &str, bundle: &EvalBundle) -> Result<EvalResult, BoardError> {
+        let bytes = bundle.encode()?;
+        let name = format!("eval-{}", &hex(&Sha256::digest(&bytes))[..16]);
+        self.upload(ArtifactKind::EvalBundle, &name, &bytes)?;
+        let task = self.progress.task(&format!("evaluate {model}"), None, Unit::Steps);
+        let req = EvalRequest { model: model.into(), bundle: name, threads: None };
+        self.with_client(|c| {
+            c.evaluate(&req, |p| {
+                task.message(&format!("evaluate {model}: {}/{}", p.done, p.total.unwrap_or(0)));
+                ControlFlow::Continue(())
+            })
+        })
+    }
+}

@@ -1,0 +1,102 @@
+//! The compaction report (`rba compact`'s `<out>.report.json`, the demo's
+//! compaction.json) and the record stored in the compacted model's
+//! metadata (`rba.compaction`); REPORT.md, "Compaction report".
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use super::nan_as_null;
+use crate::compact::evaluate::Quality;
+use crate::compact::{Replacement, Selection, Trial};
+use crate::model::Model;
+
+/// Bumped when the JSON layout changes incompatibly (REPORT.md).
+pub const COMPACTION_SCHEMA_VERSION: u32 = 1;
+
+/// Metadata key of the [`CompactionRecord`] in a compacted model.
+pub const METADATA_KEY: &str = "rba.compaction";
+
+/// What a compaction did: stored in the compacted model and in the report.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CompactionRecord {
+    pub replacements: Vec<Replacement>,
+    pub calibration: Calibration,
+    pub held_out: DataUsed,
+    pub baseline: Quality,
+    pub result: Quality,
+}
+
+/// The calibration images and what the maps were fitted on.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Calibration {
+    pub source: String,
+    pub images: usize,
+    /// `original model activations`, or sequentially on the partly compacted model.
+    pub fitted_on: String,
+}
+
+/// A data source and how many of its images were used.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DataUsed {
+    pub source: String,
+    pub images: usize,
+}
+
+/// The full report: the record plus every verified candidate.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CompactionReport {
+    pub schema_version: u32,
+    pub model: String,
+    pub output: String,
+    pub compaction: CompactionRecord,
+    pub trials: Vec<Trial>,
+    /// Spearman correlation of each proxy score with the measured drop over
+    /// single blocks (null where undefined).
+    #[serde(with = "nan_as_null::pairs")]
+    pub proxy_spearman: Vec<(String, f64)>,
+}
+
+/// What the maps were fitted on, for [`Calibration::fitted_on`].
+pub const FITTED_ON_ORIGINAL: &str = "original model activations";
+pub const FITTED_SEQUENTIALLY: &str = "sequentially, each span on the model with the earlier spans replaced";
+
+impl CompactionReport {
+    pub fn new(
+        model: &Model,
+        out: &Path,
+        selection: &Selection,
+        calibration: Calibration,
+        held_out: DataUsed,
+    ) -> CompactionReport {
+        CompactionReport {
+            schema_version: COMPACTION_SCHEMA_VERSION,
+            model: model.onnx.path.display().to_string(),
+            output: out.display().to_string(),
+            compaction: CompactionRecord {
+                replacements: selection.replacements.clone(),
+                calibration,
+                held_out,
+                baseline: selection.baseline,
+                result: selection.result,
+            },
+            trials: selection.trials.clone(),
+            proxy_spearman: selection.proxy_spearman.clone(),
+        }
+    }
+
+    /// The best held-out metric reached for each number of blocks removed
+    /// (index 0: the original model), over every verified candidate.
+    pub fn best_metric_per_removed(&self) -> Vec<Option<f64>> {
+        let mut best: Vec<Option<f64>> = vec![Some(self.compaction.baseline.metric())];
+        for t in &self.trials {
+            let k = t.removed_blocks.len();
+            if best.len() <= k {
+                best.resize(k + 1, None);
+            }
+            let m = t.quality.metric();
+            best[k] = Some(best[k].map_or(m, |b: f64| b.max(m)));
+        }
+        best
+    }
+}

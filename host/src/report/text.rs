@@ -1,0 +1,321 @@
+//! Terminal output: the tables and one-line summaries every command prints,
+//! and the number formats they share.
+
+use rba_protocol::{DeviceIdentity, EvalResult};
+
+use super::analysis::{AnalysisReport, SPAN_COLUMNS};
+use crate::board::BenchReport;
+use crate::compact::evaluate::EvalRow;
+use crate::compact::Selection;
+use crate::fit::probe::Probe;
+use crate::model::cost;
+use crate::model::inspect::{Inspection, TensorSummary};
+use crate::model::Model;
+
+/// Human-readable counts: 1234567 -> "1.23M".
+pub fn si(n: u64) -> String {
+    match n {
+        0..=9_999 => n.to_string(),
+        10_000..=999_999 => format!("{:.1}K", n as f64 / 1e3),
+        1_000_000..=999_999_999 => format!("{:.2}M", n as f64 / 1e6),
+        _ => format!("{:.2}G", n as f64 / 1e9),
+    }
+}
+
+/// `1.23 ms`, `456 us`, `2.10 s`.
+pub fn format_ns(ns: f64) -> String {
+    if ns >= 1e9 {
+        format!("{:.2} s", ns / 1e9)
+    } else if ns >= 1e6 {
+        format!("{:.2} ms", ns / 1e6)
+    } else if ns >= 1e3 {
+        format!("{:.0} us", ns / 1e3)
+    } else {
+        format!("{ns:.0} ns")
+    }
+}
+
+pub fn format_bytes(b: u64) -> String {
+    let b = b as f64;
+    if b >= (1u64 << 30) as f64 {
+        format!("{:.1} GiB", b / (1u64 << 30) as f64)
+    } else {
+        format!("{:.1} MiB", b / (1u64 << 20) as f64)
+    }
+}
+
+/// One line about a device: board, arch, cores, memory, runtime.
+pub fn describe_identity(id: &DeviceIdentity) -> String {
+    format!(
+        "{} ({} {}, {} cores, {} RAM, {}, rba {}{})",
+        id.board,
+        id.arch,
+        id.os,
+        id.cores,
+        format_bytes(id.memory_bytes),
+        id.runtime,
+        id.rba_version,
+        if id.hostname.is_empty() { String::new() } else { format!(", host {}", id.hostname) }
+    )
+}
+
+/// The latency table, stability warnings and the A/B line.
+pub fn bench(report: &BenchReport) -> String {
+    let mut out = format!("device  {}\n", describe_identity(&report.device));
+    let width = report.results.iter().map(|r| r.model.len()).max().unwrap_or(5).max(5);
+    out.push_str(&format!(
+        "{:width$}  {:>5}  {:>9}  {:>9}  {:>9}  {:>9}  {:>9}  {:>9}  {:>9}  {:>9}  {:>9}  {:>9}  {:>3}\n",
+        "model", "runs", "load", "first", "min", "p50", "p90", "p99", "max", "mean", "std", "peak RSS", "thr"
+    ));
+    for r in &report.results {
+        let s = &r.stats;
+        let ns = |v: u64| format_ns(v as f64);
+        out.push_str(&format!(
+            "{:width$}  {:>5}  {:>9}  {:>9}  {:>9}  {:>9}  {:>9}  {:>9}  {:>9}  {:>9}  {:>9}  {:>9}  {:>3}\n",
+            r.model,
+            s.count,
+            ns(r.load_time_ns),
+            ns(r.first_run_ns),
+            ns(s.min_ns),
+            ns(s.p50_ns),
+            ns(s.p90_ns),
+            ns(s.p99_ns),
+            ns(s.max_ns),
+            format_ns(s.mean_ns),
+            format_ns(s.std_ns),
+            r.peak_rss_bytes.map_or("-".into(), format_bytes),
+            r.threads,
+        ));
+    }
+    for r in &report.results {
+        if r.stats.unstable {
+            out.push_str(&format!(
+                "warning: {}: unstable measurement (coefficient of variation {:.1}% > {:.0}%): close other programs, cool the board, or add runs\n",
+                r.model,
+                100.0 * r.stats.cv,
+                100.0 * rba_protocol::stats::UNSTABLE_CV
+            ));
+        }
+        if let Some(t) = &r.throttling {
+            if t.throttled || t.under_voltage || t.soft_temp_limit {
+                out.push_str(&format!("warning: {}: the board throttled during the run ({t:?})\n", r.model));
+            }
+        }
+    }
+    if let Some(ab) = &report.ab {
+        let runs = report.results.first().map_or(0, |r| r.stats.count);
+        match ab.speedup {
+            Some(s) => {
+                out.push_str(&format!(
+                    "A/B, {runs} interleaved runs each: speedup of {} over {} {:.3}x ({:.0}% CI {:.3}x .. {:.3}x, paired bootstrap; p50 B/A {:.3})\n",
+                    ab.model_b,
+                    ab.model_a,
+                    s.point,
+                    100.0 * s.confidence,
+                    s.low,
+                    s.high,
+                    ab.ratio_of_medians
+                ));
+                if s.low <= 1.0 && 1.0 <= s.high {
+                    out.push_str("note: the interval contains 1x: no significant difference at this noise level (add runs or quiet the board)\n");
+                }
+            }
+            None => out.push_str(&format!("A/B: p50 ratio B/A {:.3}\n", ab.ratio_of_medians)),
+        }
+    }
+    out
+}
+
+/// One line per evaluated model.
+pub fn device_evaluation(results: &[EvalResult], source: &str) -> String {
+    let mut out = String::new();
+    for e in results {
+        let pct = |v: f64| format!("{:.2}%", 100.0 * v);
+        let mut line = format!("on-device  {}: {} samples of {source}", e.model, e.samples);
+        if let Some(a) = e.top1_accuracy {
+            line.push_str(&format!(", top-1 accuracy {}", pct(a)));
+        }
+        if let Some(a) = e.top1_agreement {
+            line.push_str(&format!(", top-1 agreement with the reference {}", pct(a)));
+        }
+        if let Some(l) = e.latency {
+            line.push_str(&format!(", mean latency {}", format_ns(l.mean_ns)));
+        }
+        out.push_str(&line);
+        out.push('\n');
+    }
+    out
+}
+
+fn shape_text(s: &[usize]) -> String {
+    format!("[{}]", s.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(","))
+}
+
+/// `rba inspect`'s summary.
+pub fn inspection(i: &Inspection) -> String {
+    let mut out = String::new();
+    let io = |t: &TensorSummary| format!("{} [{}]", t.name, t.shape.join(","));
+    out += &format!("model     {}\n", i.file);
+    out += &format!("producer  {} (ir {}, opset {})\n", i.producer, i.ir_version, i.opset);
+    out += &format!("inputs    {}\n", i.inputs.iter().map(io).collect::<Vec<_>>().join(", "));
+    out += &format!("outputs   {}\n", i.outputs.iter().map(io).collect::<Vec<_>>().join(", "));
+    out += &format!("size      {} nodes, {} parameters, {} MACs per image\n", i.nodes, si(i.params), si(i.macs));
+    let mut ops: Vec<(&String, &usize)> = i.op_histogram.iter().collect();
+    ops.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+    out += &format!("ops       {}\n", ops.iter().map(|(op, n)| format!("{op} {n}")).collect::<Vec<_>>().join(", "));
+    let b = &i.blocks;
+    let block_params: u64 = b.blocks.iter().map(|x| x.params).sum();
+    out += &format!(
+        "\nblocks ({}, {} found, {} replaceable, {:.1}% of parameters)\n",
+        b.source,
+        b.blocks.len(),
+        b.replaceable_count(),
+        100.0 * block_params as f64 / i.params.max(1) as f64
+    );
+    let width = b.blocks.iter().flat_map(|x| [x.input.len(), x.output.len()]).max().unwrap_or(5).clamp(5, 48);
+    out += &format!(
+        "{:>5}  {:<width$}  {:<width$}  {:<16}  {:>8}  {:>8}  {}\n",
+        "block", "input", "output", "shape", "params", "MACs", "replaceable"
+    );
+    for x in &b.blocks {
+        let shape = if x.input_shape == x.output_shape {
+            shape_text(&x.input_shape)
+        } else {
+            format!("{}->{}", shape_text(&x.input_shape), shape_text(&x.output_shape))
+        };
+        out += &format!(
+            "{:>5}  {:<width$}  {:<width$}  {:<16}  {:>8}  {:>8}  {}\n",
+            x.index,
+            ellipsize(&x.input, width),
+            ellipsize(&x.output, width),
+            shape,
+            si(x.params),
+            si(x.macs),
+            x.not_replaceable.as_deref().map_or("yes".to_string(), |why| format!("no: {why}"))
+        );
+    }
+    out
+}
+
+/// Keeps the informative tail of long tensor names.
+fn ellipsize(s: &str, width: usize) -> String {
+    let n = s.chars().count();
+    if n <= width {
+        s.to_string()
+    } else {
+        let tail: String = s.chars().skip(n - (width - 1)).collect();
+        format!("…{tail}")
+    }
+}
+/// The ranked span table for the terminal.
+pub fn span_table(r: &AnalysisReport, limit: usize) -> String {
+    let mut out = format!(
+        "{} on {} images from {}: {} candidate spans (1-{} blocks), best first\n",
+        r.model.file,
+        r.data.images,
+        r.data.source,
+        r.spans.len(),
+        r.spans.iter().map(|s| s.score.blocks).max().unwrap_or(0)
+    );
+    const WIDTHS: [usize; 9] = [7, 6, 10, 10, 12, 10, 7, 12, 10];
+    let line = |cells: &[String]| {
+        let padded: Vec<String> = cells.iter().zip(WIDTHS).map(|(c, w)| format!("{c:>w$}")).collect();
+        padded.join("  ") + "\n"
+    };
+    out += &line(&SPAN_COLUMNS.map(String::from));
+    for s in r.spans.iter().take(limit) {
+        out += &line(&s.cells());
+    }
+    out
+}
+/// The terminal summary of a selection.
+pub fn selection(model: &Model, s: &Selection) -> String {
+    let graph = model.onnx.graph();
+    let slim = s.model.graph();
+    let pct = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{:.2}%", 100.0 * v));
+    let mut out = String::new();
+    for r in &s.replacements {
+        out += &format!(
+            "replaced span {} (blocks {}..={}) with {:?} (fit 1-R^2 {:.4}, {:?})\n",
+            r.span,
+            r.span.start + 1,
+            r.span.end,
+            r.translator,
+            r.fit_residual,
+            r.solver
+        );
+    }
+    out += &format!(
+        "held-out accuracy {} -> {}, agreement {:.2}%, output cosine {:.4}\n",
+        pct(s.baseline.accuracy),
+        pct(s.result.accuracy),
+        100.0 * s.result.agreement,
+        s.result.output_cosine
+    );
+    out += &format!("parameters {} -> {}\n", si(cost::total_params(graph)), si(cost::total_params(slim)));
+    if !s.proxy_spearman.is_empty() {
+        let list: Vec<String> = s.proxy_spearman.iter().map(|(n, r)| format!("{n} {r:.2}")).collect();
+        out += &format!("Spearman(proxy, measured drop) over single blocks: {}\n", list.join(", "));
+    }
+    out
+}
+
+/// `rba evaluate`'s table.
+pub fn evaluation(rows: &[EvalRow]) -> String {
+    let pct = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{:.2}%", 100.0 * v));
+    let mut out = format!(
+        "{:<28}  {:>8}  {:>8}  {:>9}  {:>7}  {:>8}  {:>8}  {:>9}  {:>10}  {:>7}  {:>7}\n",
+        "model", "top-1", "top-5", "agreement", "cosine", "params", "MACs", "file", "latency", "speedup", "ideal"
+    );
+    for r in rows {
+        let name = if r.model.chars().count() > 28 {
+            format!("…{}", r.model.chars().skip(r.model.chars().count() - 27).collect::<String>())
+        } else {
+            r.model.clone()
+        };
+        out += &format!(
+            "{:<28}  {:>8}  {:>8}  {:>8.2}%  {:>7.4}  {:>8}  {:>8}  {:>9}  {:>8.2}ms  {:>6.2}x  {:>6.2}x\n",
+            name,
+            pct(r.accuracy_top1),
+            pct(r.accuracy_top5),
+            100.0 * r.agreement,
+            r.output_cosine,
+            si(r.params),
+            si(r.macs),
+            si(r.file_bytes),
+            1e3 * r.latency_median_s,
+            r.speedup,
+            r.ideal_speedup
+        );
+    }
+    out
+}
+/// A short text summary: accuracy per lambda and the choice.
+pub fn probe(p: &Probe) -> String {
+    let pct = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{:.1}%", 100.0 * v));
+    let mut s = String::new();
+    s.push_str(&format!(
+        "probe on '{}' ({}, D = {}, {} classes)\n",
+        p.record.feature,
+        p.record.pooling,
+        p.layout.dim(),
+        p.classes.len()
+    ));
+    s.push_str("  rel. lambda      lambda    train      val  solver\n");
+    for (i, t) in p.trials.iter().enumerate() {
+        s.push_str(&format!(
+            "  {:>11.0e} {:>11.3e} {:>8} {:>8}  {:?}{}\n",
+            t.relative_lambda,
+            t.lambda,
+            pct(Some(t.train_accuracy)),
+            pct(t.val_accuracy),
+            t.solver,
+            if i == p.chosen { "  <- chosen" } else { "" }
+        ));
+    }
+    s.push_str(&format!(
+        "chosen relative lambda {:.0e} (best validation accuracy, ties to the larger); head fitted on {}\n",
+        p.trials[p.chosen].relative_lambda, p.record.fitted_on
+    ));
+    s
+}
