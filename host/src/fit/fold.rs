@@ -1,4 +1,4 @@
-//! Folded translators (METHOD.md, ReplaceMe-style): when the block before a
+//! Folded translators (METHOD.md, "Folding"; ReplaceMe-style): when the block before a
 //! span ends in `h_s = r_s + m_s`, with `m_s = (a W2 + b2) [* gamma]` the
 //! output of a linear layer (times an optional LayerScale), a map `T` fitted
 //! on `m_s -> h_e - r_s` is multiplied into that layer (`W2 <- W2 diag(gamma) T`,

@@ -102,7 +102,7 @@ impl Cross {
     }
 }
 
-/// The kind of map fitted (METHOD.md).
+/// The kind of map fitted (METHOD.md, "Fitting").
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FitKind {
