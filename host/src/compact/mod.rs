@@ -60,6 +60,20 @@ impl TranslatorKind {
     /// The values `--translator` takes.
     pub const NAMES: [&'static str; 6] = ["linear", "affine", "ridge", "identity", "folded", "auto"];
 
+    /// Parameters and MACs per image this translator adds for a span whose
+    /// input has `d` features at `positions` tokens or pixels (a `MatMul`
+    /// or 1x1 `Conv`; folded and identity add nothing).
+    pub fn cost(self, d: usize, positions: usize) -> ModelCost {
+        let (d, positions) = (d as u64, positions as u64);
+        match self {
+            TranslatorKind::Identity | TranslatorKind::Folded => ModelCost { params: 0, macs: 0 },
+            TranslatorKind::Linear | TranslatorKind::Ridge | TranslatorKind::Auto => {
+                ModelCost { params: d * d, macs: positions * d * d }
+            }
+            TranslatorKind::Affine => ModelCost { params: d * d + d, macs: positions * d * d },
+        }
+    }
+
     fn fit_kind(self) -> FitKind {
         match self {
             TranslatorKind::Linear | TranslatorKind::Folded | TranslatorKind::Auto => FitKind::Linear,
@@ -144,6 +158,41 @@ pub struct Replacement {
 pub struct Trial {
     pub removed_blocks: Vec<usize>,
     pub quality: Quality,
+    /// The candidate's size: the original's minus the removed blocks plus
+    /// the translators searched with.
+    pub cost: ModelCost,
+}
+
+/// What a model costs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct ModelCost {
+    pub params: u64,
+    /// Multiply-accumulates per image.
+    pub macs: u64,
+}
+
+impl ModelCost {
+    /// Of a model, counted on its graph.
+    pub fn of(model: &Model) -> ModelCost {
+        let graph = model.onnx.graph();
+        ModelCost {
+            params: crate::model::cost::total_params(graph),
+            macs: crate::model::cost::total_macs(graph, &model.index, &model.shapes),
+        }
+    }
+
+    /// Of an ONNX model without blocks (e.g. a compacted one).
+    pub fn of_onnx(onnx: &OnnxModel) -> Result<ModelCost, RunError> {
+        let path = onnx.path.display().to_string();
+        let index = crate::onnx::graph::GraphIndex::new(onnx.graph())
+            .map_err(|reason| RunError::Load { path: path.clone(), reason })?;
+        let shapes = crate::model::run::tensor_shapes(onnx, 1)?;
+        let graph = onnx.graph();
+        Ok(ModelCost {
+            params: crate::model::cost::total_params(graph),
+            macs: crate::model::cost::total_macs(graph, &index, &shapes),
+        })
+    }
 }
 
 #[derive(Debug, Serialize)]

@@ -4,11 +4,10 @@
 
 use super::evaluate::{quality, HeldOut, Quality};
 use super::surgery::{check_spans, Span};
-use super::{build, spans_of, Budget, CompactError, Replacement, Selection, TranslatorKind, Trial};
+use super::{build, spans_of, Budget, CompactError, ModelCost, Replacement, Selection, TranslatorKind, Trial};
 use crate::calibrate::scores::SpanScore;
 use crate::calibrate::Statistics;
 use crate::model::blocks::Block;
-use crate::model::cost;
 use crate::model::Model;
 use crate::onnx::OnnxModel;
 use crate::progress::Progress;
@@ -36,9 +35,9 @@ pub fn select(
             model: m,
         });
     }
-    let costs = Costs::of(model);
+    let costs = Costs { blocks: &model.blocks.blocks, original: ModelCost::of(model), kind: kind_for_search(kind) };
     let mut search =
-        Search { model, stats, held, kind, removed: Vec::new(), trials: Vec::new(), single_drops: Vec::new() };
+        Search { model, stats, held, costs: &costs, removed: Vec::new(), trials: Vec::new(), single_drops: Vec::new() };
     let mut best_model: Option<(OnnxModel, Vec<Replacement>, Quality)> = None;
     while !costs.met(budget, &search.removed) {
         let mut measured = search.measure_next(&baseline)?;
@@ -86,7 +85,7 @@ struct Search<'a> {
     model: &'a Model,
     stats: &'a Statistics,
     held: &'a HeldOut,
-    kind: TranslatorKind,
+    costs: &'a Costs<'a>,
     /// Blocks removed so far, in the order chosen.
     removed: Vec<usize>,
     /// Every candidate measured.
@@ -107,10 +106,11 @@ impl Search<'_> {
             let mut candidate = self.removed.clone();
             candidate.push(b);
             let spans: Vec<(Span, TranslatorKind)> =
-                spans_of(&candidate).into_iter().map(|s| (s, kind_for_search(self.kind))).collect();
+                spans_of(&candidate).into_iter().map(|s| (s, self.costs.kind)).collect();
             let Ok((m, _)) = build(self.model, self.stats, &spans) else { continue };
             let q = self.held.measure(&m)?;
-            self.trials.push(Trial { removed_blocks: sorted(&candidate), quality: q });
+            let cost = self.costs.after(&candidate);
+            self.trials.push(Trial { removed_blocks: sorted(&candidate), quality: q, cost });
             if self.removed.is_empty() {
                 self.single_drops.push((b, baseline.metric() - q.metric()));
             }
@@ -120,47 +120,38 @@ impl Search<'_> {
     }
 }
 
-/// What the original model costs, and what removing blocks saves (their
-/// cost minus a linear translator's per span).
+/// What the original model costs, and what it costs with blocks removed
+/// (their cost out, one translator of the searched kind per span in).
 struct Costs<'a> {
     blocks: &'a [Block],
-    params: f64,
-    macs: f64,
+    original: ModelCost,
+    kind: TranslatorKind,
 }
 
-impl<'a> Costs<'a> {
-    fn of(model: &'a Model) -> Self {
-        let graph = model.onnx.graph();
-        Costs {
-            blocks: &model.blocks.blocks,
-            params: cost::total_params(graph) as f64,
-            macs: cost::total_macs(graph, &model.index, &model.shapes) as f64,
+impl Costs<'_> {
+    fn after(&self, removed: &[usize]) -> ModelCost {
+        let mut cost = self.original;
+        for &b in removed {
+            cost.params = cost.params.saturating_sub(self.blocks[b - 1].params);
+            cost.macs = cost.macs.saturating_sub(self.blocks[b - 1].macs);
         }
-    }
-
-    fn saved(&self, removed: &[usize], cost: fn(&Block) -> u64, per_translator: fn(usize, usize) -> u64) -> f64 {
-        let saved: u64 = removed.iter().map(|&b| cost(&self.blocks[b - 1])).sum();
-        let added: u64 = spans_of(removed)
-            .iter()
-            .map(|s| {
-                let first = &self.blocks[s.start];
-                let d = first.features().unwrap_or(0);
-                per_translator(d, first.input_shape.iter().product::<usize>() / d.max(1))
-            })
-            .sum();
-        saved as f64 - added as f64
+        for s in spans_of(removed) {
+            let first = &self.blocks[s.start];
+            let d = first.features().unwrap_or(0);
+            let added = self.kind.cost(d, first.input_shape.iter().product::<usize>() / d.max(1));
+            cost.params += added.params;
+            cost.macs += added.macs;
+        }
+        cost
     }
 
     /// Whether removing `removed` meets the budget.
     fn met(&self, budget: &Budget, removed: &[usize]) -> bool {
+        let fraction = |after: u64, original: u64| after as f64 / original.max(1) as f64;
         match budget {
             Budget::Remove(k) => removed.len() >= *k,
-            Budget::TargetParams(f) => {
-                self.params - self.saved(removed, |b| b.params, |d, _| (d * d) as u64) <= f * self.params
-            }
-            Budget::TargetMacs(f) => {
-                self.macs - self.saved(removed, |b| b.macs, |d, positions| (positions * d * d) as u64) <= f * self.macs
-            }
+            Budget::TargetParams(f) => fraction(self.after(removed).params, self.original.params) <= *f,
+            Budget::TargetMacs(f) => fraction(self.after(removed).macs, self.original.macs) <= *f,
             Budget::MaxDrop(_) | Budget::Spans(_) => false,
         }
     }

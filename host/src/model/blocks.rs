@@ -55,7 +55,7 @@ pub enum FeatureLayout {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Block {
-    /// Index of the block; block `b` maps boundary `b` to boundary `b + 1`.
+    /// Index of the block, from 1; block `b` maps boundary `b - 1` to boundary `b`.
     pub index: usize,
     pub input: String,
     pub output: String,
@@ -89,7 +89,7 @@ impl Block {
 /// Detected or user-given boundaries and the blocks between them.
 #[derive(Debug, Clone, Serialize)]
 pub struct BlockMap {
-    /// Boundary tensors in data-flow order; `boundaries[0]` feeds block 0.
+    /// Boundary tensors in data-flow order; `boundaries[0]` feeds block 1.
     pub boundaries: Vec<String>,
     pub blocks: Vec<Block>,
     /// "auto" or "user".

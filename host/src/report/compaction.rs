@@ -8,7 +8,8 @@ use serde::{Deserialize, Serialize};
 
 use super::nan_as_null;
 use crate::compact::evaluate::Quality;
-use crate::compact::{Replacement, Selection, Trial};
+use crate::compact::{ModelCost, Replacement, Selection, Trial};
+use crate::model::run::RunError;
 use crate::model::Model;
 
 /// Bumped when the JSON layout changes incompatibly (REPORT.md).
@@ -50,6 +51,9 @@ pub struct CompactionReport {
     pub model: String,
     pub output: String,
     pub compaction: CompactionRecord,
+    /// The original and the compacted model, counted on their graphs.
+    pub original: ModelCost,
+    pub compacted: ModelCost,
     pub trials: Vec<Trial>,
     /// Spearman correlation of each proxy score with the measured drop over
     /// single blocks (null where undefined).
@@ -68,8 +72,8 @@ impl CompactionReport {
         selection: &Selection,
         calibration: Calibration,
         held_out: DataUsed,
-    ) -> CompactionReport {
-        CompactionReport {
+    ) -> Result<CompactionReport, RunError> {
+        Ok(CompactionReport {
             schema_version: COMPACTION_SCHEMA_VERSION,
             model: model.onnx.path.display().to_string(),
             output: out.display().to_string(),
@@ -80,9 +84,11 @@ impl CompactionReport {
                 baseline: selection.baseline,
                 result: selection.result,
             },
+            original: ModelCost::of(model),
+            compacted: ModelCost::of_onnx(&selection.model)?,
             trials: selection.trials.clone(),
             proxy_spearman: selection.proxy_spearman.clone(),
-        }
+        })
     }
 
     /// The best held-out metric reached for each number of blocks removed

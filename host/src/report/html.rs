@@ -456,7 +456,7 @@ mod tests {
         use crate::board::{AbComparison, BenchReport, Speedup};
         use crate::compact::evaluate::Quality;
         use crate::compact::surgery::Span;
-        use crate::compact::{Replacement, TranslatorKind, Trial};
+        use crate::compact::{ModelCost, Replacement, TranslatorKind, Trial};
         use crate::report::compaction::{Calibration, CompactionRecord, DataUsed};
         use crate::report::device::Evaluation;
 
@@ -522,9 +522,11 @@ mod tests {
                 result: q(0.98),
             },
             trials: vec![
-                Trial { removed_blocks: vec![5], quality: q(0.985) },
-                Trial { removed_blocks: vec![5, 6], quality: q(0.98) },
+                Trial { removed_blocks: vec![5], quality: q(0.985), cost: ModelCost { params: 900, macs: 9000 } },
+                Trial { removed_blocks: vec![5, 6], quality: q(0.98), cost: ModelCost { params: 800, macs: 8000 } },
             ],
+            original: ModelCost { params: 1000, macs: 10_000 },
+            compacted: ModelCost { params: 800, macs: 8000 },
             proxy_spearman: vec![("1-cosine".into(), f64::NAN)],
         };
         let page = merged_page(None, Some(&compaction), Some(&device));

@@ -123,7 +123,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         &selection,
         Calibration { source: calibration.name().to_string(), images: stats.images, fitted_on: fitted_on.into() },
         DataUsed { source: held_out.name().to_string(), images: held.len() },
-    );
+    )?;
     let mut slim = selection.model.clone();
     slim.set_metadata(compaction::METADATA_KEY, serde_json::to_string(&report.compaction)?);
     slim.save(&args.out, &DataPlacement::Inline)?;

@@ -103,7 +103,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             fitted_on: compaction::FITTED_ON_ORIGINAL.into(),
         },
         DataUsed { source: held_out.name().to_string(), images: held.len() },
-    );
+    )?;
     let mut slim = selection.model.clone();
     slim.set_metadata(compaction::METADATA_KEY, serde_json::to_string(&compaction.compaction)?);
     which.load()?.save(args.out.join(which.file_name()), &DataPlacement::Inline)?;
