@@ -215,7 +215,7 @@ fn info(args: InfoArgs) -> Result<()> {
         "peak_rss_bytes": p.peak_rss(),
         "runtime": rba_device::runtime::RUNTIME,
     });
-    println!("{}", serde_json::to_string_pretty(&v)?);
+    writeln!(std::io::stdout().lock(), "{}", serde_json::to_string_pretty(&v)?)?;
     Ok(())
 }
 

@@ -1,6 +1,6 @@
 //! The daemon: the protocol's [`DeviceHandler`] over the store (uploads,
 //! listing) and tract (jobs). The handler only dispatches; the jobs live in
-//! [`bench`] (benchmark, compare) and [`evaluate`].
+//! `bench.rs` (benchmark, compare) and `evaluate.rs`.
 
 mod bench;
 mod evaluate;
