@@ -147,7 +147,7 @@ pub fn spawn_in_process(options: InProcessOptions, link: InProcessLink) -> Resul
                 Opened::Serial { port, path, baud } => {
                     server.serve_opened_serial(port, &path, baud).map(|()| Vec::new())
                 }
-                Opened::Tcp(listener) => server.serve_tcp(listener).map(|()| Vec::new()),
+                Opened::Tcp(listener) => server.serve_listener(listener).map(|()| Vec::new()),
                 Opened::Memory(links) => server.serve_memory(links),
             }?;
             Ok(Finished { daemon, sessions, _temp: temp })

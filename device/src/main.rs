@@ -182,7 +182,7 @@ fn serve(args: ServeArgs) -> Result<()> {
         let listener = TcpListener::bind(&addr).map_err(|source| ServeError::Listen { addr: addr.clone(), source })?;
         log::info!("listening on {}", listener.local_addr()?);
         let mut server = Server { handler: &mut daemon, config: server_config(Some(key)), shutdown, idle };
-        server.serve_tcp(listener)?;
+        server.serve_listener(listener)?;
     } else if let Some(path) = serial {
         let baud = args.baud.or(board.as_ref().and_then(|b| b.link.baud)).unwrap_or(115_200);
         let mut server = Server { handler: &mut daemon, config: server_config(key), shutdown, idle: None };

@@ -102,7 +102,7 @@ impl<H: DeviceHandler> Server<'_, H> {
 
     /// Accepts connections until shutdown, serving one at a time; a host
     /// that connects while another is served gets `Error(Busy)`.
-    pub fn serve_tcp(&mut self, listener: TcpListener) -> Result<(), ServeError> {
+    pub fn serve_listener(&mut self, listener: TcpListener) -> Result<(), ServeError> {
         listener.set_nonblocking(true)?;
         let (tx, rx) = mpsc::channel::<(TcpStream, String)>();
         let in_session = Arc::new(AtomicBool::new(false));
