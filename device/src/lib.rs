@@ -1,36 +1,49 @@
 //! rba-device: the board runtime.
 //!
-//! - [`store`]: the artifact directory (staged uploads, atomic publish, quota).
-//! - [`runtime`]: tract loading and running with a concrete batch.
+//! - [`daemon`]: the protocol's `DeviceHandler`: [`Daemon`] and its
+//!   [`DaemonConfig`]; benchmark, compare and evaluation jobs.
+//! - [`runtime`]: tract loading (through rba-onnx) and running with a
+//!   concrete batch, on a chosen number of threads.
 //! - [`measure`]: warm-up and measured phases, interleaved A/B runs.
-//! - [`eval`]: accuracy and agreement metrics.
-//! - [`probe`]: peak RSS, memory, temperatures, throttling.
-//! - [`board`]: board profiles (`boards/*.toml`).
-//! - [`handler`]: the protocol's `DeviceHandler` over all of the above.
-//! - [`link`]: serving sessions over TCP and serial links, shutdown.
+//! - [`metrics`]: accuracy and agreement of an evaluation.
+//! - [`sensors`]: peak RSS, memory, temperatures, throttling.
+//! - [`store`]: the artifact directory (staged uploads, atomic publish, quota).
+//! - [`serve`]: serving sessions over TCP, serial and in-memory links, until
+//!   shutdown.
+//! - [`in_process`]: the one entry for running a daemon inside another
+//!   process ([`spawn_in_process`]), for the host's `local` board and tests.
+//!
+//! Keys, serial ports and board profiles, which the host needs too, live in
+//! `rba_protocol` (`keys`, `serial`, `boards`).
+//!
+//! The daemon logs through the `log` crate: the `rba-device` binary prints
+//! to stderr; a process that installs no logger sees nothing.
+//!
+//! A host that runs a board in its own process needs only this:
+//!
+//! ```no_run
+//! use rba_device::{spawn_in_process, InProcessLink, InProcessOptions};
+//!
+//! # fn main() -> Result<(), rba_device::InProcessError> {
+//! let (tx, links) = std::sync::mpsc::channel();
+//! let board = spawn_in_process(InProcessOptions::default(), InProcessLink::Memory(links))?;
+//! // send the board's end of each `rba_protocol::mem::duplex()` on `tx`,
+//! // talk to the other end with `rba_protocol::Client`...
+//! drop(tx);
+//! let finished = board.join()?;
+//! println!("{:?}", finished.sessions);
+//! # Ok(())
+//! # }
+//! ```
 
-pub mod board;
-pub mod eval;
-pub mod handler;
-pub mod link;
+pub mod daemon;
+pub mod in_process;
 pub mod measure;
-pub mod probe;
+pub mod metrics;
 pub mod runtime;
+pub mod sensors;
+pub mod serve;
 pub mod store;
 
-pub use handler::{Daemon, DaemonConfig};
-
-static QUIET: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-/// Silences [`log`] for this process: the host's in-process `local` board
-/// reports through the host, and daemon lines would clutter its terminal.
-pub fn set_quiet(quiet: bool) {
-    QUIET.store(quiet, std::sync::atomic::Ordering::Relaxed);
-}
-
-/// Logs one line to stderr (journald adds timestamps under systemd).
-pub fn log(msg: &str) {
-    if !QUIET.load(std::sync::atomic::Ordering::Relaxed) {
-        eprintln!("rba-device: {msg}");
-    }
-}
+pub use daemon::{Daemon, DaemonConfig};
+pub use in_process::{spawn_in_process, Finished, InProcessBoard, InProcessError, InProcessLink, InProcessOptions};

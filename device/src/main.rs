@@ -1,5 +1,6 @@
 //! `rba-device`: the board daemon.
 
+use std::io::Write;
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
@@ -8,12 +9,48 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use rba_device::board::{default_board_dirs, BoardProfile, LinkKind};
-use rba_device::link::{load_key, Server};
-use rba_device::probe::Probe;
+use rba_device::daemon::UNPROFILED;
+use rba_device::sensors::{self, Sensors};
+use rba_device::serve::{ServeError, Server};
 use rba_device::store::Store;
-use rba_device::{log, Daemon, DaemonConfig};
+use rba_device::{Daemon, DaemonConfig};
+use rba_protocol::boards::{self, BoardProfile, LinkKind};
+use rba_protocol::keys::load_key;
 use rba_protocol::ServerConfig;
+
+/// Prints log records to stderr as `rba-device: <message>` (journald adds
+/// timestamps under systemd); warnings and errors say so.
+struct StderrLogger;
+
+impl log::Log for StderrLogger {
+    fn enabled(&self, metadata: &log::Metadata) -> bool {
+        metadata.level() <= log::max_level()
+    }
+
+    fn log(&self, record: &log::Record) {
+        if self.enabled(record.metadata()) {
+            let kind = match record.level() {
+                log::Level::Error => "error: ",
+                log::Level::Warn => "warning: ",
+                _ => "",
+            };
+            // Nowhere to report a failed write to stderr.
+            let _ = writeln!(std::io::stderr().lock(), "rba-device: {kind}{}", record.args());
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+/// Installs [`StderrLogger`] at the level `$RBA_LOG` names (`error`, `warn`,
+/// `info`, `debug`, `trace`, `off`), `info` by default.
+fn init_logging() {
+    static LOGGER: StderrLogger = StderrLogger;
+    let level = std::env::var("RBA_LOG").ok().and_then(|v| v.parse().ok()).unwrap_or(log::LevelFilter::Info);
+    if log::set_logger(&LOGGER).is_ok() {
+        log::set_max_level(level);
+    }
+}
 
 /// Environment variable holding the pre-shared key (when no key file is given).
 const KEY_ENV: &str = "RBA_DEVICE_KEY";
@@ -39,7 +76,8 @@ enum Command {
 
 #[derive(clap::Args)]
 struct InfoArgs {
-    /// Board profile: a name looked up in the boards directories, or a path to a .toml file.
+    /// Board profile: a name looked up in the boards directories (else among the built-in
+    /// profiles), or a path to a .toml file.
     #[arg(long)]
     board: Option<String>,
     /// Extra directory to look for board profiles in (first).
@@ -50,7 +88,8 @@ struct InfoArgs {
 #[derive(clap::Args)]
 struct ServeArgs {
     /// Board profile: a name looked up in the boards directories
-    /// ($RBA_BOARDS_DIR, ./boards, next to the binary, /etc/rba/boards) or a path to a .toml file.
+    /// ($RBA_BOARDS_DIR, ./boards, next to the binary, /etc/rba/boards; else the built-in
+    /// profiles) or a path to a .toml file.
     #[arg(long)]
     board: Option<String>,
     /// Extra directory to look for board profiles in (first).
@@ -83,33 +122,19 @@ struct ServeArgs {
 }
 
 fn find_board(name: &str, extra: Option<PathBuf>) -> Result<BoardProfile> {
-    let mut dirs: Vec<PathBuf> = extra.into_iter().collect();
-    dirs.extend(default_board_dirs());
-    Ok(BoardProfile::find(name, &dirs)?)
+    Ok(boards::find(name, &boards::lookup_dirs(extra.as_deref()))?)
 }
 
-fn probe_for(board: Option<&BoardProfile>) -> Probe {
-    let mut p = Probe::default();
-    if let Some(b) = board {
-        p.thermal_zone = b.sensors.thermal_zone.clone();
-        p.throttle_file = b.sensors.throttle.clone();
-        p.use_vcgencmd = b.sensors.vcgencmd;
-    } else {
-        p.use_vcgencmd = false;
-    }
-    p
-}
-
-fn cores() -> u32 {
-    std::thread::available_parallelism().map_or(1, |n| u32::try_from(n.get()).unwrap_or(1))
+fn sensors_for(board: Option<&BoardProfile>) -> Sensors {
+    Sensors::for_profile(board.map(|b| &b.sensors))
 }
 
 fn serve(args: ServeArgs) -> Result<()> {
     let board = args.board.as_deref().map(|b| find_board(b, args.boards_dir.clone())).transpose()?;
     if let Some(b) = &board {
-        log(&format!("board profile {} ({}, {} cores)", b.name, b.cpu, b.cores));
+        log::info!("board profile {} ({}, {} cores)", b.name, b.cpu, b.cores);
         if b.target != current_target() {
-            log(&format!("note: profile {} is for {}, this binary is {}", b.name, b.target, current_target()));
+            log::info!("note: profile {} is for {}, this binary is {}", b.name, b.target, current_target());
         }
     }
     let shutdown = Arc::new(AtomicBool::new(false));
@@ -124,16 +149,16 @@ fn serve(args: ServeArgs) -> Result<()> {
         .unwrap_or_else(|| PathBuf::from("rba-device-store"));
     let quota = args.quota.or(board.as_ref().and_then(|b| b.quota_bytes)).unwrap_or(4 << 30);
     let store = Store::open(&dir, quota).with_context(|| format!("cannot open the store in {}", dir.display()))?;
-    log(&format!("store {} (quota {quota} bytes, {} used)", dir.display(), store.used()));
+    log::info!("store {} (quota {quota} bytes, {} used)", dir.display(), store.used());
     if let Some((staged, len)) = store.staged() {
-        log(&format!("resumable upload of '{}': {len} of {} bytes staged", staged.name, staged.size));
+        log::info!("resumable upload of '{}': {len} of {} bytes staged", staged.name, staged.size);
     }
-    let threads = args.threads.or(board.as_ref().map(|b| b.threads)).unwrap_or_else(cores);
+    let threads = args.threads.or(board.as_ref().map(|b| b.threads)).unwrap_or_else(sensors::cores);
     let key = load_key(args.key_file.as_deref(), std::env::var(KEY_ENV).ok())?;
     let config = DaemonConfig {
-        board: board.as_ref().map_or_else(|| "local".to_string(), |b| b.name.clone()),
+        board: board.as_ref().map_or_else(|| UNPROFILED.to_string(), |b| b.name.clone()),
         default_threads: threads,
-        probe: probe_for(board.as_ref()),
+        sensors: sensors_for(board.as_ref()),
         shutdown: shutdown.clone(),
         ..DaemonConfig::default()
     };
@@ -154,11 +179,10 @@ fn serve(args: ServeArgs) -> Result<()> {
         let Some(key) = key else {
             bail!("TCP needs a pre-shared key: pass --key-file PATH or set {KEY_ENV}");
         };
-        let listener = TcpListener::bind(&addr)
-            .map_err(|source| rba_device::link::LinkError::Listen { addr: addr.clone(), source })?;
-        log(&format!("listening on {}", listener.local_addr()?));
+        let listener = TcpListener::bind(&addr).map_err(|source| ServeError::Listen { addr: addr.clone(), source })?;
+        log::info!("listening on {}", listener.local_addr()?);
         let mut server = Server { handler: &mut daemon, config: server_config(Some(key)), shutdown, idle };
-        server.serve_tcp(listener)?;
+        server.serve_listener(listener)?;
     } else if let Some(path) = serial {
         let baud = args.baud.or(board.as_ref().and_then(|b| b.link.baud)).unwrap_or(115_200);
         let mut server = Server { handler: &mut daemon, config: server_config(key), shutdown, idle: None };
@@ -166,7 +190,7 @@ fn serve(args: ServeArgs) -> Result<()> {
     } else {
         bail!("the board profile names no link address");
     }
-    log("shut down");
+    log::info!("shut down");
     Ok(())
 }
 
@@ -176,11 +200,11 @@ fn current_target() -> String {
 
 fn info(args: InfoArgs) -> Result<()> {
     let board = args.board.as_deref().map(|b| find_board(b, args.boards_dir)).transpose()?;
-    let p = probe_for(board.as_ref());
+    let p = sensors_for(board.as_ref());
     let v = serde_json::json!({
         "board": board.as_ref().map(|b| b.name.clone()),
         "arch": std::env::consts::ARCH,
-        "cores": cores(),
+        "cores": sensors::cores(),
         "memory_bytes": p.memory_total(),
         "memory_available_bytes": p.memory_available(),
         "cpu_temp_c": p.cpu_temp(),
@@ -191,18 +215,19 @@ fn info(args: InfoArgs) -> Result<()> {
         "peak_rss_bytes": p.peak_rss(),
         "runtime": rba_device::runtime::RUNTIME,
     });
-    println!("{}", serde_json::to_string_pretty(&v)?);
+    writeln!(std::io::stdout().lock(), "{}", serde_json::to_string_pretty(&v)?)?;
     Ok(())
 }
 
 fn main() {
+    init_logging();
     let cli = Cli::parse();
     let r = match cli.command {
         Command::Serve(a) => serve(a),
         Command::Info(a) => info(a),
     };
     if let Err(e) = r {
-        log(&format!("error: {e:#}"));
+        log::error!("{e:#}");
         std::process::exit(1);
     }
 }

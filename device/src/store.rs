@@ -20,7 +20,7 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use rba_protocol::{is_valid_name, ArtifactInfo, ArtifactKind, RemoteError, Sha256Digest, UploadBegin};
+use rba_protocol::{hex, is_valid_name, ArtifactInfo, ArtifactKind, RemoteError, Sha256Digest, UploadBegin};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -84,10 +84,6 @@ impl Sidecar {
     fn of(b: &UploadBegin) -> Self {
         Sidecar { kind: b.kind, name: b.name.clone(), size: b.size, sha256: hex(&b.sha256) }
     }
-}
-
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn unhex(s: &str) -> Option<Sha256Digest> {

@@ -36,7 +36,7 @@ fn sigterm_during_a_benchmark_shuts_down_cleanly() {
     let mut p = spawn_tcp(dir.path(), &["--threads", "1"]);
     let addr = p.tcp_addr();
     let mut c = tcp_client(&addr);
-    assert_eq!(c.session().unwrap().device.board, "local");
+    assert_eq!(c.session().unwrap().device.board, "unprofiled");
     c.upload(ArtifactKind::Model, "lin", &small_linear(), |_| {}).unwrap();
     let mut req = bench_req("lin", 1);
     req.runs.min_time_ms = 60_000;
@@ -180,7 +180,7 @@ fn command_line_errors_are_clear() {
     let (_master, slave) = TTYPort::pair().unwrap();
     let path = slave.name().unwrap();
     drop(slave);
-    let _held = rba_device::link::open_serial(&path, 115_200).unwrap();
+    let _held = rba_protocol::serial::open_serial(&path, 115_200).unwrap();
     let mut p = Proc::spawn(&["serve", "--serial", &path, "--dir", &d], &[]);
     assert_eq!(p.wait_exit(Duration::from_secs(10)).unwrap().code(), Some(1));
     assert!(p.wait_for("is busy", Duration::from_secs(2)).is_some(), "{}", p.stderr());
@@ -193,14 +193,14 @@ fn board_profile_sets_name_threads_and_link_defaults() {
     let boards = concat!(env!("CARGO_MANIFEST_DIR"), "/../boards");
     // The profile's link is TCP on 7878; the command line overrides it.
     let mut p = Proc::spawn(
-        &["serve", "--board", "local", "--boards-dir", boards, "--tcp", "127.0.0.1:0", "--dir", &d],
+        &["serve", "--board", "loopback", "--boards-dir", boards, "--tcp", "127.0.0.1:0", "--dir", &d],
         &[("RBA_DEVICE_KEY", KEY)],
     );
     let mut c = tcp_client(&p.tcp_addr());
-    assert_eq!(c.session().unwrap().device.board, "local");
+    assert_eq!(c.session().unwrap().device.board, "loopback");
     c.upload(ArtifactKind::Model, "lin", &small_linear(), |_| {}).unwrap();
     let r = c.benchmark(&bench_req("lin", 3), no_progress).unwrap();
-    assert_eq!(r.threads, 2, "local.toml sets 2 threads");
+    assert_eq!(r.threads, 2, "loopback.toml sets 2 threads");
     drop(c);
     p.sigterm();
     assert!(p.wait_exit(Duration::from_secs(10)).unwrap().success());

@@ -16,16 +16,11 @@ use rba_protocol::frame::FrameDecoder;
 use rba_protocol::*;
 use sha2::{Digest, Sha256};
 
-type Device = (
-    tempfile::TempDir,
-    std::sync::mpsc::Sender<mem::MemLink>,
-    std::thread::JoinHandle<(rba_device::Daemon, Vec<SessionEnd>)>,
-);
+type Device = (tempfile::TempDir, std::sync::mpsc::Sender<mem::MemLink>, rba_device::InProcessBoard);
 
 fn setup(quota: u64) -> Device {
     let dir = tempfile::tempdir().unwrap();
-    let d = daemon(dir.path(), quota);
-    let (tx, join) = spawn_inproc(d, ServerConfig { max_upload: quota, ..ServerConfig::default() });
+    let (tx, join) = spawn_inproc(test_options(dir.path(), quota, None));
     (dir, tx, join)
 }
 
@@ -134,7 +129,7 @@ fn upload_benchmark_evaluate_compare() {
     assert_eq!(c.list(Some(ArtifactKind::Model)).unwrap().len(), 2);
     drop(c);
     drop(dev);
-    let (_, ends) = join.join().unwrap();
+    let ends = join.join().unwrap().sessions;
     assert_eq!(ends, [SessionEnd::Closed]);
 }
 
@@ -399,11 +394,7 @@ fn hello(version: u16) -> Hello {
 #[test]
 fn every_session_error_provoked() {
     let dir = tempfile::tempdir().unwrap();
-    let key = PreSharedKey::new(KEY.as_bytes());
-    let (dev, join) = spawn_inproc(
-        daemon(dir.path(), 1 << 20),
-        ServerConfig { key: Some(key), max_upload: 1 << 20, ..ServerConfig::default() },
-    );
+    let (dev, join) = spawn_inproc(test_options(dir.path(), 1 << 20, Some(KEY)));
     // Before the handshake, with a key configured.
     let mut r = RawLink::open(&dev);
     assert_eq!(r.call(Request::DeviceInfo), Response::Error(RemoteError::AuthRequired));
@@ -563,27 +554,20 @@ fn host_disconnecting_mid_request_leaves_the_daemon_serving() {
     assert_eq!(c.benchmark(&bench_req("lin", 2), no_progress).unwrap().samples_ns.len(), 2);
     drop(c);
     drop(dev);
-    let (_, ends) = join.join().unwrap();
+    let ends = join.join().unwrap().sessions;
     assert!(ends.iter().all(|e| *e == SessionEnd::Closed), "{ends:?}");
 }
 
 #[test]
 fn tcp_loopback_with_key_and_busy() {
-    use rba_device::link::Server;
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::Arc;
     let dir = tempfile::tempdir().unwrap();
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
-    let shutdown = Arc::new(AtomicBool::new(false));
-    let stop = shutdown.clone();
-    let path = dir.path().to_path_buf();
-    let server = std::thread::spawn(move || {
-        let mut d = daemon(&path, 1 << 30);
-        let config = ServerConfig { key: Some(PreSharedKey::new(KEY.as_bytes())), ..ServerConfig::default() };
-        let mut s = Server { handler: &mut d, config, shutdown: stop, idle: None };
-        s.serve_tcp(listener).unwrap();
-    });
+    let board = rba_device::spawn_in_process(
+        test_options(dir.path(), 1 << 30, Some(KEY)),
+        rba_device::InProcessLink::Tcp(listener),
+    )
+    .unwrap();
     let tcp_config = |key: &str| ClientConfig {
         request_timeout: Duration::from_secs(3),
         max_retries: 1,
@@ -615,6 +599,5 @@ fn tcp_loopback_with_key_and_busy() {
     let mut c = ok.unwrap();
     assert_eq!(c.list(None).unwrap().len(), 1);
     drop(c);
-    shutdown.store(true, Ordering::SeqCst);
-    server.join().unwrap();
+    board.stop().unwrap();
 }

@@ -8,6 +8,18 @@
 //!   cores over `Read + Write`; the board implements [`server::DeviceHandler`].
 //! - [`mem`] (feature `std`): an in-memory duplex link, optionally lossy.
 //! - [`stats`], [`bundle`], [`name`], [`auth`]: shared helpers.
+//! - [`rng`]: the one splitmix64 generator; [`hex()`]: lower-case hex.
+//!
+//! What host and board share beyond the wire (feature `std`), so that neither
+//! reaches into the other's crate:
+//!
+//! - [`keys`]: reading the pre-shared key from a file or the environment.
+//! - [`serial`] (unix): opening serial ports, with a fallback where the
+//!   terminal ioctls are missing (qemu-user).
+//! - [`boards`]: board profiles, compiled in and looked up in directories.
+//!
+//! Diagnostics go through the `log` crate; nothing is printed unless the
+//! program installs a logger.
 //!
 //! The wire format and session state machine are specified in `PROTOCOL.md`.
 #![cfg_attr(not(feature = "std"), no_std)]
@@ -18,14 +30,22 @@ pub mod auth;
 pub mod bundle;
 pub mod error;
 pub mod frame;
+mod hex;
 pub mod message;
 pub mod name;
+pub mod rng;
 pub mod stats;
 
 #[cfg(feature = "std")]
+pub mod boards;
+#[cfg(feature = "std")]
 pub mod client;
 #[cfg(feature = "std")]
+pub mod keys;
+#[cfg(feature = "std")]
 pub mod mem;
+#[cfg(all(feature = "std", unix))]
+pub mod serial;
 #[cfg(feature = "std")]
 pub mod server;
 #[cfg(feature = "testing")]
@@ -35,6 +55,7 @@ pub use auth::PreSharedKey;
 pub use bundle::{BundleError, EvalBundle, TensorF32};
 pub use error::{FrameError, RemoteError};
 pub use frame::{decode_envelope, encode_frame, FrameDecoder, FrameEncoder, DEFAULT_MAX_FRAME, MAX_CHUNK};
+pub use hex::hex;
 pub use message::*;
 pub use name::{is_valid_name, validate_name};
 pub use stats::LatencyStats;

@@ -8,13 +8,9 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use rba_device::measure::Caps;
-use rba_device::probe::Probe;
-use rba_device::store::Store;
-use rba_device::{Daemon, DaemonConfig};
+use rba_device::{spawn_in_process, InProcessBoard, InProcessLink, InProcessOptions};
 use rba_protocol::mem::{duplex, MemLink};
 use rba_protocol::*;
 use tract_onnx::pb;
@@ -178,32 +174,23 @@ pub fn fast_client_config(key: Option<&str>) -> ClientConfig {
     }
 }
 
-pub fn daemon(dir: &Path, quota: u64) -> Daemon {
-    let store = Store::open(dir, quota).unwrap();
-    let probe = Probe { use_vcgencmd: false, ..Probe::default() };
-    Daemon::new(
-        store,
-        DaemonConfig { board: "test".into(), default_threads: 1, caps: Caps::default(), probe, ..Default::default() },
-    )
+/// The tests' in-process daemon: board "test", one inference thread, its
+/// store in `dir` (uploads up to `quota`), a key when given.
+pub fn test_options(dir: &Path, quota: u64, key: Option<&str>) -> InProcessOptions {
+    InProcessOptions {
+        store_dir: Some(dir.to_path_buf()),
+        quota,
+        board_name: "test".into(),
+        threads: 1,
+        key: key.map(|k| PreSharedKey::new(k.as_bytes())),
+        ..InProcessOptions::default()
+    }
 }
 
 /// A daemon serving every link sent to it, one session after another.
-pub fn spawn_inproc(
-    daemon: Daemon,
-    config: ServerConfig,
-) -> (mpsc::Sender<MemLink>, JoinHandle<(Daemon, Vec<SessionEnd>)>) {
+pub fn spawn_inproc(options: InProcessOptions) -> (mpsc::Sender<MemLink>, InProcessBoard) {
     let (tx, rx) = mpsc::channel::<MemLink>();
-    let join = std::thread::spawn(move || {
-        let mut daemon = daemon;
-        let mut ends = Vec::new();
-        for mut link in rx {
-            link.set_read_timeout(Some(Duration::from_millis(50)));
-            let reader = link.try_clone().unwrap();
-            ends.push(serve(&mut daemon, &config, reader, link).unwrap());
-        }
-        (daemon, ends)
-    });
-    (tx, join)
+    (tx, spawn_in_process(options, InProcessLink::Memory(rx)).unwrap())
 }
 
 pub fn connect_inproc(dev: &mpsc::Sender<MemLink>, config: ClientConfig) -> Result<Client<MemLink>, ClientError> {

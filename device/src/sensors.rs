@@ -8,6 +8,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use rba_protocol::boards::SensorProfile;
 use rba_protocol::Throttling;
 
 /// Raspberry Pi firmware throttle flags (`get_throttled`, `vcgencmd get_throttled`).
@@ -22,8 +23,9 @@ pub mod rpi_bits {
     pub const SOFT_TEMP_LIMIT_OCCURRED: u32 = 1 << 19;
 }
 
+/// Where this board's readings come from.
 #[derive(Clone, Debug)]
-pub struct Probe {
+pub struct Sensors {
     /// Usually `/sys`.
     pub sys: PathBuf,
     /// Usually `/proc`.
@@ -36,10 +38,21 @@ pub struct Probe {
     pub use_vcgencmd: bool,
 }
 
-impl Default for Probe {
+impl Default for Sensors {
     fn default() -> Self {
-        Probe { sys: "/sys".into(), proc: "/proc".into(), thermal_zone: None, throttle_file: None, use_vcgencmd: true }
+        Sensors {
+            sys: "/sys".into(),
+            proc: "/proc".into(),
+            thermal_zone: None,
+            throttle_file: None,
+            use_vcgencmd: true,
+        }
     }
+}
+
+/// CPU cores this process may use (1 if unknown).
+pub fn cores() -> u32 {
+    std::thread::available_parallelism().map_or(1, |n| u32::try_from(n.get()).unwrap_or(u32::MAX))
 }
 
 /// A `kB` field of a /proc status-like file, in bytes.
@@ -71,7 +84,21 @@ pub fn throttling_from_rpi(raw: u32) -> Throttling {
     }
 }
 
-impl Probe {
+impl Sensors {
+    /// The sensors a board profile names. Without a profile, the defaults
+    /// but no `vcgencmd`: only a Raspberry Pi has it, and its profile says so.
+    pub fn for_profile(profile: Option<&SensorProfile>) -> Sensors {
+        match profile {
+            Some(p) => Sensors {
+                thermal_zone: p.thermal_zone.clone(),
+                throttle_file: p.throttle.clone(),
+                use_vcgencmd: p.vcgencmd,
+                ..Sensors::default()
+            },
+            None => Sensors { use_vcgencmd: false, ..Sensors::default() },
+        }
+    }
+
     /// Peak resident set size of this process (VmHWM).
     pub fn peak_rss(&self) -> Option<u64> {
         kb_field(&fs::read_to_string(self.proc.join("self/status")).ok()?, "VmHWM")
@@ -153,9 +180,9 @@ fn read_millideg(p: &Path) -> Option<f32> {
 mod tests {
     use super::*;
 
-    fn fake() -> (tempfile::TempDir, Probe) {
+    fn fake() -> (tempfile::TempDir, Sensors) {
         let d = tempfile::tempdir().unwrap();
-        let p = Probe {
+        let p = Sensors {
             sys: d.path().join("sys"),
             proc: d.path().join("proc"),
             thermal_zone: None,
@@ -186,7 +213,7 @@ mod tests {
 
     #[test]
     fn the_real_process_has_a_peak_rss() {
-        let p = Probe::default();
+        let p = Sensors::default();
         if Path::new("/proc/self/status").exists() {
             let rss = p.peak_rss().unwrap();
             assert!(rss > 100_000, "{rss}");
@@ -205,8 +232,16 @@ mod tests {
         put(d.path(), "sys/class/thermal/thermal_zone2/type", "cpu-thermal\n");
         put(d.path(), "sys/class/thermal/thermal_zone2/temp", "52345\n");
         assert_eq!(p.cpu_temp(), Some(52.345));
-        let p = Probe { thermal_zone: Some(d.path().join("sys/class/thermal/thermal_zone1/temp")), ..p };
+        let p = Sensors { thermal_zone: Some(d.path().join("sys/class/thermal/thermal_zone1/temp")), ..p };
         assert_eq!(p.cpu_temp(), Some(45.5));
+    }
+
+    #[test]
+    fn from_a_profile() {
+        assert!(!Sensors::for_profile(None).use_vcgencmd);
+        let profile = SensorProfile { thermal_zone: Some("/t".into()), throttle: None, vcgencmd: true };
+        let s = Sensors::for_profile(Some(&profile));
+        assert_eq!((s.thermal_zone.as_deref(), s.use_vcgencmd), (Some(Path::new("/t")), true));
     }
 
     #[test]
