@@ -6,13 +6,9 @@
 #![allow(clippy::unwrap_used)]
 
 use std::net::TcpListener;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::thread::JoinHandle;
 
-use rba_device::link::Server;
 use rba_device::store::Store;
-use rba_device::{Daemon, DaemonConfig};
+use rba_device::{spawn_in_process, InProcessBoard, InProcessLink, InProcessOptions};
 use rba_host::board::{build_eval_bundle, BenchOptions, BoardError, Device, LinkOptions, ModelArtifact, Target};
 use rba_host::compact::surgery::{replace_spans, Span, Translator};
 use rba_host::data::PreprocessOptions;
@@ -20,14 +16,13 @@ use rba_host::demo::DemoModel;
 use rba_host::model::run::{argmax_rows, predict};
 use rba_host::model::Model;
 use rba_host::onnx::OnnxModel;
-use rba_protocol::{ClientError, LatencyStats, PreSharedKey, RemoteError, RunPolicy, ServerConfig};
+use rba_protocol::{hex, ClientError, LatencyStats, PreSharedKey, RemoteError, RunPolicy};
 use sha2::{Digest, Sha256};
 
 const KEY: &str = "devices-test-key-0123456789";
 
 fn local() -> Device {
-    let d = Device::connect(&Target::Local { store: None }).unwrap();
-    d
+    Device::connect(&Target::Local { store: None }).unwrap()
 }
 
 fn quick(runs: u32) -> BenchOptions {
@@ -68,7 +63,7 @@ fn deploy_twice_skips_the_second_upload() {
     let second = d.deploy(&m).unwrap();
     assert!(!first.skipped && second.skipped, "{first:?} {second:?}");
     assert_eq!(first.sha256, second.sha256);
-    assert_eq!(first.sha256, rba_device::store::hex(&Sha256::digest(&m.bytes)));
+    assert_eq!(first.sha256, hex(&Sha256::digest(&m.bytes)));
     assert_eq!(first.size, m.bytes.len() as u64);
     // Different bytes under the same name are uploaded again.
     let changed = ModelArtifact::new("resnet-digits", truncated_vit());
@@ -96,7 +91,7 @@ fn deploy_resumes_an_interrupted_upload() {
     let mut d = Device::connect(&Target::Local { store: Some(dir.path().to_path_buf()) }).unwrap();
     let r = d.deploy(&m).unwrap();
     assert_eq!((r.skipped, r.resumed_from), (false, half as u64));
-    assert_eq!(r.sha256, rba_device::store::hex(&Sha256::digest(&m.bytes)));
+    assert_eq!(r.sha256, hex(&Sha256::digest(&m.bytes)));
     let stored = std::fs::read(dir.path().join("models").join(&m.name)).unwrap();
     assert!(stored == m.bytes, "the resumed upload must be byte-identical");
 }
@@ -178,40 +173,26 @@ fn on_device_accuracy_equals_host_accuracy() {
 /// rba-device serving TCP on a loopback port with a key, in this process.
 struct TcpDaemon {
     addr: String,
-    shutdown: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-    _dir: tempfile::TempDir,
+    _board: InProcessBoard,
 }
 
 impl TcpDaemon {
     fn start() -> TcpDaemon {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), 1 << 30).unwrap();
-        let shutdown = Arc::new(AtomicBool::new(false));
-        let config = DaemonConfig { board: "loopback".into(), shutdown: shutdown.clone(), ..Default::default() };
-        let mut daemon = Daemon::new(store, config);
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap().to_string();
-        let stop = shutdown.clone();
-        let thread = std::thread::spawn(move || {
-            let config = ServerConfig { key: Some(PreSharedKey::new(KEY.as_bytes())), ..ServerConfig::default() };
-            let mut server = Server { handler: &mut daemon, config, shutdown: stop, idle: None };
-            server.serve_tcp(listener).unwrap();
-        });
-        TcpDaemon { addr, shutdown, thread: Some(thread), _dir: dir }
+        let options = InProcessOptions {
+            board_name: "loopback".into(),
+            threads: 1,
+            quota: 1 << 30,
+            key: Some(PreSharedKey::new(KEY.as_bytes())),
+            ..InProcessOptions::default()
+        };
+        let board = spawn_in_process(options, InProcessLink::Tcp(listener)).unwrap();
+        TcpDaemon { addr, _board: board }
     }
 
     fn target(&self, key: Option<&str>) -> Target {
         Target::Tcp { addr: self.addr.clone(), key: key.map(|k| PreSharedKey::new(k.as_bytes())), board: None }
-    }
-}
-
-impl Drop for TcpDaemon {
-    fn drop(&mut self) {
-        self.shutdown.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 

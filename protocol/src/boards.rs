@@ -77,7 +77,7 @@ pub struct SensorProfile {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum BoardError {
+pub enum ProfileError {
     #[error("board profile '{name}' not found (looked for {looked})")]
     NotFound { name: String, looked: String },
     #[error("cannot read board profile {path}: {reason}")]
@@ -97,10 +97,11 @@ pub const EMBEDDED: &[(&str, &str)] = &[
 
 impl BoardProfile {
     /// Parses and checks a profile; `origin` names it in errors.
-    pub fn parse(text: &str, origin: &Path) -> Result<BoardProfile, BoardError> {
+    pub fn parse(text: &str, origin: &Path) -> Result<BoardProfile, ProfileError> {
         let p: BoardProfile = toml::from_str(text)
-            .map_err(|e| BoardError::Invalid { path: origin.display().to_string(), reason: e.to_string() })?;
-        let invalid = |reason: &str| BoardError::Invalid { path: origin.display().to_string(), reason: reason.into() };
+            .map_err(|e| ProfileError::Invalid { path: origin.display().to_string(), reason: e.to_string() })?;
+        let invalid =
+            |reason: &str| ProfileError::Invalid { path: origin.display().to_string(), reason: reason.into() };
         if p.cores == 0 || p.threads == 0 {
             return Err(invalid("cores and threads must be at least 1"));
         }
@@ -116,15 +117,15 @@ impl BoardProfile {
         Ok(p)
     }
 
-    pub fn load_file(path: &Path) -> Result<BoardProfile, BoardError> {
+    pub fn load_file(path: &Path) -> Result<BoardProfile, ProfileError> {
         let text = std::fs::read_to_string(path)
-            .map_err(|e| BoardError::Read { path: path.display().to_string(), reason: e.to_string() })?;
+            .map_err(|e| ProfileError::Read { path: path.display().to_string(), reason: e.to_string() })?;
         BoardProfile::parse(&text, path)
     }
 }
 
 /// The compiled-in profile `name`, if there is one.
-fn embedded(name: &str) -> Option<Result<BoardProfile, BoardError>> {
+fn embedded(name: &str) -> Option<Result<BoardProfile, ProfileError>> {
     EMBEDDED
         .iter()
         .find(|(n, _)| *n == name)
@@ -134,13 +135,13 @@ fn embedded(name: &str) -> Option<Result<BoardProfile, BoardError>> {
 /// `name` is a path to a `.toml` file, or a profile name looked up as
 /// `<dir>/<name>.toml` in each of `dirs`, in order, and then among the
 /// compiled-in profiles.
-pub fn find(name: &str, dirs: &[PathBuf]) -> Result<BoardProfile, BoardError> {
+pub fn find(name: &str, dirs: &[PathBuf]) -> Result<BoardProfile, ProfileError> {
     let as_path = Path::new(name);
     if name.ends_with(".toml") || name.contains('/') {
         if as_path.is_file() {
             return BoardProfile::load_file(as_path);
         }
-        return Err(BoardError::NotFound { name: name.into(), looked: as_path.display().to_string() });
+        return Err(ProfileError::NotFound { name: name.into(), looked: as_path.display().to_string() });
     }
     let candidates: Vec<PathBuf> = dirs.iter().map(|d| d.join(format!("{name}.toml"))).collect();
     for c in &candidates {
@@ -152,7 +153,7 @@ pub fn find(name: &str, dirs: &[PathBuf]) -> Result<BoardProfile, BoardError> {
         return p;
     }
     let looked = candidates.iter().map(|c| c.display().to_string()).collect::<Vec<_>>().join(", ");
-    Err(BoardError::NotFound { name: name.into(), looked })
+    Err(ProfileError::NotFound { name: name.into(), looked })
 }
 
 /// Every profile known: the valid `*.toml` files of `dirs` (the first one
@@ -234,10 +235,10 @@ mod tests {
     #[test]
     fn missing_and_invalid_profiles() {
         let e = find("no-such-board", &[repo_boards()]).unwrap_err();
-        assert!(matches!(e, BoardError::NotFound { .. }));
+        assert!(matches!(e, ProfileError::NotFound { .. }));
         assert!(e.to_string().contains("no-such-board.toml"), "{e}");
         let e = BoardProfile::parse("name = 'x'", Path::new("x.toml")).unwrap_err();
-        assert!(matches!(e, BoardError::Invalid { .. }), "{e}");
+        assert!(matches!(e, ProfileError::Invalid { .. }), "{e}");
         let text = "name='x'\ntarget='t'\ncpu='c'\ncores=2\nthreads=2\nmodel_dir='/tmp/x'\n[link]\ndefault='tcp'\n";
         let e = BoardProfile::parse(text, Path::new("x.toml")).unwrap_err();
         assert!(e.to_string().contains("no tcp address"), "{e}");
@@ -272,7 +273,7 @@ mod tests {
         assert_eq!(known[4].cpu, "mine");
         // An invalid file is an error, not a silent fallback.
         std::fs::write(d.path().join("raspberry-pi-5.toml"), "name = 'raspberry-pi-5'").unwrap();
-        assert!(matches!(find("raspberry-pi-5", &dirs), Err(BoardError::Invalid { .. })));
+        assert!(matches!(find("raspberry-pi-5", &dirs), Err(ProfileError::Invalid { .. })));
     }
 
     #[test]

@@ -27,7 +27,7 @@ fn over_tcp_with_a_key() {
     let session = c.session().unwrap().clone();
     assert!(session.authenticated, "mutual authentication on TCP");
     assert_eq!(session.chunk_size, DEFAULT_TCP_CHUNK);
-    assert_eq!((session.device.board.as_str(), session.device.arch.as_str()), ("local", std::env::consts::ARCH));
+    assert_eq!((session.device.board.as_str(), session.device.arch.as_str()), ("unprofiled", std::env::consts::ARCH));
     exercise(&mut c, full_set(), NATIVE);
     // What was uploaded is on the device's disk, byte for byte.
     assert_eq!(std::fs::read(dir.path().join("models/vit-slim.onnx")).unwrap(), demo().slim_bytes);

@@ -1,7 +1,7 @@
 //! Benchmark options, the report of one benchmark or A/B comparison, and the
 //! paired bootstrap interval on the speedup.
 
-use crate::data::splitmix64;
+use rba_protocol::rng::splitmix64;
 use rba_protocol::stats::percentile_sorted;
 use rba_protocol::{BenchmarkResult, DeviceIdentity, RunPolicy};
 use serde::Serialize;

@@ -2,16 +2,14 @@
 //! over a pseudo-terminal pair (a real ARM binary on an emulated board).
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use rba_device::board::BoardProfile;
 use serialport::TTYPort;
 
-use super::local::{pty_pair, store_dir};
-use super::target::{board_dirs, workspace_dir};
+use super::local::pty_pair;
 use super::QEMU_BOARD;
 
 const AARCH64: &str = "aarch64-unknown-linux-gnu";
@@ -29,6 +27,25 @@ impl Drop for QemuBoard {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+fn store_dir(store: &Option<PathBuf>) -> Result<(PathBuf, Option<tempfile::TempDir>), String> {
+    match store {
+        Some(dir) => Ok((dir.clone(), None)),
+        None => {
+            let t = tempfile::Builder::new()
+                .prefix("rba-board-")
+                .tempdir()
+                .map_err(|e| format!("cannot create a temporary model store: {e}"))?;
+            Ok((t.path().to_path_buf(), Some(t)))
+        }
+    }
+}
+
+/// The workspace this binary was built from: a development checkout keeps
+/// its cross builds under `target/`.
+fn workspace_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf)
 }
 
 /// The cross-built aarch64 daemon, newest build first.
@@ -77,19 +94,12 @@ pub(super) fn start_qemu(store: &Option<PathBuf>) -> Result<(TTYPort, QemuBoard)
         return Err(why);
     }
     let bin = qemu_binary().ok_or("the aarch64 rba-device is not built")?;
-    let profile = BoardProfile::find(QEMU_BOARD, &board_dirs()).map_err(|e| e.to_string())?;
-    let profile_path = board_dirs()
-        .into_iter()
-        .map(|d| d.join(format!("{QEMU_BOARD}.toml")))
-        .find(|p| p.is_file())
-        .ok_or_else(|| format!("board profile {} not found", profile.name))?;
     let (master, slave, path) = pty_pair()?;
     let (dir, temp) = store_dir(store)?;
     let mut child = Command::new("qemu-aarch64")
         .args(["-L", "/usr/aarch64-linux-gnu"])
         .arg(&bin)
-        .args(["serve", "--serial", &path, "--board"])
-        .arg(&profile_path)
+        .args(["serve", "--serial", &path, "--board", QEMU_BOARD])
         .arg("--dir")
         .arg(&dir)
         .stdin(Stdio::null())

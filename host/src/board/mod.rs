@@ -23,7 +23,7 @@ pub mod session;
 pub mod target;
 pub mod transport;
 
-use rba_device::board::BoardError as ProfileError;
+use rba_protocol::boards::ProfileError;
 use rba_protocol::{BundleError, ClientError, RemoteError};
 
 use crate::data::DataError;

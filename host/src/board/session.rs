@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use rba_protocol::client::upload_resumable;
 use rba_protocol::{
-    ArtifactKind, BenchmarkRequest, Client, ClientConfig, ClientError, CompareRequest, DeviceIdentity, DeviceInfo,
+    hex, ArtifactKind, BenchmarkRequest, Client, ClientConfig, ClientError, CompareRequest, DeviceIdentity, DeviceInfo,
     EvalBundle, EvalRequest, EvalResult, RemoteError, Session,
 };
 use serde::Serialize;
@@ -19,8 +19,6 @@ use super::bench::{speedup_ci, AbComparison, BenchOptions, BenchReport};
 use super::emulated::{start_qemu, QemuBoard};
 use super::local::{start_local, LocalBoard};
 use super::transport::{Connector, Route, Stream};
-use rba_device::store::hex;
-
 use super::{BoardError, Target, KEY_ENV};
 use crate::onnx::OnnxModel;
 use crate::progress::{Progress, Silent, Unit};

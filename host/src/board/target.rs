@@ -1,10 +1,10 @@
 //! From what the user gave (a board profile, a serial port, a TCP address,
 //! a key) to a [`Target`].
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use rba_device::board::{default_board_dirs, BoardError as ProfileError, BoardProfile, LinkKind};
-use rba_device::link::load_key;
+use rba_protocol::boards::{self, BoardProfile, LinkKind, ProfileError};
+use rba_protocol::keys::{load_key, KeyError};
 use rba_protocol::PreSharedKey;
 
 use super::{BoardError, DEFAULT_BAUD, DEFAULT_TCP_PORT, KEY_ENV, LOCAL_BOARD, QEMU_BOARD};
@@ -127,7 +127,7 @@ impl Target {
     }
 }
 
-fn key_error(e: rba_device::link::LinkError) -> BoardError {
+fn key_error(e: KeyError) -> BoardError {
     BoardError::Setup {
         device: "pre-shared key".into(),
         problem: e.to_string().trim_start_matches("pre-shared key: ").into(),
@@ -155,21 +155,14 @@ fn serial_port_hint() -> String {
     }
 }
 
-/// Where board profiles are looked up: the daemon's directories, then the
-/// workspace's `boards/` (so a development build finds them from anywhere).
+/// Where board profiles are looked up (files there override the profiles
+/// built into the binary).
 pub fn board_dirs() -> Vec<PathBuf> {
-    let mut dirs = default_board_dirs();
-    dirs.push(workspace_dir().join("boards"));
-    dirs
-}
-
-/// The workspace this binary was built from.
-pub(super) fn workspace_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+    boards::lookup_dirs(None)
 }
 
 pub fn find_board(name: &str) -> Result<BoardProfile, BoardError> {
-    match BoardProfile::find(name, &board_dirs()) {
+    match boards::find(name, &board_dirs()) {
         Ok(p) => Ok(p),
         Err(ProfileError::NotFound { looked, .. }) => {
             let mut known = vec![LOCAL_BOARD.to_string(), QEMU_BOARD.to_string()];
@@ -183,18 +176,7 @@ pub fn find_board(name: &str) -> Result<BoardProfile, BoardError> {
     }
 }
 
-/// Every profile found in the board directories (first one wins per name).
+/// Every known profile: files in the board directories, then the built-in ones.
 pub fn known_boards() -> Vec<BoardProfile> {
-    let mut seen = std::collections::BTreeMap::new();
-    for dir in board_dirs() {
-        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
-        let mut paths: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
-        paths.sort();
-        for p in paths.into_iter().filter(|p| p.extension().is_some_and(|x| x == "toml")) {
-            if let Ok(profile) = BoardProfile::load_file(&p) {
-                seen.entry(profile.name.clone()).or_insert(profile);
-            }
-        }
-    }
-    seen.into_values().collect()
+    boards::known(&board_dirs())
 }

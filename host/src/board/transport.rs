@@ -5,7 +5,7 @@ use std::io::{self, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
-use rba_device::link::{open_serial, SerialLink};
+use rba_protocol::serial::{open_serial, SerialLink};
 use rba_protocol::{Client, ClientConfig, ClientError};
 use serialport::{SerialPort, TTYPort};
 

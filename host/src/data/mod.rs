@@ -51,6 +51,8 @@ use std::sync::Arc;
 pub use preprocess::{Hw, Layout, Preprocess, PreprocessOptions, PreprocessSpec, RawImage, Resize};
 
 use crate::data::npy::NpyError;
+use rba_protocol::rng::splitmix64;
+
 use crate::demo::{Digits, Split};
 use crate::model::run::nd;
 
@@ -109,15 +111,6 @@ impl DataError {
     pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
         DataError::Io { path: path.display().to_string(), source }
     }
-}
-
-/// The next value of a splitmix64 sequence.
-pub fn splitmix64(state: &mut u64) -> u64 {
-    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    let mut z = *state;
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
 }
 
 /// Deterministic Fisher-Yates shuffle driven by splitmix64(`seed`).

@@ -45,7 +45,7 @@ pub fn run(args: Args) -> Result<()> {
         rows.push(discover(&Target::Qemu { store: None }));
     }
     let baud = args.baud.unwrap_or(board::DEFAULT_BAUD);
-    let key = rba_device::link::load_key(args.key_file.as_deref(), std::env::var(board::KEY_ENV).ok());
+    let key = rba_protocol::keys::load_key(args.key_file.as_deref(), std::env::var(board::KEY_ENV).ok());
     match serialport::available_ports() {
         Ok(ports) => {
             for p in ports {
@@ -61,7 +61,7 @@ pub fn run(args: Args) -> Result<()> {
             continue;
         }
         match (b.link.default, b.link.tcp.as_deref()) {
-            (rba_device::board::LinkKind::Tcp, Some(addr)) => {
+            (rba_protocol::boards::LinkKind::Tcp, Some(addr)) => {
                 let label = format!("{} ({addr})", b.name);
                 let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
                 if matches!(host, "0.0.0.0" | "[::]" | "::") {
