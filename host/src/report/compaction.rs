@@ -90,19 +90,4 @@ impl CompactionReport {
             proxy_spearman: selection.proxy_spearman.clone(),
         })
     }
-
-    /// The best held-out metric reached for each number of blocks removed
-    /// (index 0: the original model), over every verified candidate.
-    pub fn best_metric_per_removed(&self) -> Vec<Option<f64>> {
-        let mut best: Vec<Option<f64>> = vec![Some(self.compaction.baseline.metric())];
-        for t in &self.trials {
-            let k = t.removed_blocks.len();
-            if best.len() <= k {
-                best.resize(k + 1, None);
-            }
-            let m = t.quality.metric();
-            best[k] = Some(best[k].map_or(m, |b: f64| b.max(m)));
-        }
-        best
-    }
 }
