@@ -46,6 +46,7 @@ pub fn decide(what: &str, missing: Option<&str>, strict: Option<&str>) -> Decisi
 /// True when check `what` can run. Otherwise prints `<what>: skipped: <why>`
 /// past the test harness's capture (so CI logs show it) and returns false,
 /// or panics with that message when `RBA_REQUIRE_EXTERNAL=1`.
+#[track_caller]
 pub fn require(what: &str, missing: Option<String>) -> bool {
     let strict = std::env::var(STRICT_VAR).ok();
     match decide(what, missing.as_deref(), strict.as_deref()) {

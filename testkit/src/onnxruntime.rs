@@ -21,9 +21,10 @@ pub fn missing() -> Option<String> {
             match probe {
                 Ok(o) if o.status.success() => None,
                 Ok(_) => Some("python3 cannot import onnxruntime and numpy (pip install onnxruntime numpy)".into()),
-                Err(e) => {
-                    Some(format!("python3 does not run: {e} (install python3, then pip install onnxruntime numpy)"))
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    Some("python3 not found (install python3, then pip install onnxruntime numpy)".into())
                 }
+                Err(e) => Some(format!("python3 does not run: {e} (pip install onnxruntime numpy)")),
             }
         })
         .clone()
@@ -32,6 +33,7 @@ pub fn missing() -> Option<String> {
 /// Runs `model` on `input` with onnxruntime's CPU provider; returns its
 /// first output. `None` (after saying why) when onnxruntime is not
 /// installed; panics instead under `RBA_REQUIRE_EXTERNAL=1`.
+#[track_caller]
 pub fn run(model: &Path, input: &nd::ArrayD<f32>) -> Option<nd::ArrayD<f32>> {
     if !external::require("the onnxruntime cross-check", missing()) {
         return None;

@@ -49,6 +49,7 @@ pub fn missing_prerequisite() -> Option<String> {
 
 /// True when the emulated board can run here; otherwise skips with a
 /// message or fails under `RBA_REQUIRE_EXTERNAL=1` ([`external::require`]).
+#[track_caller]
 pub fn available() -> bool {
     external::require("the emulated qemu-aarch64 board", missing_prerequisite())
 }
