@@ -11,18 +11,10 @@ use std::time::{Duration, Instant};
 
 use rba_protocol::testing::MemoryHandler;
 use rba_protocol::*;
+use rba_testkit::bench::row;
 use serialport::{SerialPort, TTYPort};
 
 const MB: f64 = 1_000_000.0;
-
-fn row(figure: &str, value: &str, baseline: &str, ratio: f64, target: &str) {
-    let line = format!("| {figure} | {value} | {baseline} | {ratio:.3} | {target} | - |");
-    println!("{line}");
-    if let Ok(path) = std::env::var("RBA_BENCH_OUT") {
-        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).unwrap();
-        writeln!(f, "{line}").unwrap();
-    }
-}
 
 /// Raw bytes through a pty pair: master writes, a thread reads the slave.
 fn raw_pty(total: usize) -> Duration {
@@ -86,6 +78,7 @@ fn main() {
             &format!("{base:.1} MB/s"),
             r / base,
             "-",
+            None,
         );
     }
 }

@@ -5,13 +5,11 @@
 
 #![allow(clippy::unwrap_used)]
 
-#[path = "../tests/common/mod.rs"]
-mod common;
-
 use std::io::Write;
 
 use rba_device::measure::{run_phase, stats, Caps, MonotonicClock};
 use rba_protocol::RunPolicy;
+use rba_testkit::models::small_linear;
 
 fn say(msg: &str) {
     let _ = writeln!(std::io::stderr().lock(), "measurement overhead: {msg}");
@@ -41,7 +39,7 @@ fn main() {
         r.runs()
     ));
 
-    let model = rba_device::runtime::load(&common::small_linear(), 1).unwrap();
+    let model = rba_device::runtime::load(&small_linear(), 1).unwrap();
     let input = model.synthetic_inputs(1).unwrap();
     let r = run_phase(
         &mut clock,

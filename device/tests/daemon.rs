@@ -4,16 +4,20 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::ops::ControlFlow;
 use std::time::Duration;
 
-use common::*;
 use rba_protocol::*;
+use rba_testkit::daemon::{bench_req, fast_client_config, no_progress, store_files};
+use rba_testkit::models::{mlp_model, small_linear};
+use rba_testkit::process::DeviceProcess;
+use rba_testkit::KEY;
 use serialport::{SerialPort, TTYPort};
 
-fn tcp_client(addr: &str) -> Client<std::net::TcpStream> {
+/// The binary cargo built for these tests.
+const DEVICE: &str = env!("CARGO_BIN_EXE_rba-device");
+
+fn tcp_client(addr: std::net::SocketAddr) -> Client<std::net::TcpStream> {
     let config = ClientConfig {
         request_timeout: Duration::from_secs(5),
         max_retries: 1,
@@ -23,11 +27,11 @@ fn tcp_client(addr: &str) -> Client<std::net::TcpStream> {
     Client::connect_tcp(addr, config).unwrap()
 }
 
-fn spawn_tcp(dir: &std::path::Path, extra: &[&str]) -> Proc {
+fn spawn_tcp(dir: &std::path::Path, extra: &[&str]) -> DeviceProcess {
     let d = dir.display().to_string();
     let mut args = vec!["serve", "--tcp", "127.0.0.1:0", "--dir", d.as_str()];
     args.extend_from_slice(extra);
-    Proc::spawn(&args, &[("RBA_DEVICE_KEY", KEY)])
+    DeviceProcess::spawn(DEVICE, &args, &[("RBA_DEVICE_KEY", KEY)])
 }
 
 #[test]
@@ -35,7 +39,7 @@ fn sigterm_during_a_benchmark_shuts_down_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let mut p = spawn_tcp(dir.path(), &["--threads", "1"]);
     let addr = p.tcp_addr();
-    let mut c = tcp_client(&addr);
+    let mut c = tcp_client(addr);
     assert_eq!(c.session().unwrap().device.board, "unprofiled");
     c.upload(ArtifactKind::Model, "lin", &small_linear(), |_| {}).unwrap();
     let mut req = bench_req("lin", 1);
@@ -69,13 +73,13 @@ fn sigterm_while_idle_and_tcp_needs_a_key() {
     let mut p = spawn_tcp(dir.path(), &[]);
     let addr = p.tcp_addr();
     // A connected but silent host does not hold the daemon up.
-    let c = tcp_client(&addr);
+    let c = tcp_client(addr);
     p.sigterm();
     assert!(p.wait_exit(Duration::from_secs(10)).unwrap().success(), "{}", p.stderr());
     drop(c);
 
     let d = dir.path().display().to_string();
-    let mut p = Proc::spawn(&["serve", "--tcp", "127.0.0.1:0", "--dir", &d], &[]);
+    let mut p = DeviceProcess::spawn(DEVICE, &["serve", "--tcp", "127.0.0.1:0", "--dir", &d], &[]);
     let status = p.wait_exit(Duration::from_secs(10)).unwrap();
     assert_eq!(status.code(), Some(1));
     assert!(p.wait_for("TCP needs a pre-shared key", Duration::from_secs(2)).is_some(), "{}", p.stderr());
@@ -86,7 +90,7 @@ fn sigkill_mid_upload_leaves_nothing_partial_and_the_upload_resumes() {
     let dir = tempfile::tempdir().unwrap();
     let data: Vec<u8> = (0..200_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
     let mut p = spawn_tcp(dir.path(), &[]);
-    let mut c = tcp_client(&p.tcp_addr());
+    let mut c = tcp_client(p.tcp_addr());
     let mut killed_at = None;
     let r = c.upload(ArtifactKind::Model, "net.onnx", &data, |prog| {
         if prog.acked >= 50_000 && killed_at.is_none() {
@@ -104,7 +108,7 @@ fn sigkill_mid_upload_leaves_nothing_partial_and_the_upload_resumes() {
 
     let p2 = spawn_tcp(dir.path(), &[]);
     assert!(p2.wait_for("resumable upload of 'net.onnx'", Duration::from_secs(10)).is_some(), "{}", p2.stderr());
-    let mut c = tcp_client(&p2.tcp_addr());
+    let mut c = tcp_client(p2.tcp_addr());
     assert!(c.list(None).unwrap().is_empty(), "a partial model is visible");
     let mut resumed = None;
     let info = c
@@ -124,7 +128,11 @@ fn serial_link_over_a_pty_pair() {
     let path = slave.name().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().display().to_string();
-    let mut p = Proc::spawn(&["serve", "--serial", &path, "--baud", "115200", "--dir", &d, "--threads", "1"], &[]);
+    let mut p = DeviceProcess::spawn(
+        DEVICE,
+        &["serve", "--serial", &path, "--baud", "115200", "--dir", &d, "--threads", "1"],
+        &[],
+    );
     assert!(p.wait_for("serving on", Duration::from_secs(20)).is_some(), "{}", p.stderr());
     drop(slave);
     master.set_timeout(Duration::from_millis(20)).unwrap();
@@ -171,7 +179,7 @@ fn command_line_errors_are_clear() {
     ];
     for (args, needle) in cases {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let mut p = Proc::spawn(&args, &[]);
+        let mut p = DeviceProcess::spawn(DEVICE, &args, &[]);
         let status = p.wait_exit(Duration::from_secs(10)).unwrap();
         assert_eq!(status.code(), Some(1), "{args:?}");
         assert!(p.wait_for(needle, Duration::from_secs(2)).is_some(), "{args:?}: {}", p.stderr());
@@ -181,7 +189,7 @@ fn command_line_errors_are_clear() {
     let path = slave.name().unwrap();
     drop(slave);
     let _held = rba_protocol::serial::open_serial(&path, 115_200).unwrap();
-    let mut p = Proc::spawn(&["serve", "--serial", &path, "--dir", &d], &[]);
+    let mut p = DeviceProcess::spawn(DEVICE, &["serve", "--serial", &path, "--dir", &d], &[]);
     assert_eq!(p.wait_exit(Duration::from_secs(10)).unwrap().code(), Some(1));
     assert!(p.wait_for("is busy", Duration::from_secs(2)).is_some(), "{}", p.stderr());
 }
@@ -192,11 +200,12 @@ fn board_profile_sets_name_threads_and_link_defaults() {
     let d = dir.path().display().to_string();
     let boards = concat!(env!("CARGO_MANIFEST_DIR"), "/../boards");
     // The profile's link is TCP on 7878; the command line overrides it.
-    let mut p = Proc::spawn(
+    let mut p = DeviceProcess::spawn(
+        DEVICE,
         &["serve", "--board", "loopback", "--boards-dir", boards, "--tcp", "127.0.0.1:0", "--dir", &d],
         &[("RBA_DEVICE_KEY", KEY)],
     );
-    let mut c = tcp_client(&p.tcp_addr());
+    let mut c = tcp_client(p.tcp_addr());
     assert_eq!(c.session().unwrap().device.board, "loopback");
     c.upload(ArtifactKind::Model, "lin", &small_linear(), |_| {}).unwrap();
     let r = c.benchmark(&bench_req("lin", 3), no_progress).unwrap();

@@ -4,12 +4,11 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
-use common::*;
 use rba_device::{spawn_in_process, InProcessError, InProcessLink, InProcessOptions};
 use rba_protocol::serial::SerialError;
 use rba_protocol::*;
+use rba_testkit::daemon::{bench_req, connect_inproc, fast_client_config, no_progress, spawn_inproc, test_options};
+use rba_testkit::models::small_linear;
 use serialport::{SerialPort, TTYPort};
 
 #[test]

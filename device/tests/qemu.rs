@@ -3,32 +3,32 @@
 //! pseudo-terminal pair, running a real benchmark and evaluation.
 //!
 //! Prerequisites, the cross build and the command line live in
-//! `common/qemu.rs` (shared with the end-to-end tests in `tests/`): the test
-//! skips with a message unless `RBA_QEMU_TEST=1` and the aarch64 target,
-//! cross linker and qemu-user are present.
+//! `rba_testkit::qemu` (shared with the end-to-end tests in `tests/`): the
+//! test runs whenever the aarch64 target, cross linker and qemu-user are
+//! present, and otherwise skips with a message (or fails under
+//! `RBA_REQUIRE_EXTERNAL=1`).
 //! Timings under emulation mean nothing; results and errors do.
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::time::Duration;
 
-use common::qemu::{missing_prerequisite, say, serve_on_serial};
-use common::*;
 use rba_protocol::*;
+use rba_testkit::daemon::{bench_req, no_progress};
+use rba_testkit::models::{linear_bundle, mlp_model, small_linear, small_linear_eval, unknown_op_model};
+use rba_testkit::process::DeviceProcess;
+use rba_testkit::qemu::{self, say, serve_on_serial};
 use serialport::{SerialPort, TTYPort};
 
 #[test]
 fn benchmark_and_evaluate_on_the_emulated_board() {
-    if let Some(why) = missing_prerequisite() {
-        say(&why);
+    if !qemu::available() {
         return;
     }
     let (mut master, slave) = TTYPort::pair().expect("pseudo-terminals");
     let path = slave.name().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let mut p = Proc::from_command(serve_on_serial(&path, dir.path()));
+    let mut p = DeviceProcess::start(serve_on_serial(&path, dir.path()));
     assert!(p.wait_for("serving on", Duration::from_secs(60)).is_some(), "{}", p.stderr());
     drop(slave);
     master.set_timeout(Duration::from_millis(20)).unwrap();

@@ -5,15 +5,20 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::io::{Read, Write};
 use std::ops::ControlFlow;
 use std::time::Duration;
 
-use common::*;
+use rba_onnx::build::{node, Dim};
+use rba_onnx::proto::GraphProto;
 use rba_protocol::frame::FrameDecoder;
 use rba_protocol::*;
+use rba_testkit::daemon::{bench_req, connect_inproc, fast_client_config, no_progress, spawn_inproc, test_options};
+use rba_testkit::models::{
+    encode, linear_bundle, mlp_model, small_linear, small_linear_eval, unknown_op_model, value_info_typed,
+};
+use rba_testkit::net::frame_payload;
+use rba_testkit::KEY;
 use sha2::{Digest, Sha256};
 
 type Device = (tempfile::TempDir, std::sync::mpsc::Sender<mem::MemLink>, rba_device::InProcessBoard);
@@ -154,9 +159,9 @@ fn bad_models_and_bundles_get_typed_errors_and_the_daemon_keeps_serving() {
         other => panic!("{other:?}"),
     }
     // An int64 input is outside what the device runs.
-    let int_model = model(tract_onnx::pb::GraphProto {
-        name: "int".into(),
-        node: vec![node("Identity", &["x"], &["y"])],
+    let int_model = encode(GraphProto {
+        name: Some("int".into()),
+        node: vec![node("Identity", "Identity_y", &["x"], &["y"])],
         input: vec![value_info_typed("x", &[Dim::Fixed(1), Dim::Fixed(2)], 7)],
         output: vec![value_info_typed("y", &[Dim::Fixed(1), Dim::Fixed(2)], 7)],
         ..Default::default()
@@ -470,42 +475,12 @@ fn every_session_error_provoked() {
     // Undecodable payload after the handshake.
     // id 7, Message::Request, request variant 99 (none such).
     let payload = [7u8, 0x00, 0x63];
-    let mut framed = payload.to_vec();
-    framed.extend_from_slice(&rba_protocol::frame::CRC32.checksum(&payload).to_le_bytes());
-    let mut enc = cobs_encode(&framed);
-    enc.push(0);
-    r.link.write_all(&enc).unwrap();
+    r.link.write_all(&frame_payload(&payload)).unwrap();
     assert!(matches!(r.wait(7), Response::Error(RemoteError::BadRequest(_))));
     assert!(matches!(r.call(Request::Ping { nonce: 3 }), Response::Pong { nonce: 3 }));
     drop(r);
     drop(dev);
     join.join().unwrap();
-}
-
-/// Plain COBS encoding (0x00 sentinel, without the trailing 0).
-fn cobs_encode(data: &[u8]) -> Vec<u8> {
-    let mut out = vec![0u8];
-    let mut code_ix = 0;
-    let mut code = 1u8;
-    for &b in data {
-        if b == 0 {
-            out[code_ix] = code;
-            code_ix = out.len();
-            out.push(0);
-            code = 1;
-        } else {
-            out.push(b);
-            code += 1;
-            if code == 0xff {
-                out[code_ix] = code;
-                code_ix = out.len();
-                out.push(0);
-                code = 1;
-            }
-        }
-    }
-    out[code_ix] = code;
-    out
 }
 
 #[test]

@@ -18,16 +18,14 @@
 
 #![allow(clippy::unwrap_used)] // a benchmark may panic
 
-mod common;
-
 use std::process::Command;
 use std::time::Instant;
 
-use common::*;
 use rba_host::calibrate::{capture, CaptureOptions};
 use rba_host::model::run::{input_shape, nd, Runner};
 use rba_host::model::Model;
 use rba_host::progress::Silent;
+use rba_testkit::bench::*;
 
 const BATCH: usize = 8;
 

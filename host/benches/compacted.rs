@@ -8,16 +8,14 @@
 
 #![allow(clippy::unwrap_used)] // a benchmark may panic
 
-mod common;
-
 use std::time::Instant;
 
-use common::*;
 use rba_host::compact::surgery::{replace_spans, Span, Translator};
 use rba_host::model::cost::total_macs;
 use rba_host::model::run::{input_shape, tensor_shapes, Runner};
 use rba_host::onnx::graph::GraphIndex;
 use rba_host::onnx::OnnxModel;
+use rba_testkit::bench::*;
 
 fn macs(model: &OnnxModel) -> u64 {
     let index = GraphIndex::new(model.graph()).unwrap();

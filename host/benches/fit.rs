@@ -8,14 +8,12 @@
 
 #![allow(clippy::unwrap_used)] // a benchmark may panic
 
-mod common;
-
 use std::io::Write;
 use std::time::Instant;
 
-use common::*;
 use faer::Par;
 use rba_host::fit::{fit, Cross, FitKind, Moments};
+use rba_testkit::bench::*;
 
 /// Tokens like a residual stream: `Y = X (I + 0.1 W) + 0.01 noise`, so the
 /// fit is well posed but not exact.

@@ -1,13 +1,12 @@
 //! Streaming statistics against a direct, non-streaming computation.
 
-mod common;
-
-use common::*;
 use rba_host::calibrate::{capture, CaptureOptions};
 use rba_host::model::run::{nd, Runner};
 use rba_host::model::Model;
 use rba_host::progress::Silent;
 use rba_host::report::analysis;
+use rba_testkit::models::{conv_model, token_model};
+use rba_testkit::tensors::random_input;
 
 /// Boundary activations for all images at once, as f64 `[images][tokens][d]`.
 fn direct_activations(model: &Model, x: &nd::ArrayD<f32>, channels_first: bool) -> Vec<Vec<Vec<Vec<f64>>>> {

@@ -2,9 +2,6 @@
 //! selection verified on held-out data.
 #![allow(clippy::unwrap_used)] // unwrap_err() states what a test expects
 
-mod common;
-
-use common::*;
 use rba_host::calibrate::{capture, CaptureOptions};
 use rba_host::compact::surgery::{replace_spans, Span, Translator};
 use rba_host::compact::{fit_span, refit_sequentially, select, Budget, HeldOut, TranslatorKind};
@@ -14,6 +11,8 @@ use rba_host::model::cost;
 use rba_host::model::run::{argmax_rows, nd, predict};
 use rba_host::model::Model;
 use rba_host::progress::Silent;
+use rba_testkit::models::{run, token_model};
+use rba_testkit::tensors::{max_abs_diff, random_input};
 
 #[test]
 fn linear_blocks_are_replaced_exactly_from_streamed_statistics() {

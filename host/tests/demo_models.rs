@@ -1,8 +1,6 @@
 //! The embedded demo models and data: block detection, accuracy, and surgery
 //! on a real trained network.
 
-mod common;
-
 use std::collections::HashSet;
 
 use rba_host::compact::surgery::{replace_spans, Span, Translator};
@@ -10,6 +8,7 @@ use rba_host::demo::{DemoModel, Digits, Split};
 use rba_host::model::cost;
 use rba_host::model::run::{argmax_rows, predict};
 use rba_host::model::Model;
+use rba_testkit::{models, tensors};
 
 const VIT_WIDTH: usize = 96;
 const VIT_TOKENS: usize = 17;
@@ -77,13 +76,13 @@ fn removing_a_vit_layer_drops_exactly_its_parameters() {
     let removed = m.blocks.blocks[10].params + m.blocks.blocks[11].params;
     let identity = replace_spans(&m.onnx, &m.blocks, &[(Span::new(10, 12), Translator::Identity)]).expect("cut");
     assert_eq!(cost::total_params(identity.graph()), before - removed);
-    let linear = Translator::Linear { weight: common::identity(VIT_WIDTH), bias: Some(vec![0.0; VIT_WIDTH]) };
+    let linear = Translator::Linear { weight: tensors::identity(VIT_WIDTH), bias: Some(vec![0.0; VIT_WIDTH]) };
     let mapped = replace_spans(&m.onnx, &m.blocks, &[(Span::new(10, 12), linear.clone())]).expect("cut");
     assert_eq!(cost::total_params(mapped.graph()), before - removed + linear.params());
     // An identity matrix is the identity: both cut models agree.
     let d = Digits::embedded().expect("digits");
     let x = d.batch(&d.indices(Split::Val)[..16]);
-    assert!(common::max_abs_diff(&common::run(&identity, &x), &common::run(&mapped, &x)) < 1e-5);
+    assert!(tensors::max_abs_diff(&models::run(&identity, &x), &models::run(&mapped, &x)) < 1e-5);
     // Still a classifier: the last layers of a 12-layer ViT are not everything.
     let cut_accuracy = accuracy(&identity, &d, Split::Val);
     assert!(cut_accuracy > 0.5, "validation accuracy after dropping two layers: {cut_accuracy}");
@@ -117,6 +116,6 @@ fn nhwc_cnn_blocks_sit_after_the_layout_transpose() {
     assert_eq!(m.blocks.blocks[0].input_shape, [1, 8, 8, 8]);
     // Identity on a channels-first block still runs end to end from NHWC input.
     let cut = replace_spans(&m.onnx, &m.blocks, &[(Span::new(0, 2), Translator::Identity)]).expect("cut");
-    let y = common::run(&cut, &common::random_input(&[2, 8, 8, 1], 3));
+    let y = models::run(&cut, &tensors::random_input(&[2, 8, 8, 1], 3));
     assert_eq!(y.shape(), [2, 10]);
 }

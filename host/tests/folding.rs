@@ -3,9 +3,6 @@
 //! fit from streamed statistics must equal least squares on the raw tensors.
 #![allow(clippy::unwrap_used)] // unwrap_err() states what a test expects
 
-mod common;
-
-use common::*;
 use rba_host::calibrate::{capture, CaptureOptions};
 use rba_host::compact::surgery::{replace_spans, Span, SurgeryError, Translator};
 use rba_host::compact::{fit_span, TranslatorKind};
@@ -16,6 +13,8 @@ use rba_host::model::run::{nd, Runner};
 use rba_host::model::Model;
 use rba_host::onnx::build::{f32_tensor, node};
 use rba_host::progress::Silent;
+use rba_testkit::models::{run, token_model, values};
+use rba_testkit::tensors::{identity, max_abs_diff, random_input};
 
 fn fixture(name: &str) -> Model {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures").join(name);

@@ -2,14 +2,13 @@
 //! clear errors on bad input.
 #![allow(clippy::unwrap_used)] // unwrap_err() states what a test expects
 
-mod common;
-
-use common::*;
 use rba_host::model::blocks::BlockError;
 use rba_host::model::{Model, ModelError};
 use rba_host::onnx::build::{f32_tensor, f32_value_info, node, Dim};
 use rba_host::onnx::proto::GraphProto;
 use rba_host::onnx::{DataPlacement, OnnxModel};
+use rba_testkit::models::{model, run, token_model, values};
+use rba_testkit::tensors::random_input;
 
 #[test]
 fn round_trip_is_lossless() {

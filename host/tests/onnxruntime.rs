@@ -1,21 +1,22 @@
 //! Models written by rba must run in onnxruntime too, not only in tract.
 //! Uses onnxruntime's Python package (installed by .ci/run); skips with a
-//! message where it is missing.
+//! message where it is missing, or fails then under `RBA_REQUIRE_EXTERNAL=1`
+//! (`rba_testkit::external`).
 
-mod common;
-
-use common::*;
 use rba_host::compact::surgery::{replace_spans, Span, Translator};
 use rba_host::model::run::nd;
 use rba_host::model::Model;
 use rba_host::onnx::{DataPlacement, OnnxModel};
+use rba_testkit::models::{conv_model, run, token_model, values};
+use rba_testkit::onnxruntime;
+use rba_testkit::tensors::{identity, max_abs_diff, random_input};
 
 fn check_same_in_both(model: &OnnxModel, input: &nd::ArrayD<f32>, placement: DataPlacement) {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("model.onnx");
     model.save(&path, &placement).expect("save");
     let tract = run(&OnnxModel::load(&path).expect("reload"), input);
-    if let Some(ort) = onnxruntime(&path, input) {
+    if let Some(ort) = onnxruntime::run(&path, input) {
         let diff = max_abs_diff(&ort, &tract);
         assert!(diff < 1e-4, "onnxruntime and tract differ by {diff}");
     }

@@ -1,12 +1,9 @@
 //! `rba probe`: closed-form linear heads appended to headless backbones.
 
-mod common;
-
 use std::io::Write;
 use std::path::Path;
 use std::process::Command;
 
-use common::*;
 use rba_host::data::npy;
 use rba_host::data::{Dataset, Holdout, Preprocess, PreprocessOptions};
 use rba_host::demo::DemoModel;
@@ -16,6 +13,9 @@ use rba_host::onnx::build::{f32_tensor, f32_value_info, i64_tensor, node, Dim};
 use rba_host::onnx::proto::GraphProto;
 use rba_host::onnx::{DataPlacement, OnnxModel};
 use rba_host::progress::Silent;
+use rba_testkit::models::{model, values};
+use rba_testkit::onnxruntime;
+use rba_testkit::tensors::max_abs_diff;
 
 const T: usize = 3;
 const DIN: usize = 4;
@@ -173,7 +173,7 @@ fn demo_vit_probe_on_final_norm_cls_classifies_digits() {
     assert!(accuracy >= 0.9, "test accuracy {accuracy}");
 
     let sample = inputs.slice_axis(nd::Axis(0), (0..16).into()).to_owned();
-    if let Some(ort) = onnxruntime(&path, &sample) {
+    if let Some(ort) = onnxruntime::run(&path, &sample) {
         let tract = logits.slice_axis(nd::Axis(0), (0..16).into()).to_owned().into_dyn();
         let diff = max_abs_diff(&ort, &tract);
         assert!(diff < 1e-3, "onnxruntime and tract differ by {diff}");

@@ -2,11 +2,10 @@
 //! `RBA_REAL_MODELS` at a folder of `.onnx` files and run
 //! `cargo test -p rba-host --test real_models -- --ignored --nocapture`.
 
-mod common;
-
 use rba_host::compact::surgery::{replace_spans, Span, Translator};
 use rba_host::model::Model;
 use rba_host::onnx::OnnxModel;
+use rba_testkit::{models, tensors};
 
 fn real_models() -> Vec<std::path::PathBuf> {
     let Ok(dir) = std::env::var("RBA_REAL_MODELS") else {
@@ -44,8 +43,8 @@ fn real_models_round_trip_detect_and_cut() {
         let span = Span::new(first.index - 1, first.index);
         let slim = replace_spans(&onnx, b, &[(span, Translator::Identity)]).expect("surgery");
         let shape = rba_host::model::run::input_shape(&slim, 1).expect("input shape");
-        let x = common::random_input(&shape, 1);
-        let y = common::run(&slim, &x);
+        let x = tensors::random_input(&shape, 1);
+        let y = models::run(&slim, &x);
         assert!(y.iter().all(|v| v.is_finite()));
     }
 }

@@ -1,12 +1,11 @@
 //! Span surgery on synthetic models whose exact block functions are known.
 #![allow(clippy::unwrap_used)] // unwrap_err() states what a test expects
 
-mod common;
-
-use common::*;
 use rba_host::compact::surgery::{replace_spans, Span, SurgeryError, Translator};
 use rba_host::model::cost;
 use rba_host::model::Model;
+use rba_testkit::models::{conv_model, run, token_model};
+use rba_testkit::tensors::{identity, matmul, max_abs_diff, random_input};
 
 const T: usize = 5;
 const D: usize = 8;

@@ -5,13 +5,15 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use common::*;
 use rba_protocol::*;
+use rba_testkit::conformance::{exercise, EMULATED, NATIVE};
+use rba_testkit::demo::{demo, eval_set, EvalSet};
+use rba_testkit::net::{connect_tcp, tcp_config};
+use rba_testkit::process::{serial_device, DeviceProcess};
+use rba_testkit::qemu;
 
 /// The whole test split (497 digits).
 fn full_set() -> &'static EvalSet {
@@ -22,7 +24,7 @@ fn full_set() -> &'static EvalSet {
 #[test]
 fn over_tcp_with_a_key() {
     let dir = tempfile::tempdir().unwrap();
-    let device = Device::tcp(dir.path());
+    let device = DeviceProcess::tcp(dir.path());
     let mut c = connect_tcp(device.tcp_addr(), &tcp_config()).unwrap();
     let session = c.session().unwrap().clone();
     assert!(session.authenticated, "mutual authentication on TCP");
@@ -37,7 +39,7 @@ fn over_tcp_with_a_key() {
 fn over_a_pty_pair() {
     let dir = tempfile::tempdir().unwrap();
     let config = ClientConfig { request_timeout: Duration::from_secs(5), max_retries: 2, ..ClientConfig::serial() };
-    let (_device, mut c) = serial_device(|path| Device::serial(path, dir.path()), config);
+    let (_device, mut c) = serial_device(|path| DeviceProcess::serial(path, dir.path()), config);
     let session = c.session().unwrap().clone();
     assert!(!session.authenticated, "no key on a serial line");
     assert_eq!(session.chunk_size, DEFAULT_SERIAL_CHUNK);
@@ -45,12 +47,12 @@ fn over_a_pty_pair() {
 }
 
 /// The real ARM binary under qemu-user, over a pty. Skips (with a message)
-/// unless `RBA_QEMU_TEST=1` and the toolchain is there; shares the one cross
-/// build with `device/tests/qemu.rs`.
+/// where the aarch64 target, cross gcc or qemu-aarch64 is missing, or fails
+/// then under `RBA_REQUIRE_EXTERNAL=1`; shares the one cross build with
+/// `device/tests/qemu.rs`.
 #[test]
 fn on_the_emulated_aarch64_board() {
-    if let Some(why) = qemu::missing_prerequisite() {
-        qemu::say(&why);
+    if !qemu::available() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -61,7 +63,7 @@ fn on_the_emulated_aarch64_board() {
         ..ClientConfig::serial()
     };
     let started = std::time::Instant::now();
-    let (_device, mut c) = serial_device(|path| Device::start(qemu::serve_on_serial(path, dir.path())), config);
+    let (_device, mut c) = serial_device(|path| DeviceProcess::start(qemu::serve_on_serial(path, dir.path())), config);
     let id = c.session().unwrap().device.clone();
     assert_eq!((id.arch.as_str(), id.board.as_str()), ("aarch64", "qemu-aarch64"));
     // Emulated and unoptimised: uploads, list and the compacted model's

@@ -5,14 +5,17 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use common::*;
 use rba_protocol::client::upload_resumable;
 use rba_protocol::*;
+use rba_testkit::conformance::check_bench;
+use rba_testkit::daemon::no_progress;
+use rba_testkit::demo::demo;
+use rba_testkit::net::{connect_tcp, frame_payload, hello, tcp_config, Faults, Proxy, RawPeer};
+use rba_testkit::process::DeviceProcess;
+use rba_testkit::sha256;
 
 /// Client for a faulty link: small timeouts (a lost frame costs one), many
 /// resends, 64 KiB chunks.
@@ -58,7 +61,7 @@ fn assert_stored(device_addr: SocketAddr, dir: &std::path::Path, name: &str, dat
 #[test]
 fn corrupted_bytes_cost_resends_not_integrity() {
     let dir = tempfile::tempdir().unwrap();
-    let device = Device::tcp(dir.path());
+    let device = DeviceProcess::tcp(dir.path());
     let addr = device.tcp_addr();
     // ~1% of the bytes, in bursts of 8 KiB (noise on a line): every burst
     // destroys a frame or two, which the CRC catches and a resend repairs.
@@ -80,7 +83,7 @@ fn corrupted_bytes_cost_resends_not_integrity() {
 #[test]
 fn a_hopeless_link_fails_cleanly_and_the_upload_resumes_later() {
     let dir = tempfile::tempdir().unwrap();
-    let device = Device::tcp(dir.path());
+    let device = DeviceProcess::tcp(dir.path());
     let addr = device.tcp_addr();
     // After 1 MiB, 1% of the bytes independently: no 64 KiB chunk survives.
     let faults = Faults { corrupt_rate: 0.01, corrupt_burst: 1, corrupt_after: 1 << 20, ..Faults::default() };
@@ -112,7 +115,7 @@ fn a_hopeless_link_fails_cleanly_and_the_upload_resumes_later() {
 #[test]
 fn a_connection_dropped_mid_upload_resumes() {
     let dir = tempfile::tempdir().unwrap();
-    let device = Device::tcp(dir.path());
+    let device = DeviceProcess::tcp(dir.path());
     let addr = device.tcp_addr();
     let drop_at = 2 << 20;
     let proxy = Proxy::start(addr, Faults { drop_at: Some(drop_at), ..Faults::default() });
@@ -134,7 +137,7 @@ fn a_connection_dropped_mid_upload_resumes() {
 #[test]
 fn a_stalled_link_delays_the_upload_but_it_completes() {
     let dir = tempfile::tempdir().unwrap();
-    let device = Device::tcp(dir.path());
+    let device = DeviceProcess::tcp(dir.path());
     let addr = device.tcp_addr();
     let stall = Duration::from_millis(1500);
     let proxy = Proxy::start(addr, Faults { stall_at: Some((1 << 20, stall)), ..Faults::default() });
@@ -155,7 +158,7 @@ fn a_stalled_link_delays_the_upload_but_it_completes() {
 #[test]
 fn sigkill_mid_upload_leaves_no_partial_model_and_a_fresh_upload_works() {
     let dir = tempfile::tempdir().unwrap();
-    let mut device = Device::tcp(dir.path());
+    let mut device = DeviceProcess::tcp(dir.path());
     let demo = demo();
     let mut c = connect_tcp(device.tcp_addr(), &ClientConfig { preferred_chunk: 64 * 1024, ..tcp_config() }).unwrap();
     let mut killed_at = None;
@@ -172,7 +175,7 @@ fn sigkill_mid_upload_leaves_no_partial_model_and_a_fresh_upload_works() {
     drop(c);
     assert!(std::fs::read_dir(dir.path().join("models")).unwrap().next().is_none(), "a model file appeared");
 
-    let device = Device::tcp(dir.path());
+    let device = DeviceProcess::tcp(dir.path());
     let addr = device.tcp_addr();
     let mut c = connect_tcp(addr, &tcp_config()).unwrap();
     assert!(c.list(None).unwrap().is_empty(), "a partial model is listed after the restart");
@@ -196,7 +199,7 @@ fn sigkill_mid_upload_leaves_no_partial_model_and_a_fresh_upload_works() {
 #[test]
 fn clients_without_the_key_or_with_a_wrong_one_get_auth_errors() {
     let dir = tempfile::tempdir().unwrap();
-    let device = Device::tcp(dir.path());
+    let device = DeviceProcess::tcp(dir.path());
     let addr = device.tcp_addr();
 
     // Without a key: the client stops at the challenge.
@@ -277,7 +280,7 @@ fn authenticated_raw_peer(addr: SocketAddr) -> RawPeer {
 #[test]
 fn hostile_frames_and_garbage_neither_crash_nor_bloat_the_device() {
     let dir = tempfile::tempdir().unwrap();
-    let mut device = Device::tcp(dir.path());
+    let mut device = DeviceProcess::tcp(dir.path());
     let addr = device.tcp_addr();
     let resnet = rba_host::demo::RESNET_ONNX;
     let bench = |min_time_ms| BenchmarkRequest {

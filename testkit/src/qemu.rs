@@ -1,32 +1,29 @@
 //! The qemu-aarch64 board: `rba-device` cross-compiled for
-//! aarch64-unknown-linux-gnu and run under qemu-user. Shared by
-//! `device/tests/qemu.rs` and the end-to-end tests in `tests/` (which
-//! include this file by path), so a CI run cross-builds once: the build
-//! goes to one target directory, and the second caller finds it fresh.
+//! aarch64-unknown-linux-gnu and run under qemu-user. Used by
+//! `device/tests/qemu.rs` and the end-to-end tests in `tests/`; a test run
+//! cross-builds once: the build goes to one target directory, and the
+//! second caller finds it fresh.
 //!
 //! Needs the aarch64 Rust std (`rustup target add aarch64-unknown-linux-gnu`),
-//! Debian's `gcc-aarch64-linux-gnu` and `qemu-user`; callers skip with a
-//! message when one is missing. The cross build takes minutes on two cores,
-//! so it runs only when `RBA_QEMU_TEST=1` (`.ci/run` sets it when the target
-//! could be installed). It builds into `target/aarch64-qemu` so that it
-//! never waits on the lock of the `cargo test` running it.
-
-#![allow(dead_code)]
+//! Debian's `gcc-aarch64-linux-gnu` and `qemu-user`. The tests run whenever
+//! those are present ([`available`]); otherwise they skip with a message, or
+//! fail under `RBA_REQUIRE_EXTERNAL=1` (see [`crate::external`]). The cross
+//! build takes minutes on two cores the first time. It builds into
+//! `target/aarch64-qemu` so that it never waits on the lock of the
+//! `cargo test` running it.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 
+use crate::external;
+
 pub const TARGET: &str = "aarch64-unknown-linux-gnu";
 
 /// Printed past the test harness's capture, so CI logs show it.
 pub fn say(msg: &str) {
     let _ = writeln!(std::io::stderr().lock(), "qemu-aarch64 board: {msg}");
-}
-
-fn on_path(cmd: &str) -> bool {
-    Command::new("sh").args(["-c", &format!("command -v {cmd}")]).output().is_ok_and(|o| o.status.success())
 }
 
 fn aarch64_std_installed() -> bool {
@@ -36,25 +33,25 @@ fn aarch64_std_installed() -> bool {
     Path::new(&sysroot).join("lib/rustlib").join(TARGET).join("lib").is_dir()
 }
 
-/// Why the emulated board cannot run here, if it cannot.
+/// What the emulated board lacks here (and how to install it), if anything.
 pub fn missing_prerequisite() -> Option<String> {
-    if std::env::var("RBA_QEMU_TEST").ok().as_deref() != Some("1") {
-        return Some("skipped: set RBA_QEMU_TEST=1 to cross-build rba-device and run it under qemu (minutes)".into());
-    }
+    let mut missing = Vec::new();
     if !aarch64_std_installed() {
-        return Some(format!("skipped: the {TARGET} standard library is not installed (rustup target add {TARGET})"));
+        missing.push(format!("the {TARGET} standard library is not installed (rustup target add {TARGET})"));
     }
     for (cmd, pkg) in [("aarch64-linux-gnu-gcc", "gcc-aarch64-linux-gnu"), ("qemu-aarch64", "qemu-user")] {
-        if !on_path(cmd) {
-            return Some(format!("skipped: {cmd} not found (apt-get install -y {pkg})"));
+        if !external::on_path(cmd) {
+            missing.push(format!("{cmd} not found (apt-get install -y {pkg})"));
         }
     }
-    None
+    (!missing.is_empty()).then(|| missing.join("; "))
 }
 
-/// The workspace root (`device/` and `tests/` both sit one level below it).
-pub fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("a workspace member").to_path_buf()
+/// True when the emulated board can run here; otherwise skips with a
+/// message or fails under `RBA_REQUIRE_EXTERNAL=1` ([`external::require`]).
+#[track_caller]
+pub fn available() -> bool {
+    external::require("the emulated qemu-aarch64 board", missing_prerequisite())
 }
 
 /// Cross-builds the daemon (once per process; a no-op for cargo when an
@@ -63,11 +60,11 @@ pub fn arm_binary() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let target_dir = workspace().join("target/aarch64-qemu");
+        let target_dir = crate::workspace().join("target/aarch64-qemu");
         say(&format!("cross-building rba-device for {TARGET} into {} ...", target_dir.display()));
         let started = std::time::Instant::now();
         let status = Command::new(cargo)
-            .current_dir(workspace())
+            .current_dir(crate::workspace())
             .args(["build", "--target", TARGET, "-p", "rba-device", "--bin", "rba-device"])
             // Unoptimised dependencies build several times faster, and timings
             // under emulation mean nothing anyway; correctness is what is tested.
@@ -101,7 +98,7 @@ pub fn serve_on_serial(serial: &str, dir: &Path) -> Command {
         .args(["serve", "--board", "qemu-aarch64", "--serial", serial, "--dir"])
         .arg(dir)
         .arg("--boards-dir")
-        .arg(workspace().join("boards"))
+        .arg(crate::workspace().join("boards"))
         .env_remove("RBA_DEVICE_KEY")
         .stdin(Stdio::null())
         .stdout(Stdio::null())

@@ -1,7 +1,5 @@
-//! Shared by the host benches: models, synthetic inputs, the Python
-//! baselines and the results table that `bench/run` collects.
-
-#![allow(dead_code, clippy::unwrap_used)] // each bench uses a subset; a bench may panic
+//! What the benches share: models, synthetic inputs, the Python baselines
+//! and the results table that `bench/run` collects.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -82,7 +80,7 @@ pub fn python() -> Option<String> {
 
 /// Path of a script in the repository's `bench/` folder.
 pub fn script(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../bench").join(name)
+    crate::workspace().join("bench").join(name)
 }
 
 /// Runs a baseline script and returns its (one-line JSON) output, or why not.

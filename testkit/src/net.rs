@@ -1,0 +1,364 @@
+//! Real links to a device: TCP clients, a peer speaking raw frames (for
+//! what a well-behaved client never sends), framing written out by hand,
+//! and a fault-injecting TCP proxy.
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use rba_protocol::rng::splitmix64;
+use rba_protocol::*;
+
+use crate::KEY;
+
+// ---------------------------------------------------------------------------
+// Clients
+
+/// A TCP client with the right key ([`KEY`]), patient enough for a loaded
+/// machine.
+pub fn tcp_config() -> ClientConfig {
+    ClientConfig {
+        request_timeout: Duration::from_secs(5),
+        job_idle_timeout: Duration::from_secs(60),
+        max_retries: 2,
+        ..ClientConfig::tcp(PreSharedKey::new(KEY.as_bytes()))
+    }
+}
+
+/// Connects and handshakes. A device serves one host at a time and answers
+/// `Busy` to a host that arrives while it still winds down the previous
+/// session (e.g. right after a broken link): retried for a few seconds.
+pub fn connect_tcp(addr: SocketAddr, config: &ClientConfig) -> Result<Client<TcpStream>, ClientError> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match Client::connect_tcp(addr, config.clone()) {
+            Err(ClientError::Remote(RemoteError::Busy)) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(50))
+            }
+            r => return r,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Raw frames
+
+/// A peer speaking raw frames, for what a well-behaved client never sends.
+pub struct RawPeer {
+    pub stream: TcpStream,
+    decoder: FrameDecoder,
+    next_id: u32,
+}
+
+impl RawPeer {
+    pub fn connect(addr: SocketAddr) -> RawPeer {
+        let stream = TcpStream::connect(addr).unwrap();
+        stream.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        RawPeer { stream, decoder: FrameDecoder::new(DEFAULT_MAX_FRAME), next_id: 0 }
+    }
+
+    /// A request id not used before on this link.
+    pub fn take_id(&mut self) -> u32 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    /// Sends a request; returns its id.
+    pub fn send(&mut self, req: Request) -> u32 {
+        let id = self.take_id();
+        self.write(&encode_frame(&Envelope { id, msg: Message::Request(req) }, 4096).unwrap());
+        id
+    }
+
+    /// Sends raw bytes.
+    pub fn write(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).unwrap();
+    }
+
+    /// The next envelope; `None` if the link closed or `timeout` passed.
+    pub fn recv(&mut self, timeout: Duration) -> Option<Envelope> {
+        let deadline = Instant::now() + timeout;
+        let mut buf = [0u8; 4096];
+        let mut got = None;
+        while got.is_none() && Instant::now() < deadline {
+            match self.stream.read(&mut buf) {
+                Ok(0) => return None,
+                Ok(n) => self.decoder.feed(&buf[..n], |r| {
+                    if let Ok(env) = r {
+                        got.get_or_insert(env);
+                    }
+                }),
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                Err(_) => return None,
+            }
+        }
+        got
+    }
+
+    /// The final response to request `id` (skipping progress and others).
+    pub fn response(&mut self, id: u32, timeout: Duration) -> Option<Response> {
+        let deadline = Instant::now() + timeout;
+        while let Some(env) = self.recv(deadline.saturating_duration_since(Instant::now())) {
+            if let (true, Message::Response(r)) = (env.id == id, env.msg) {
+                return Some(r);
+            }
+        }
+        None
+    }
+
+    /// True if the device closes the connection within `timeout`.
+    pub fn closed_within(&mut self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut buf = [0u8; 4096];
+        while Instant::now() < deadline {
+            match self.stream.read(&mut buf) {
+                Ok(0) => return true,
+                Ok(_) => {}
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                Err(_) => return true,
+            }
+        }
+        false
+    }
+}
+
+/// `COBS(payload || CRC32) 0x00`: a well-framed frame, whatever the payload.
+pub fn frame_payload(payload: &[u8]) -> Vec<u8> {
+    let mut body = payload.to_vec();
+    body.extend_from_slice(&rba_protocol::frame::CRC32.checksum(payload).to_le_bytes());
+    let mut out = vec![0u8; rba_protocol::frame::max_encoded_len(body.len())];
+    let n = cobs_encode(&body, &mut out);
+    out.truncate(n);
+    out.push(0);
+    out
+}
+
+/// Plain COBS encoding (the protocol's framing, written out here so that
+/// the tests do not share the encoder they check).
+fn cobs_encode(input: &[u8], out: &mut [u8]) -> usize {
+    let (mut code_at, mut w, mut code) = (0usize, 1usize, 1u8);
+    for &b in input {
+        if b == 0 {
+            out[code_at] = code;
+            code_at = w;
+            w += 1;
+            code = 1;
+        } else {
+            out[w] = b;
+            w += 1;
+            code += 1;
+            if code == 0xFF {
+                out[code_at] = code;
+                code_at = w;
+                w += 1;
+                code = 1;
+            }
+        }
+    }
+    out[code_at] = code;
+    w
+}
+
+/// A `Hello` for raw peers.
+pub fn hello() -> Hello {
+    Hello {
+        protocol_version: PROTOCOL_VERSION,
+        client: "raw-peer".into(),
+        rba_version: RBA_VERSION.into(),
+        capabilities: Capabilities::ALL,
+        max_frame: DEFAULT_MAX_FRAME as u32,
+        preferred_chunk: DEFAULT_TCP_CHUNK,
+        client_nonce: [7; 32],
+    }
+}
+
+// ---------------------------------------------------------------------------
+// A fault-injecting TCP proxy
+
+/// What a [`Proxy`] does to the bytes it forwards; can change while it runs.
+#[derive(Clone, Debug, Default)]
+pub struct Faults {
+    /// Fraction of the bytes corrupted (XOR with a random non-zero byte),
+    /// in both directions; 0 for none. Bursts start at random, with gaps
+    /// uniform in [0.5, 1.5] times the mean that gives this rate.
+    pub corrupt_rate: f64,
+    /// Corrupted bytes come in bursts of this many (1: independent bytes),
+    /// like noise on a line.
+    pub corrupt_burst: usize,
+    /// Corruption starts once this many bytes went host -> device.
+    pub corrupt_after: u64,
+    /// Once, when this many bytes went host -> device in total: forward up to
+    /// exactly that byte, then close both sides of the connection.
+    pub drop_at: Option<u64>,
+    /// Once, when this many bytes went host -> device: stop forwarding
+    /// that way for this long.
+    pub stall_at: Option<(u64, Duration)>,
+}
+
+#[derive(Default)]
+struct ProxyState {
+    faults: Mutex<Faults>,
+    stop: AtomicBool,
+    /// Host -> device bytes forwarded, over all connections.
+    upstream: AtomicU64,
+    corrupted: AtomicU64,
+    connections: AtomicU32,
+    dropped: AtomicBool,
+    stalled: AtomicBool,
+    streams: Mutex<Vec<TcpStream>>,
+}
+
+/// A TCP proxy (threads) between a host and a device.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    state: Arc<ProxyState>,
+    acceptor: Option<JoinHandle<()>>,
+}
+
+impl Proxy {
+    pub fn start(device: SocketAddr, faults: Faults) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let state = Arc::new(ProxyState { faults: Mutex::new(faults), ..ProxyState::default() });
+        let st = state.clone();
+        let acceptor = std::thread::spawn(move || {
+            while !st.stop.load(Ordering::SeqCst) {
+                match listener.accept() {
+                    Ok((host, _)) => {
+                        let Ok(dev) = TcpStream::connect(device) else {
+                            let _ = host.shutdown(Shutdown::Both);
+                            continue;
+                        };
+                        let n = st.connections.fetch_add(1, Ordering::SeqCst);
+                        host.set_nonblocking(false).unwrap();
+                        for s in [&host, &dev] {
+                            s.set_nodelay(true).unwrap();
+                            st.streams.lock().unwrap().push(s.try_clone().unwrap());
+                        }
+                        let seed = 0x9E37_79B9_7F4A_7C15 ^ u64::from(n);
+                        let (h2, d2) = (host.try_clone().unwrap(), dev.try_clone().unwrap());
+                        let s1 = st.clone();
+                        std::thread::spawn(move || pump(host, dev, true, &s1, seed));
+                        let s2 = st.clone();
+                        std::thread::spawn(move || pump(d2, h2, false, &s2, !seed));
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(5))
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+        });
+        Proxy { addr, state, acceptor: Some(acceptor) }
+    }
+
+    pub fn set_faults(&self, faults: Faults) {
+        *self.state.faults.lock().unwrap() = faults;
+    }
+
+    /// Bytes corrupted so far.
+    pub fn corrupted(&self) -> u64 {
+        self.state.corrupted.load(Ordering::SeqCst)
+    }
+
+    /// Host -> device bytes forwarded so far.
+    pub fn upstream_bytes(&self) -> u64 {
+        self.state.upstream.load(Ordering::SeqCst)
+    }
+
+    pub fn connections(&self) -> u32 {
+        self.state.connections.load(Ordering::SeqCst)
+    }
+
+    pub fn dropped(&self) -> bool {
+        self.state.dropped.load(Ordering::SeqCst)
+    }
+
+    pub fn stalled(&self) -> bool {
+        self.state.stalled.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.state.stop.store(true, Ordering::SeqCst);
+        for s in self.state.streams.lock().unwrap().iter() {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+        if let Some(a) = self.acceptor.take() {
+            let _ = a.join();
+        }
+    }
+}
+
+/// A uniform draw in [0, 1) from the corruption's generator.
+fn unit(state: &mut u64) -> f64 {
+    (splitmix64(state) >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// Forwards `from` -> `to` until either side closes, applying the faults.
+fn pump(mut from: TcpStream, mut to: TcpStream, upstream: bool, st: &ProxyState, seed: u64) {
+    let mut rng = seed;
+    // Clean bytes before the next burst, and corrupt bytes left in it.
+    let mut gap_left: Option<u64> = None;
+    let mut burst_left = 0usize;
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let faults = st.faults.lock().unwrap().clone();
+        let mut len = n;
+        let mut close = false;
+        let before = if upstream {
+            st.upstream.fetch_add(n as u64, Ordering::SeqCst)
+        } else {
+            st.upstream.load(Ordering::SeqCst)
+        };
+        if upstream {
+            let after = before + n as u64;
+            if let Some((at, pause)) = faults.stall_at {
+                if after >= at && !st.stalled.swap(true, Ordering::SeqCst) {
+                    std::thread::sleep(pause);
+                }
+            }
+            if let Some(at) = faults.drop_at {
+                if after >= at && !st.dropped.swap(true, Ordering::SeqCst) {
+                    len = at.saturating_sub(before).min(n as u64) as usize;
+                    close = true;
+                }
+            }
+        }
+        if faults.corrupt_rate > 0.0 && before >= faults.corrupt_after {
+            // Gaps uniform in [0.5, 1.5] x their mean: the rate holds even
+            // over a few bursts.
+            let burst = faults.corrupt_burst.max(1);
+            let mean_gap = burst as f64 / faults.corrupt_rate - burst as f64;
+            let draw_gap = |rng: &mut u64| (mean_gap * (0.5 + unit(rng))) as u64;
+            for b in &mut buf[..len] {
+                let gap = gap_left.get_or_insert_with(|| draw_gap(&mut rng));
+                if burst_left == 0 {
+                    if *gap > 0 {
+                        *gap -= 1;
+                        continue;
+                    }
+                    burst_left = burst;
+                    gap_left = Some(draw_gap(&mut rng));
+                }
+                burst_left -= 1;
+                *b ^= (splitmix64(&mut rng) % 255 + 1) as u8;
+                st.corrupted.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        if to.write_all(&buf[..len]).is_err() || close {
+            break;
+        }
+    }
+    let _ = from.shutdown(Shutdown::Both);
+    let _ = to.shutdown(Shutdown::Both);
+}
