@@ -14,10 +14,12 @@ use rba_protocol::serial::{open_serial, SerialError, SerialLink};
 use rba_protocol::{PreSharedKey, ServerConfig, SessionEnd};
 
 use crate::daemon::{Daemon, DaemonConfig};
+use crate::limits::MemoryBudget;
 use crate::measure::Caps;
 use crate::sensors::{self, Sensors};
 use crate::serve::{ServeError, Server};
 use crate::store::{Store, StoreError};
+use crate::worker::Isolation;
 
 /// The board name of an in-process daemon unless the options say otherwise.
 pub const LOCAL_BOARD: &str = "local";
@@ -38,11 +40,18 @@ pub struct InProcessOptions {
     pub key: Option<PreSharedKey>,
     pub sensors: Sensors,
     pub caps: Caps,
+    /// Where jobs run. A worker process needs an executable with the
+    /// `worker` subcommand (`rba-device`): the host's process has none, so
+    /// its local board runs jobs on the board's thread.
+    pub isolation: Isolation,
+    /// What the tensors of a job's model may take.
+    pub memory_budget: MemoryBudget,
 }
 
 impl Default for InProcessOptions {
     /// The host's `local` board: a temporary store of 4 GiB, all cores, no
-    /// key, sensors without `vcgencmd`.
+    /// key, sensors without `vcgencmd`, jobs on the board's thread, half the
+    /// available memory per job.
     fn default() -> Self {
         InProcessOptions {
             store_dir: None,
@@ -52,6 +61,8 @@ impl Default for InProcessOptions {
             key: None,
             sensors: Sensors::for_profile(None),
             caps: Caps::default(),
+            isolation: Isolation::Thread,
+            memory_budget: MemoryBudget::default(),
         }
     }
 }
@@ -130,6 +141,9 @@ pub fn spawn_in_process(options: InProcessOptions, link: InProcessLink) -> Resul
         caps: options.caps,
         sensors: options.sensors,
         shutdown: shutdown.clone(),
+        isolation: options.isolation,
+        memory_budget: options.memory_budget,
+        max_threads: sensors::cores(),
     };
     let mut daemon = Daemon::new(store, config);
     let server_config = ServerConfig { key: options.key, max_upload: options.quota, ..ServerConfig::default() };

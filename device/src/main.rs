@@ -10,6 +10,8 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use rba_device::daemon::UNPROFILED;
+use rba_device::limits::MemoryBudget;
+use rba_device::worker::{Isolation, IsolationMode};
 use rba_device::sensors::{self, Sensors};
 use rba_device::serve::{ServeError, Server};
 use rba_device::store::Store;
@@ -72,6 +74,10 @@ enum Command {
     Serve(ServeArgs),
     /// Print what the board reports about itself (JSON).
     Info(InfoArgs),
+    /// Run one job for a serving daemon (internal: the daemon starts it, with
+    /// the job on stdin).
+    #[command(hide = true, name = "worker")]
+    Worker,
 }
 
 #[derive(clap::Args)]
@@ -119,7 +125,45 @@ struct ServeArgs {
     /// Close a TCP session after this many seconds without a request (0: never).
     #[arg(long, default_value_t = 600)]
     idle_timeout: u64,
+    #[command(flatten)]
+    jobs: JobArgs,
 }
+
+// ---- Jobs: memory budget and isolation (models that cannot kill the daemon).
+
+#[derive(clap::Args)]
+struct JobArgs {
+    /// Memory the tensors of a job's model may take: bytes, 512MiB, 1.5GiB, or a
+    /// percentage of the memory available when the job starts (default: the profile's
+    /// memory_budget_bytes, else 50%).
+    #[arg(long, value_name = "SIZE|PERCENT")]
+    memory_budget: Option<MemoryBudget>,
+    /// Where jobs run: a worker process per job (a model that exhausts memory or crashes
+    /// the runtime ends only its job), or a thread of the daemon.
+    #[arg(long, value_enum, default_value_t = IsolationMode::Process)]
+    isolation: IsolationMode,
+}
+
+impl JobArgs {
+    /// The budget, the isolation (checked by starting a worker) and the
+    /// most threads a job gets, logged.
+    fn configure(&self, board: Option<&BoardProfile>, config: &mut DaemonConfig) {
+        config.memory_budget = self
+            .memory_budget
+            .or(board.and_then(|b| b.memory_budget_bytes).map(MemoryBudget::Bytes))
+            .unwrap_or_default();
+        config.isolation = Isolation::resolve(self.isolation);
+        config.max_threads = sensors::cores();
+        log::info!(
+            "memory budget per job: {} (now {}); at most {} threads per job",
+            config.memory_budget,
+            rba_onnx::budget::human_bytes(config.memory_budget.bytes(&config.sensors)),
+            config.max_threads
+        );
+    }
+}
+
+// ---- end of job arguments.
 
 fn find_board(name: &str, extra: Option<PathBuf>) -> Result<BoardProfile> {
     Ok(boards::find(name, &boards::lookup_dirs(extra.as_deref()))?)
@@ -155,13 +199,14 @@ fn serve(args: ServeArgs) -> Result<()> {
     }
     let threads = args.threads.or(board.as_ref().map(|b| b.threads)).unwrap_or_else(sensors::cores);
     let key = load_key(args.key_file.as_deref(), std::env::var(KEY_ENV).ok())?;
-    let config = DaemonConfig {
+    let mut config = DaemonConfig {
         board: board.as_ref().map_or_else(|| UNPROFILED.to_string(), |b| b.name.clone()),
         default_threads: threads,
         sensors: sensors_for(board.as_ref()),
         shutdown: shutdown.clone(),
         ..DaemonConfig::default()
     };
+    args.jobs.configure(board.as_ref(), &mut config);
     let mut daemon = Daemon::new(store, config);
     // Link: the command line, else the profile's default.
     let (serial, tcp) = match (&args.serial, &args.tcp, &board) {
@@ -225,6 +270,7 @@ fn main() {
     let r = match cli.command {
         Command::Serve(a) => serve(a),
         Command::Info(a) => info(a),
+        Command::Worker => std::process::exit(rba_device::worker::worker_main()),
     };
     if let Err(e) = r {
         log::error!("{e:#}");
