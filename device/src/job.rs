@@ -109,8 +109,10 @@ pub fn run(spec: &JobSpec, ctx: &dyn JobContext) -> Result<JobOutput, RemoteErro
 }
 
 /// [`run`], with a panic (inside tract: a division by zero, a capacity
-/// overflow) turned into the job's error.
-pub fn run_guarded(spec: &JobSpec, ctx: &dyn JobContext) -> Result<JobOutput, RemoteError> {
+/// overflow, an allocation tract checks) turned into the job's error.
+/// `memory_limited`: the process runs under a memory limit built on the
+/// budget (a worker), so a failed allocation means the budget ran out.
+pub fn run_guarded(spec: &JobSpec, ctx: &dyn JobContext, memory_limited: bool) -> Result<JobOutput, RemoteError> {
     match catch_unwind(AssertUnwindSafe(|| run(spec, ctx))) {
         Ok(r) => r,
         Err(payload) => {
@@ -119,8 +121,18 @@ pub fn run_guarded(spec: &JobSpec, ctx: &dyn JobContext) -> Result<JobOutput, Re
                 .map(|s| s.to_string())
                 .or_else(|| payload.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "a panic without a message".into());
-            log::warn!("{}: the runtime panicked: {what}", spec.models_label());
-            Err(RemoteError::Runtime(format!("{}: the job was stopped: the runtime panicked: {what}", spec.models_label())))
+            let label = spec.models_label();
+            log::warn!("{label}: the runtime panicked: {what}");
+            let allocation = what.contains("allocat") || what.contains("capacity overflow");
+            let why = match (allocation, memory_limited) {
+                (true, true) => format!(
+                    "it ran out of its {} memory budget ({what})",
+                    rba_onnx::budget::human_bytes(spec.memory_budget)
+                ),
+                (true, false) => format!("it ran out of memory ({what})"),
+                (false, _) => format!("the runtime panicked: {what}"),
+            };
+            Err(RemoteError::Runtime(format!("{label}: the job was stopped: {why}")))
         }
     }
 }
@@ -182,7 +194,7 @@ mod tests {
         assert_eq!(spec(&["a"]).models_label(), "model 'a'");
         assert_eq!(spec(&["a", "b"]).models_label(), "models 'a' and 'b'");
         assert_eq!(spec(&["a", "b", "c"]).models_label(), "models 'a', 'b' and 'c'");
-        let e = run_guarded(&spec(&["gone"]), &Quiet).unwrap_err();
+        let e = run_guarded(&spec(&["gone"]), &Quiet, false).unwrap_err();
         match e {
             RemoteError::Storage(m) => {
                 assert!(m.starts_with("cannot read model 'gone': "), "{m}");

@@ -40,9 +40,7 @@ impl MemoryBudget {
         match *self {
             MemoryBudget::Bytes(b) => b,
             MemoryBudget::OfAvailable { percent } => match sensors.memory_available() {
-                Some(available) => {
-                    u64::try_from(u128::from(available) * u128::from(percent) / 100).unwrap_or(u64::MAX)
-                }
+                Some(available) => u64::try_from(u128::from(available) * u128::from(percent) / 100).unwrap_or(u64::MAX),
                 None => FALLBACK_BYTES,
             },
         }
@@ -79,7 +77,9 @@ impl FromStr for MemoryBudget {
             "m" | "mb" | "mib" => 20,
             "g" | "gb" | "gib" => 30,
             "t" | "tb" | "tib" => 40,
-            other => return Err(format!("'{s}': unknown unit '{other}' (use bytes, KiB, MiB, GiB, TiB or a percentage)")),
+            other => {
+                return Err(format!("'{s}': unknown unit '{other}' (use bytes, KiB, MiB, GiB, TiB or a percentage)"))
+            }
         };
         let value: f64 = number.parse().map_err(|_| format!("'{s}': not a size (e.g. 512MiB, 1.5GiB, 50%)"))?;
         let bytes = value * (1u64 << shift) as f64;

@@ -317,10 +317,7 @@ impl Store {
             });
         }
         if staged.file.is_none() {
-            let f = OpenOptions::new()
-                .write(true)
-                .open(&part)
-                .map_err(io_err(format!("cannot open {STAGED}")))?;
+            let f = OpenOptions::new().write(true).open(&part).map_err(io_err(format!("cannot open {STAGED}")))?;
             staged.file = Some(f);
         }
         let Some(f) = staged.file.as_mut() else {

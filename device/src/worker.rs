@@ -146,8 +146,13 @@ struct Request {
 #[derive(Debug, Serialize, Deserialize)]
 enum Task {
     /// Answer [`Event::Alive`] and exit.
-    SelfTest { nonce: u64 },
-    Job { spec: JobSpec, data_limit: u64 },
+    SelfTest {
+        nonce: u64,
+    },
+    Job {
+        spec: JobSpec,
+        data_limit: u64,
+    },
 }
 
 /// Worker to daemon.
@@ -162,7 +167,10 @@ enum Event {
 
 fn write_frame<T: Serialize>(w: &mut impl Write, value: &T) -> io::Result<()> {
     let bytes = postcard::to_stdvec(value).map_err(io::Error::other)?;
-    let len = u32::try_from(bytes.len()).ok().filter(|&l| l <= MAX_FRAME).ok_or_else(|| io::Error::other("frame too large"))?;
+    let len = u32::try_from(bytes.len())
+        .ok()
+        .filter(|&l| l <= MAX_FRAME)
+        .ok_or_else(|| io::Error::other("frame too large"))?;
     w.write_all(&len.to_le_bytes())?;
     w.write_all(&bytes)?;
     w.flush()
@@ -220,6 +228,19 @@ pub fn data_limit(spec: &JobSpec) -> u64 {
 /// `rba-device worker`: reads one request from stdin, answers on stdout,
 /// returns the process's exit status.
 pub fn worker_main() -> i32 {
+    // A panic becomes the job's typed error (`job::run_guarded`); two lines
+    // for the daemon's log are enough, without a backtrace.
+    std::panic::set_hook(Box::new(|info| {
+        let thread = std::thread::current();
+        let message = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        let at = info.location().map(|l| l.to_string()).unwrap_or_default();
+        let _ = writeln!(io::stderr(), "thread '{}' panicked at {at}:\n{message}", thread.name().unwrap_or("?"));
+    }));
     let mut stdin = io::stdin();
     let request: Request = match read_frame(&mut stdin) {
         Ok(r) => r,
@@ -269,7 +290,7 @@ pub fn worker_main() -> i32 {
 fn run_in_pool(spec: &JobSpec, ctx: &dyn JobContext) -> Result<JobOutput, RemoteError> {
     use tract_linalg::multithread::{multithread_tract_scope, Executor};
     let exec = if spec.threads > 1 { Executor::multithread(spec.threads as usize) } else { Executor::SingleThread };
-    multithread_tract_scope(exec, || job::run_guarded(spec, ctx))
+    multithread_tract_scope(exec, || job::run_guarded(spec, ctx, true))
 }
 
 /// `RLIMIT_DATA` to `bytes`, no core files, first in line for the OOM killer.
@@ -498,7 +519,8 @@ pub fn run_job(program: &Path, spec: &JobSpec, ctx: &dyn JobContext) -> Result<J
                 // the whole group) is a shutdown, not a crash.
                 ctx.check()?;
                 let tail = worker.stderr_tail();
-                let why = status.map_or_else(|| "vanished".to_string(), |s| death_message(s, &tail, spec.memory_budget));
+                let why =
+                    status.map_or_else(|| "vanished".to_string(), |s| death_message(s, &tail, spec.memory_budget));
                 log::warn!("{label}: the worker {why}");
                 return Err(stopped(&label, &why));
             }

@@ -66,7 +66,12 @@ impl Daemon {
             .map(|m| Ok(Artifact { name: (*m).to_string(), path: self.store.existing(ArtifactKind::Model, m)? }))
             .collect::<Result<Vec<_>, RemoteError>>()?;
         let input_bundle = input_bundle
-            .map(|b| Ok::<_, RemoteError>(Artifact { name: b.into(), path: self.store.existing(ArtifactKind::EvalBundle, b)? }))
+            .map(|b| {
+                Ok::<_, RemoteError>(Artifact {
+                    name: b.into(),
+                    path: self.store.existing(ArtifactKind::EvalBundle, b)?,
+                })
+            })
             .transpose()?;
         let names: Vec<&str> = models.iter().map(|m| m.name.as_str()).collect();
         let spec = self.job_spec(Work::Bench { models: models.clone(), warmup, runs, input_bundle }, threads);
@@ -130,8 +135,7 @@ pub(crate) fn bench(
         Ok(())
     };
     ctx.progress(Phase::WarmUp, 0, (warmup.min_time_ms == 0).then_some(u64::from(warmup.count)), None);
-    let warm =
-        measure::run_phase(&mut clock, warmup, 0, arms, caps, run, |d, e| between(Phase::WarmUp, warmup, d, e))?;
+    let warm = measure::run_phase(&mut clock, warmup, 0, arms, caps, run, |d, e| between(Phase::WarmUp, warmup, d, e))?;
     last.set(0);
     ctx.progress(Phase::Measuring, 0, (runs.min_time_ms == 0).then_some(u64::from(runs.count)), None);
     let measured =

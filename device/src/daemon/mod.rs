@@ -138,7 +138,7 @@ impl Daemon {
             Isolation::Process { program } => worker::run_job(program, spec, &ctx),
             Isolation::Thread => {
                 self.config.sensors.reset_peak_rss();
-                self.executors.scope(spec.threads, || job::run_guarded(spec, &ctx))
+                self.executors.scope(spec.threads, || job::run_guarded(spec, &ctx, false))
             }
         }
     }
