@@ -391,6 +391,8 @@ impl Worker {
             let pid = worker.child.id();
             let reader = move || {
                 for line in BufReader::new(err).lines().map_while(Result::ok) {
+                    // The worker logs through the same logger as the daemon.
+                    let line = line.strip_prefix("rba-device: ").unwrap_or(&line);
                     let line: String = line.chars().take(400).collect();
                     log::info!("worker {pid}: {line}");
                     let mut t = tail.lock().unwrap_or_else(|e| e.into_inner());
