@@ -115,7 +115,7 @@ impl Isolation {
                     }
                     Err(why) => {
                         log::warn!(
-                            "jobs run inside the daemon: a worker process cannot start here ({why}); a model that \
+                            "jobs run inside the daemon, as a worker process cannot start here: {why}. A model that \
                              exhausts memory can stop the daemon"
                         );
                         Isolation::Thread
@@ -407,7 +407,7 @@ impl Worker {
         let sent = stdin.as_mut().map(|s| write_frame(s, request));
         if let Some(Err(e)) = sent {
             // The worker may have died at once: its status says more.
-            log::info!("cannot hand the job to worker {}: {e}", worker.child.id());
+            log::debug!("cannot hand the job to worker {}: {e}", worker.child.id());
         }
         worker.stdin = stdin;
         Ok(worker)
