@@ -186,7 +186,7 @@ impl LoadedModel {
 
 /// Thread pools for tract's matrix products, one per thread count, made
 /// on first use and kept: at most one pool per count from 2 to `max`, so
-/// at most `max * (max - 1) / 2 + max` threads however many jobs ran.
+/// at most 2 + 3 + ... + `max` threads however many jobs ran.
 pub struct Executors {
     max: u32,
     pools: Mutex<HashMap<u32, Executor>>,
