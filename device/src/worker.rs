@@ -31,7 +31,7 @@
 //! daemon thread, with one log line.
 
 use std::collections::VecDeque;
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{self, RecvTimeoutError};
@@ -65,6 +65,9 @@ const POLL: Duration = Duration::from_millis(50);
 
 /// Lines of a worker's stderr kept for the error of a worker that died.
 const STDERR_LINES: usize = 40;
+
+/// Longest line of a worker's stderr kept (longer ones are cut).
+const MAX_LINE: usize = 400;
 
 /// Exit status of a worker whose daemon went away.
 const EXIT_ORPHANED: i32 = 3;
@@ -390,17 +393,16 @@ impl Worker {
         if let Some(err) = stderr {
             let pid = worker.child.id();
             let reader = move || {
-                for line in BufReader::new(err).lines().map_while(Result::ok) {
+                for_each_line(err, |line| {
                     // The worker logs through the same logger as the daemon.
-                    let line = line.strip_prefix("rba-device: ").unwrap_or(&line);
-                    let line: String = line.chars().take(400).collect();
+                    let line = line.strip_prefix("rba-device: ").unwrap_or(line);
                     log::info!("worker {pid}: {line}");
                     let mut t = tail.lock().unwrap_or_else(|e| e.into_inner());
                     if t.len() == STDERR_LINES {
                         t.pop_front();
                     }
-                    t.push_back(line);
-                }
+                    t.push_back(line.to_string());
+                });
             };
             worker.stderr = Some(spawn("rba-worker-err", Box::new(reader)).map_err(thread_error)?);
         }
@@ -452,6 +454,33 @@ impl Drop for Worker {
         for t in [self.stdout.take(), self.stderr.take()].into_iter().flatten() {
             let _ = t.join();
         }
+    }
+}
+
+/// Calls `f` with each line of `r` (lossy UTF-8), cut to [`MAX_LINE`]
+/// bytes: however long a line the worker prints (a panic message quoting
+/// a model's node names), the daemon holds at most that much of it.
+fn for_each_line(mut r: impl Read, mut f: impl FnMut(&str)) {
+    let mut line = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = match r.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        };
+        for &b in &buf[..n] {
+            if b == b'\n' {
+                f(&String::from_utf8_lossy(&line));
+                line.clear();
+            } else if line.len() < MAX_LINE {
+                line.push(b);
+            }
+        }
+    }
+    if !line.is_empty() {
+        f(&String::from_utf8_lossy(&line));
     }
 }
 
@@ -592,6 +621,16 @@ mod tests {
             "crashed (a panic: attempt to divide by zero)"
         );
         assert_eq!(death_message(ExitStatus::from_raw(3 << 8), "", gib), "exited with status 3 without a result");
+    }
+
+    #[test]
+    fn stderr_lines_are_cut() {
+        let long = format!("{}\nshort\n{}", "x".repeat(100_000), "tail without a newline");
+        let mut lines = Vec::new();
+        for_each_line(long.as_bytes(), |l| lines.push(l.to_string()));
+        assert_eq!(lines.len(), 3);
+        assert_eq!(lines[0].len(), MAX_LINE);
+        assert_eq!(lines[1..], ["short", "tail without a newline"]);
     }
 
     #[test]

@@ -79,12 +79,20 @@ fn status(p: &DeviceProcess, field: &str) -> u64 {
     p.status_bytes(field)
 }
 
-/// The processes whose parent is `pid` (its workers).
+/// The live processes whose parent is `pid` (its workers), from the parent
+/// field of every `/proc/<pid>/stat`.
 fn children(pid: u32) -> Vec<u32> {
     let mut out = Vec::new();
-    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
-        let text = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
-        out.extend(text.split_whitespace().filter_map(|c| c.parse::<u32>().ok()));
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(child) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        // "pid (comm) state ppid ...": the command may hold spaces and parentheses.
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else { continue };
+        let mut fields = rest.split_whitespace();
+        let (state, ppid) = (fields.next(), fields.next().and_then(|p| p.parse::<u32>().ok()));
+        if ppid == Some(pid) && state != Some("Z") {
+            out.push(child);
+        }
     }
     out
 }
