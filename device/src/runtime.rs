@@ -217,3 +217,22 @@ impl Executors {
         self.pools.lock().map_or(0, |p| p.len())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pools_are_bounded_by_the_maximum() {
+        let ex = Executors::new(2);
+        for threads in [1, 2, 3, 8, 64, 2, 64] {
+            ex.scope(threads, || ());
+        }
+        assert_eq!(ex.pools(), 1, "one pool, of 2 threads, for every request above 1");
+        let ex = Executors::new(4);
+        for threads in [64, 3, 2, 4, 1, 100] {
+            ex.scope(threads, || ());
+        }
+        assert_eq!(ex.pools(), 3, "counts 2, 3 and 4");
+    }
+}

@@ -52,6 +52,14 @@ const MAX_VALUES: u64 = 1024;
 /// Bytes of an element of an unknown type (see the module documentation).
 const UNKNOWN_ELEMENT_BYTES: u64 = 4;
 
+/// Values the check keeps in all (so that a model of many small constants
+/// cannot make the check itself take much memory); past it, values are
+/// unknown.
+const MAX_KEPT_VALUES: usize = 1 << 20;
+
+/// Highest rank whose shape the check keeps (a higher one is unknown).
+const MAX_RANK: usize = 64;
+
 /// Where a tensor comes from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Origin {
@@ -184,7 +192,15 @@ fn walk(model: &ModelProto, batch: u64, budget: Option<u64>) -> Result<Footprint
         .iter()
         .find(|o| o.domain().is_empty() || o.domain() == "ai.onnx")
         .map_or(crate::MAX_OPSET, |o| o.version());
-    let mut w = Walker { opset, batch: batch.max(1), budget, known: HashMap::new(), out: Footprint::default() };
+    let mut w = Walker {
+        opset,
+        batch: batch.max(1),
+        budget,
+        known: HashMap::new(),
+        scopes: Vec::new(),
+        values_left: MAX_KEPT_VALUES,
+        out: Footprint::default(),
+    };
     if let Some(g) = &model.graph {
         w.graph(g, true)?;
     }
@@ -455,6 +471,11 @@ struct Walker {
     batch: u64,
     budget: Option<u64>,
     known: HashMap<String, Info>,
+    /// Per subgraph being walked: what its names shadowed, to restore
+    /// when it ends (no copy of `known` per subgraph).
+    scopes: Vec<Vec<(String, Option<Info>)>>,
+    /// Of [`MAX_KEPT_VALUES`].
+    values_left: usize,
     out: Footprint,
 }
 
@@ -597,7 +618,7 @@ impl Walker {
         for t in &g.initializer {
             let id = TensorId { name: t.name().to_string(), origin: Origin::Initializer };
             let info = self.stored(t, id)?;
-            self.known.insert(t.name().to_string(), info);
+            self.remember(t.name(), info);
         }
         for s in &g.sparse_initializer {
             let Some(values) = &s.values else { continue };
@@ -609,7 +630,7 @@ impl Walker {
                 }
                 None => Info::typed(values.data_type()),
             };
-            self.known.insert(values.name().to_string(), info);
+            self.remember(values.name(), info);
         }
         let initializers: std::collections::HashSet<&str> = g.initializer.iter().map(|t| t.name()).collect();
         for vi in &g.input {
@@ -619,7 +640,7 @@ impl Walker {
             // A subgraph's inputs are bound by its parent node (loop
             // counters, carried state): sized there, if anywhere.
             let info = if main { self.graph_input(vi)? } else { Info::default() };
-            self.known.insert(vi.name().to_string(), info);
+            self.remember(vi.name(), info);
         }
         for node in &g.node {
             self.node(node)?;
@@ -659,11 +680,17 @@ impl Walker {
             subgraphs.extend(a.graphs.iter());
         }
         if !subgraphs.is_empty() {
-            let saved = self.known.clone();
             for g in subgraphs {
-                self.graph(g, false)?;
+                self.scopes.push(Vec::new());
+                let walked = self.graph(g, false);
+                for (name, shadowed) in self.scopes.pop().unwrap_or_default().into_iter().rev() {
+                    match shadowed {
+                        Some(info) => self.known.insert(name, info),
+                        None => self.known.remove(&name),
+                    };
+                }
+                walked?;
             }
-            self.known = saved;
         }
         let first = node.input.first().map(|n| self.info(n)).unwrap_or_default();
         for (k, name) in node.output.iter().enumerate() {
@@ -683,9 +710,28 @@ impl Walker {
                 };
                 self.size(id, dims, info.elem_type, GENERATORS.contains(&op))?;
             }
-            self.known.insert(name.clone(), info);
+            self.remember(name, info);
         }
         Ok(())
+    }
+
+    /// Records what is known of `name` (in the current subgraph's scope),
+    /// dropping a shape of too high a rank and values past the check's own
+    /// allowance.
+    fn remember(&mut self, name: &str, mut info: Info) {
+        if info.dims.as_ref().is_some_and(|d| d.len() > MAX_RANK) {
+            info.dims = None;
+        }
+        if let Some(v) = &info.values {
+            match self.values_left.checked_sub(v.len()) {
+                Some(left) => self.values_left = left,
+                None => info.values = None,
+            }
+        }
+        let shadowed = self.known.insert(name.to_string(), info);
+        if let Some(scope) = self.scopes.last_mut() {
+            scope.push((name.to_string(), shadowed));
+        }
     }
 
     /// What is known about a standard node's outputs (fewer entries than
@@ -1545,6 +1591,46 @@ mod tests {
         };
         let f = check(&model(g), 1, GIB).unwrap();
         assert_eq!(f.tensors.len(), 2, "the input and its cast: {:?}", f.tensors);
+    }
+
+    #[test]
+    fn subgraphs_see_the_outer_scope_and_do_not_leak_and_the_check_stays_small() {
+        // An If whose branch computes a 2^40 ConstantOfShape from an outer
+        // initializer; the branch's own "shape" does not leak out.
+        let branch = GraphProto {
+            node: vec![node("ConstantOfShape", "inner", &["shape"], &["z"])],
+            output: vec![f32_value_info("z", &[])],
+            ..Default::default()
+        };
+        let mut iff = node("If", "if", &["cond"], &["y"]);
+        iff.attribute.push(AttributeProto {
+            name: Some("then_branch".into()),
+            r#type: Some(AttributeType::Graph as i32),
+            g: Some(branch),
+            ..Default::default()
+        });
+        let g = GraphProto {
+            node: vec![iff],
+            initializer: vec![i64_tensor("shape", &[1], &[1 << 40])],
+            input: vec![f32_value_info("x", &[Dim::Fixed(1)])],
+            ..Default::default()
+        };
+        let e = check(&model(g), 1, GIB).unwrap_err();
+        assert!(e.to_string().starts_with("tensor 'z' (ConstantOfShape 'inner') would hold 2^40 floats"), "{e}");
+        // Many copies of a 1024-value constant: the values kept stop at the
+        // allowance, and what is past it is simply unknown.
+        let mut nodes = Vec::new();
+        for i in 0..2000 {
+            nodes.push(node("Identity", &format!("id{i}"), &["big"], &[&format!("c{i}")]));
+        }
+        let g = GraphProto {
+            node: nodes,
+            initializer: vec![i64_tensor("big", &[1024], &[1; 1024])],
+            input: vec![f32_value_info("x", &[Dim::Fixed(1)])],
+            ..Default::default()
+        };
+        let f = footprint(&model(g), 1).unwrap();
+        assert_eq!(f.tensors.len(), 2 + 2000, "every copy is still sized");
     }
 
     #[test]

@@ -96,11 +96,6 @@ impl Daemon {
         &self.store
     }
 
-    /// Tract thread pools made so far (on the daemon's thread only).
-    pub fn thread_pools(&self) -> usize {
-        self.executors.pools()
-    }
-
     /// Threads for a job: what the request asks (else the default), at
     /// most the cores.
     fn threads(&self, requested: Option<u32>, what: &str) -> Result<u32, RemoteError> {
