@@ -142,7 +142,7 @@ fn tcp_raw(total: usize) -> Duration {
 fn tcp_upload(data: &[u8], chunk: u32) -> Duration {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
-    let key = PreSharedKey::new(b"bench-key".to_vec());
+    let key = PreSharedKey::new([0x5A; 32]);
     let server_key = key.clone();
     let server = std::thread::spawn(move || {
         let mut h = MemoryHandler::new();

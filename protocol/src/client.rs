@@ -644,13 +644,21 @@ pub fn upload_resumable<T: Read + Write>(
     mut progress: impl FnMut(UploadProgress),
 ) -> Result<(Client<T>, ArtifactInfo), ClientError> {
     let mut attempts = 0;
+    // Once a session was established, a handshake that fails to
+    // authenticate is a damaged link, not a wrong key.
+    let mut connected = false;
     loop {
         attempts += 1;
-        let result = connect().and_then(|mut c| c.upload(kind, name, data, &mut progress).map(|info| (c, info)));
+        let result = connect().and_then(|mut c| {
+            connected = true;
+            c.upload(kind, name, data, &mut progress).map(|info| (c, info))
+        });
         match result {
             Ok(ok) => return Ok(ok),
             Err(e) => {
-                let retryable = e.ends_session() || matches!(e, ClientError::Remote(RemoteError::ShaMismatch { .. }));
+                let retryable = e.ends_session()
+                    || (connected && matches!(e, ClientError::AuthFailed))
+                    || matches!(e, ClientError::Remote(RemoteError::ShaMismatch { .. }));
                 if !retryable {
                     return Err(e);
                 }
