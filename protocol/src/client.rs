@@ -33,9 +33,10 @@ pub struct ClientConfig {
     /// Pre-shared key: `Noise_NXpsk2` with it (required on TCP), the
     /// keyless `Noise_NX` without (serial links to keyless devices only).
     pub key: Option<PreSharedKey>,
-    /// The device's static key as pinned earlier: a device that proves
-    /// another one is refused ([`ClientError::IdentityChanged`]).
-    pub expected_device: Option<[u8; 32]>,
+    /// The fingerprint (`secure::fingerprint`) of the device's static key
+    /// as pinned earlier: a device that proves another key is refused
+    /// ([`ClientError::IdentityChanged`]) before anything is exchanged.
+    pub expected_device: Option<String>,
     /// Resend the handshake when the device stays silent (serial: it may
     /// have missed it); pointless on TCP, where one attempt waits.
     pub resend_handshake: bool,
@@ -101,8 +102,8 @@ pub enum ClientError {
     #[error("the link was tampered with or corrupted: {0}")]
     Integrity(IntegrityError),
     /// The device proved a static key other than the pinned one.
-    #[error("the device proved the identity {got}, not the pinned {expected}", got = secure::fingerprint(got), expected = secure::fingerprint(expected))]
-    IdentityChanged { expected: [u8; 32], got: [u8; 32] },
+    #[error("the device proved the identity {got}, not the pinned {expected}")]
+    IdentityChanged { expected: String, got: String },
     /// The host holds a key but the device has none configured: it cannot
     /// prove it is the device meant, so it is refused.
     #[error("the device has no pre-shared key configured, so it cannot be authenticated; refusing it")]
@@ -272,9 +273,10 @@ impl<T: Read + Write> Client<T> {
         let device_key = channel
             .remote_static()
             .ok_or_else(|| ClientError::Unexpected("the handshake proved no device key".into()))?;
-        if let Some(expected) = config.expected_device {
-            if expected != device_key {
-                return Err(ClientError::IdentityChanged { expected, got: device_key });
+        if let Some(expected) = &config.expected_device {
+            let got = secure::fingerprint(&device_key);
+            if *expected != got {
+                return Err(ClientError::IdentityChanged { expected: expected.clone(), got });
             }
         }
         let mut c = Client {

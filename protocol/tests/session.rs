@@ -184,17 +184,17 @@ fn keyless_serial_sessions_and_a_host_with_a_key_refuses_a_keyless_device() {
 #[test]
 fn a_pinned_device_key_is_enforced() {
     let config = keyed_server();
-    let pinned = *config.identity.as_ref().unwrap().public();
+    let pinned = config.identity.as_ref().unwrap().fingerprint();
     let (dev, _join) = spawn_device(config, MemoryHandler::new());
-    let c = connect(&dev, ClientConfig { expected_device: Some(pinned), ..client_config(Some(KEY)) }).unwrap();
-    assert_eq!(c.session().unwrap().device_key, pinned);
+    let c = connect(&dev, ClientConfig { expected_device: Some(pinned.clone()), ..client_config(Some(KEY)) }).unwrap();
+    assert_eq!(c.session().unwrap().fingerprint(), pinned);
     drop(c);
-    let other = Identity::generate().unwrap();
-    let err = connect(&dev, ClientConfig { expected_device: Some(*other.public()), ..client_config(Some(KEY)) })
+    let other = Identity::generate().unwrap().fingerprint();
+    let err = connect(&dev, ClientConfig { expected_device: Some(other.clone()), ..client_config(Some(KEY)) })
         .err()
         .unwrap();
     match err {
-        ClientError::IdentityChanged { expected, got } => assert_eq!((expected, got), (*other.public(), pinned)),
+        ClientError::IdentityChanged { expected, got } => assert_eq!((expected, got), (other, pinned)),
         e => panic!("{e}"),
     }
 }
