@@ -133,6 +133,9 @@ impl<H: DeviceHandler> Server<'_, H> {
         let writer = stream.try_clone()?;
         let idle = self.idle;
         let r = self.session_with(reader, writer, idle, false);
+        if matches!(r, Ok(SessionEnd::Integrity)) {
+            linger(&stream);
+        }
         let _ = stream.shutdown(std::net::Shutdown::Both);
         r
     }
@@ -263,6 +266,25 @@ impl<H: DeviceHandler> Server<'_, H> {
             }
         }
         Ok(ends)
+    }
+}
+
+/// After telling the host why the session ends: closes the sending side
+/// and drains what the host still sends for a moment, so that closing does
+/// not reset the connection (a reset can discard the notice unread).
+fn linger(stream: &TcpStream) {
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(100)));
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let mut buf = [0u8; 16 * 1024];
+    let mut s = stream;
+    while Instant::now() < deadline {
+        match s.read(&mut buf) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e) if matches!(e.kind(), io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock) => {}
+            Err(_) => return,
+        }
     }
 }
 

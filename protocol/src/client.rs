@@ -514,9 +514,26 @@ impl<T: Read + Write> Client<T> {
     fn send(&mut self, env: &Envelope) -> Result<(), ClientError> {
         self.out.clear();
         self.encoder.encode(env, &mut self.out)?;
-        self.link.write_all(&self.out).map_err(link_error)?;
-        self.link.flush().map_err(link_error)?;
-        Ok(())
+        let written = self.link.write_all(&self.out).and_then(|()| self.link.flush());
+        match written {
+            Ok(()) => Ok(()),
+            Err(e) => Err(self.why_write_failed(link_error(e))),
+        }
+    }
+
+    /// A write failed (the device closed): if the device said why before it
+    /// closed (its records are still readable), that is the error.
+    fn why_write_failed(&mut self, e: ClientError) -> ClientError {
+        if matches!(e, ClientError::Integrity(_)) {
+            return e;
+        }
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while let Ok(env) = self.next_envelope(deadline) {
+            if let (0, Message::Response(Response::Error(RemoteError::Integrity(m)))) = (env.id, env.msg) {
+                return ClientError::Integrity(IntegrityError::ReportedByDevice(m));
+            }
+        }
+        e
     }
 
     /// Sends `req` and waits for its final response, resending it under a
@@ -558,6 +575,12 @@ impl<T: Read + Write> Client<T> {
                 Err(ClientError::Timeout { .. }) if !alive => return Err(Waited::Silent),
                 Err(e) => return Err(Waited::Failed(e)),
             };
+            if env.id == 0 {
+                if let Message::Response(Response::Error(RemoteError::Integrity(m))) = env.msg {
+                    return Err(Waited::Failed(ClientError::Integrity(IntegrityError::ReportedByDevice(m))));
+                }
+                continue;
+            }
             if env.id != id {
                 continue; // stale answer to an earlier attempt
             }
@@ -649,6 +672,7 @@ pub fn upload_resumable<T: Read + Write>(
     // Once a session was established, a handshake that fails to
     // authenticate is a damaged link, not a wrong key.
     let mut connected = false;
+    let mut tampered: Option<IntegrityError> = None;
     loop {
         attempts += 1;
         let result = connect().and_then(|mut c| {
@@ -664,8 +688,17 @@ pub fn upload_resumable<T: Read + Write>(
                 if !retryable {
                     return Err(e);
                 }
+                if let Some(i) = e.integrity() {
+                    tampered = Some(i.clone());
+                }
                 if attempts >= max_attempts {
-                    return Err(ClientError::RetriesExhausted { attempts, last: Box::new(e) });
+                    // A link that failed integrity is the story to tell,
+                    // even if the last session merely broke.
+                    let last = match (&tampered, e.integrity()) {
+                        (Some(i), None) => ClientError::Integrity(i.clone()),
+                        _ => e,
+                    };
+                    return Err(ClientError::RetriesExhausted { attempts, last: Box::new(last) });
                 }
             }
         }

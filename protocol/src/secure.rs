@@ -292,6 +292,10 @@ pub enum IntegrityError {
     /// A write failed half-way; nothing more may be sent.
     #[error("an earlier write failed: the channel is closed")]
     Poisoned,
+    /// The device found a record of ours that failed authentication (it
+    /// said so over its intact direction before ending the session).
+    #[error("the device received a record that failed authentication ({0})")]
+    ReportedByDevice(String),
 }
 
 /// The [`IntegrityError`] inside an `io::Error` of a secure stream, if any.

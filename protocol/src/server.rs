@@ -224,6 +224,19 @@ impl Shared {
     fn respond(&self, id: u32, r: Response) -> io::Result<()> {
         self.send(&Envelope { id, msg: Message::Response(r) })
     }
+
+    /// Tells the host (request id 0) why the session ends: its records
+    /// stopped authenticating. The device's own direction is intact.
+    fn notify_integrity(&self, e: &IntegrityError) {
+        let env =
+            Envelope { id: 0, msg: Message::Response(Response::Error(RemoteError::Integrity(e.to_string()))) };
+        let mut w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let Writer { sink, encoder, buf } = &mut *w;
+        buf.clear();
+        if encoder.encode(&env, buf).is_ok() {
+            let _ = sink.write_all(buf).and_then(|()| sink.flush());
+        }
+    }
 }
 
 #[allow(clippy::large_enum_variant)] // short-lived, moved once
@@ -464,6 +477,7 @@ where
         let authenticated = !matches!(e, IntegrityError::FirstRecord);
         return Ok(Ran::End(if authenticated {
             log::info!("integrity failure, session ended: {e}");
+            shared.notify_integrity(&e);
             SessionEnd::Integrity
         } else {
             log::info!("authentication failed: {e}");
