@@ -7,8 +7,13 @@
 //!                  message 1 = len: u16 BE || Noise message (-> e)
 //! device -> host   answer    = "\0\0RBA" || version: u16 BE || status: u8 || echo: [u8; 8]
 //!                  message 2 = len: u16 BE || Noise message (<- e, ee, s, es [, psk])
-//! both ways        record    = len: u16 BE || Noise transport message (ciphertext || 16-byte tag)
+//! both ways        record    = header: Noise transport message of len: u16 BE (2 + 16 bytes)
+//!                              || body: Noise transport message of the payload (len bytes)
 //! ```
+//!
+//! The record length is encrypted and authenticated on its own (as in
+//! Lightning's BOLT 8), so a forged or injected header is caught at once
+//! instead of making the receiver wait for bytes that never come.
 //!
 //! - [`Identity`]: a device's long-term X25519 key and its [`fingerprint`].
 //! - [`ServerHandshake`]: the device's side, driven by bytes (`feed`), so a
@@ -48,6 +53,8 @@ pub const ANSWER_LEN: usize = MAGIC.len() + 3 + ECHO_LEN;
 pub const TAG_LEN: usize = 16;
 /// Largest record body (a Noise message is at most 65535 bytes).
 pub const MAX_RECORD: usize = 65535;
+/// A record's encrypted length: 2 bytes and their tag.
+pub const HEADER_LEN: usize = 2 + TAG_LEN;
 /// Largest plaintext in one record; larger writes are split.
 pub const MAX_RECORD_PAYLOAD: usize = MAX_RECORD - TAG_LEN;
 /// Largest handshake message accepted (ours are 32 and 96 bytes).
@@ -383,11 +390,14 @@ impl Channel {
 }
 
 /// Raw bytes kept for records: two maximal records.
-const RAW_CAPACITY: usize = 2 * (MAX_RECORD + 2);
+const RAW_CAPACITY: usize = 2 * (MAX_RECORD + HEADER_LEN);
 
 struct RecordReader {
     transport: Arc<StatelessTransportState>,
+    /// Records decrypted: record n uses nonces 2n (header) and 2n + 1 (body).
     nonce: u64,
+    /// The body length of the record whose header was decrypted.
+    body_len: Option<usize>,
     raw: Vec<u8>,
     lo: usize,
     hi: usize,
@@ -414,6 +424,7 @@ impl RecordReader {
         RecordReader {
             transport,
             nonce: 0,
+            body_len: None,
             raw,
             lo: 0,
             hi,
@@ -431,47 +442,63 @@ impl RecordReader {
         integrity(e)
     }
 
+    fn failure(&self) -> IntegrityError {
+        if self.nonce == 0 {
+            IntegrityError::FirstRecord
+        } else {
+            IntegrityError::Record { index: self.nonce }
+        }
+    }
+
     /// Decrypts the next complete record in `raw`, if there is one.
     fn parse(&mut self) -> io::Result<Parsed> {
-        let avail = &self.raw[self.lo..self.hi];
-        if avail.len() < 2 {
-            return Ok(Parsed::NeedMore);
-        }
-        let len = usize::from(u16::from_be_bytes([avail[0], avail[1]]));
-        if len < TAG_LEN {
-            // No record is this short: a preamble (a new host on a serial
-            // line), or an attack.
-            let n = avail.len().min(MAGIC.len());
-            if avail[..n] == MAGIC[..n] {
-                if n < MAGIC.len() {
+        let exhausted = || integrity(IntegrityError::Exhausted);
+        let header_nonce = self.nonce.checked_mul(2).ok_or_else(exhausted)?;
+        let body_len = match self.body_len {
+            Some(l) => l,
+            None => {
+                let avail = &self.raw[self.lo..self.hi];
+                if avail.len() < HEADER_LEN {
                     return Ok(Parsed::NeedMore);
                 }
-                if self.allow_restart {
-                    self.restarted = true;
-                    return Err(io::Error::new(io::ErrorKind::InvalidData, Restart));
+                let mut len = [0u8; HEADER_LEN];
+                if self.transport.read_message(header_nonce, &avail[..HEADER_LEN], &mut len).is_err() {
+                    // No record: a preamble (a new host on a serial line),
+                    // or bytes an attacker made up.
+                    if avail.starts_with(&MAGIC) {
+                        if self.allow_restart {
+                            self.restarted = true;
+                            return Err(io::Error::new(io::ErrorKind::InvalidData, Restart));
+                        }
+                        return Err(self.fail(IntegrityError::UnexpectedPreamble));
+                    }
+                    let e = self.failure();
+                    return Err(self.fail(e));
                 }
-                return Err(self.fail(IntegrityError::UnexpectedPreamble));
+                let l = usize::from(u16::from_be_bytes([len[0], len[1]]));
+                if l < TAG_LEN {
+                    return Err(self.fail(IntegrityError::Length { index: self.nonce, len: l }));
+                }
+                self.body_len = Some(l);
+                l
             }
-            return Err(self.fail(IntegrityError::Length { index: self.nonce, len }));
-        }
-        if avail.len() < 2 + len {
+        };
+        let avail = &self.raw[self.lo..self.hi];
+        if avail.len() < HEADER_LEN + body_len {
             return Ok(Parsed::NeedMore);
         }
-        let body = &self.raw[self.lo + 2..self.lo + 2 + len];
-        match self.transport.read_message(self.nonce, body, &mut self.plain) {
+        let body = &self.raw[self.lo + HEADER_LEN..self.lo + HEADER_LEN + body_len];
+        match self.transport.read_message(header_nonce + 1, body, &mut self.plain) {
             Ok(n) => {
-                self.lo += 2 + len;
-                self.nonce = self.nonce.checked_add(1).ok_or_else(|| integrity(IntegrityError::Exhausted))?;
+                self.lo += HEADER_LEN + body_len;
+                self.body_len = None;
+                self.nonce = self.nonce.checked_add(1).ok_or_else(exhausted)?;
                 self.plain_pos = 0;
                 self.plain_len = n;
                 Ok(Parsed::Record)
             }
             Err(_) => {
-                let e = if self.nonce == 0 {
-                    IntegrityError::FirstRecord
-                } else {
-                    IntegrityError::Record { index: self.nonce }
-                };
+                let e = self.failure();
                 Err(self.fail(e))
             }
         }
@@ -538,7 +565,7 @@ struct RecordWriter {
 
 impl RecordWriter {
     fn new(transport: Arc<StatelessTransportState>) -> RecordWriter {
-        RecordWriter { transport, nonce: 0, out: vec![0u8; MAX_RECORD + 2], poisoned: false }
+        RecordWriter { transport, nonce: 0, out: vec![0u8; MAX_RECORD + HEADER_LEN], poisoned: false }
     }
 
     fn write<W: Write>(&mut self, inner: &mut W, buf: &[u8]) -> io::Result<usize> {
@@ -549,14 +576,16 @@ impl RecordWriter {
             return Ok(0);
         }
         let n = buf.len().min(MAX_RECORD_PAYLOAD);
-        let len = self
-            .transport
-            .write_message(self.nonce, &buf[..n], &mut self.out[2..])
-            .map_err(|e| io::Error::other(format!("cannot encrypt a record: {e}")))?;
-        self.nonce = self.nonce.checked_add(1).ok_or_else(|| integrity(IntegrityError::Exhausted))?;
-        let header = u16::try_from(len).map_err(|_| io::Error::other("record too large"))?.to_be_bytes();
-        self.out[..2].copy_from_slice(&header);
-        if let Err(e) = inner.write_all(&self.out[..2 + len]) {
+        let exhausted = || integrity(IntegrityError::Exhausted);
+        let header_nonce = self.nonce.checked_mul(2).ok_or_else(exhausted)?;
+        let encrypt = |e: snow::Error| io::Error::other(format!("cannot encrypt a record: {e}"));
+        let body_len = n + TAG_LEN;
+        let len = u16::try_from(body_len).map_err(|_| io::Error::other("record too large"))?.to_be_bytes();
+        let (header, body) = self.out.split_at_mut(HEADER_LEN);
+        self.transport.write_message(header_nonce, &len, header).map_err(encrypt)?;
+        self.transport.write_message(header_nonce + 1, &buf[..n], body).map_err(encrypt)?;
+        self.nonce = self.nonce.checked_add(1).ok_or_else(exhausted)?;
+        if let Err(e) = inner.write_all(&self.out[..HEADER_LEN + body_len]) {
             // Half a record may be on the wire: nothing after it would decrypt.
             self.poisoned = true;
             return Err(e);
@@ -1352,11 +1381,19 @@ mod tests {
     }
 
     fn records(c: Channel, writes: &[Vec<u8>]) -> Vec<u8> {
+        record_wire(c, writes).0
+    }
+
+    /// The wire bytes of `writes` and where each write's bytes are.
+    fn record_wire(c: Channel, writes: &[Vec<u8>]) -> (Vec<u8>, Vec<(usize, usize)>) {
         let mut w = c.split(io::empty(), Vec::new()).1;
+        let mut spans = Vec::new();
         for b in writes {
+            let start = w.get_ref().len();
             w.write_all(b).unwrap();
+            spans.push((start, w.get_ref().len() - start));
         }
-        w.into_inner()
+        (w.into_inner(), spans)
     }
 
     /// Reads everything (timeouts retried) until EOF or an error.
@@ -1379,7 +1416,7 @@ mod tests {
         let big: Vec<u8> = (0..200_000u32).map(|i| (i * 7) as u8).collect();
         let wire = records(c, &[b"hello".to_vec(), big.clone(), Vec::new()]);
         // 5 bytes, then 200000 in 4 records (65519 max each).
-        assert_eq!(wire.len(), (5 + 200_000) + 5 * (2 + TAG_LEN));
+        assert_eq!(wire.len(), (5 + 200_000) + 5 * (HEADER_LEN + TAG_LEN));
         for step in [1, 2, 17, 65_537, 1 << 20] {
             let mut r = Trickle { data: wire.clone(), pos: 0, step, tick: false };
             // A fresh reader per pass: same keys, nonces from 0.
@@ -1402,23 +1439,10 @@ mod tests {
         (got, err.map(|e| integrity_error(&e).cloned().expect("an integrity error")))
     }
 
-    /// Offsets of the records in `wire`.
-    fn record_offsets(wire: &[u8]) -> Vec<(usize, usize)> {
-        let mut v = Vec::new();
-        let mut at = 0;
-        while at + 2 <= wire.len() {
-            let len = usize::from(u16::from_be_bytes([wire[at], wire[at + 1]]));
-            v.push((at, 2 + len));
-            at += 2 + len;
-        }
-        v
-    }
-
     #[test]
     fn tampered_reordered_replayed_dropped_and_injected_records_fail() {
         let (c, s, _) = pair(Some(&key(5)), 4096);
-        let wire = records(c, &[b"first".to_vec(), b"second".to_vec(), b"third".to_vec()]);
-        let recs = record_offsets(&wire);
+        let (wire, recs) = record_wire(c, &[b"first".to_vec(), b"second".to_vec(), b"third".to_vec()]);
         assert_eq!(recs.len(), 3);
         let rec = |i: usize| wire[recs[i].0..recs[i].0 + recs[i].1].to_vec();
         assert_eq!(read_all(&s, wire.clone()), (b"firstsecondthird".to_vec(), None));
@@ -1439,14 +1463,15 @@ mod tests {
         // Dropped.
         let (got, err) = first_fails([rec(0), rec(2)].concat());
         assert_eq!((got, err), (b"first".to_vec(), Some(IntegrityError::Record { index: 1 })));
-        // Injected: a random record, a v1 frame, a preamble (TCP: no restart).
-        let mut random = vec![0u8, 40];
-        random.extend((0..40u8).map(|i| i.wrapping_mul(77)));
+        // Injected: random bytes, a v1 frame, a preamble (TCP: no restart):
+        // caught at the header, without waiting for a length that never comes.
+        let random: Vec<u8> = (0..40u8).map(|i| i.wrapping_mul(77)).collect();
         let (got, err) = first_fails([rec(0), random, rec(1)].concat());
         assert_eq!((got, err), (b"first".to_vec(), Some(IntegrityError::Record { index: 1 })));
         let (_, err) = first_fails([rec(0), legacy_frame(&[1, 0, 7, 0, 1, b'x'])].concat());
         assert!(err.is_some());
-        let (_, err) = first_fails([rec(0), preamble(Mode::Psk).to_vec()].concat());
+        let (_, hello) = ClientHandshake::start(Some(&key(5))).unwrap();
+        let (_, err) = first_fails([rec(0), hello].concat());
         assert_eq!(err, Some(IntegrityError::UnexpectedPreamble));
         // A record from another session with the same key.
         let (c2, _, _) = pair(Some(&key(5)), 4096);
@@ -1455,6 +1480,15 @@ mod tests {
         // Truncated mid-record.
         let (_, err) = first_fails(wire[..wire.len() - 3].to_vec());
         assert_eq!(err, Some(IntegrityError::Truncated { index: 2 }));
+        // A v1 frame injected mid-stream is answered at once, however long
+        // its first bytes would be as a length.
+        let mut stalled = rec(0);
+        stalled.extend([0x03, 0x02, 0x01]);
+        let mut reader =
+            SecureReader { inner: io::Cursor::new(stalled), rec: RecordReader::new(s.transport.clone(), Vec::new()) };
+        let mut buf = [0u8; 64];
+        assert_eq!(reader.read(&mut buf).unwrap(), 5);
+        assert!(reader.read(&mut buf).is_err(), "three bytes are not a record");
     }
 
     #[test]
