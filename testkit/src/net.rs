@@ -281,13 +281,17 @@ pub enum Dir {
 }
 
 /// A unit of the secure wire format (PROTOCOL.md section 4) as a proxy
-/// script sees it.
+/// script sees it. Record lengths are encrypted, so after the handshake a
+/// proxy (like an attacker) sees bytes, not records: each read is one
+/// `Data` unit. While a host waits for each answer (small requests), one
+/// read is one record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Unit {
     /// Preamble and message 1 (up), or the answer and message 2 (down).
     Handshake,
-    /// The n-th record of this direction (0-based).
-    Record(u64),
+    /// The `index`-th read after the handshake, at `offset` bytes into
+    /// this direction's records.
+    Data { index: u64, offset: u64 },
 }
 
 /// Where a unit is: connection (0-based, in accept order), direction, unit.
@@ -309,63 +313,52 @@ pub struct Capture {
     pub down: Vec<u8>,
 }
 
-/// Length of the next unit at the start of `buf`: `Some(Ok(n))` when it is
-/// complete, `None` when more bytes are needed, `Some(Err(()))` when the
-/// bytes are not the secure wire format (a version-1 peer).
-fn next_unit(dir: Dir, handshake_done: bool, buf: &[u8]) -> Option<Result<usize, ()>> {
+/// Length of the handshake unit at the start of `buf`: `Some(Ok(n))` when
+/// it is complete, `None` when more bytes are needed, `Some(Err(()))` when
+/// the bytes are not the secure wire format (a version-1 peer).
+fn handshake_unit(dir: Dir, buf: &[u8]) -> Option<Result<usize, ()>> {
     let be16 = |at: usize| usize::from(u16::from_be_bytes([buf[at], buf[at + 1]]));
     let need = |n: usize| buf.len() >= n;
-    let n = if handshake_done {
-        if !need(2) {
-            return None;
-        }
-        2 + be16(0)
-    } else {
-        let m = secure::MAGIC.len();
-        if buf[..buf.len().min(m)] != secure::MAGIC[..buf.len().min(m)] {
-            return Some(Err(()));
-        }
-        match dir {
-            Dir::Up => {
-                if !need(secure::PREAMBLE_LEN + 2) {
-                    return None;
-                }
-                secure::PREAMBLE_LEN + 2 + be16(secure::PREAMBLE_LEN)
+    let m = secure::MAGIC.len();
+    if buf[..buf.len().min(m)] != secure::MAGIC[..buf.len().min(m)] {
+        return Some(Err(()));
+    }
+    let n = match dir {
+        Dir::Up => {
+            if !need(secure::PREAMBLE_LEN + 2) {
+                return None;
             }
-            Dir::Down => {
-                if !need(secure::ANSWER_LEN) {
-                    return None;
-                }
-                if buf[7] != 0 {
-                    secure::ANSWER_LEN
-                } else if !need(secure::ANSWER_LEN + 2) {
-                    return None;
-                } else {
-                    secure::ANSWER_LEN + 2 + be16(secure::ANSWER_LEN)
-                }
+            secure::PREAMBLE_LEN + 2 + be16(secure::PREAMBLE_LEN)
+        }
+        Dir::Down => {
+            if !need(secure::ANSWER_LEN) {
+                return None;
+            }
+            if buf[7] != 0 {
+                secure::ANSWER_LEN
+            } else if !need(secure::ANSWER_LEN + 2) {
+                return None;
+            } else {
+                secure::ANSWER_LEN + 2 + be16(secure::ANSWER_LEN)
             }
         }
     };
     need(n).then_some(Ok(n))
 }
 
-/// The units of one direction of a captured connection (an incomplete
-/// last unit is left out).
+/// A captured direction split into its handshake unit and the rest (one
+/// `Data` unit; empty rest: no unit).
 pub fn split_units(dir: Dir, bytes: &[u8]) -> Vec<(Unit, Vec<u8>)> {
-    let mut out = Vec::new();
-    let (mut at, mut done, mut index) = (0, false, 0);
-    while let Some(Ok(n)) = next_unit(dir, done, &bytes[at..]) {
-        let unit = if done {
-            index += 1;
-            Unit::Record(index - 1)
-        } else {
-            Unit::Handshake
-        };
-        done = true;
-        out.push((unit, bytes[at..at + n].to_vec()));
-        at += n;
+    match handshake_unit(dir, bytes) {
+        Some(Ok(n)) => {
+            let mut v = vec![(Unit::Handshake, bytes[..n].to_vec())];
+            if bytes.len() > n {
+                v.push((Unit::Data { index: 0, offset: 0 }, bytes[n..].to_vec()));
+            }
+            v
+        }
+        _ => Vec::new(),
     }
-    out
 }
 
 #[derive(Default)]
@@ -484,11 +477,12 @@ fn unit(state: &mut u64) -> f64 {
     (splitmix64(state) >> 11) as f64 / (1u64 << 53) as f64
 }
 
-/// Script mode of [`pump`]: whole units through the script.
+/// Script mode of [`pump`]: the handshake unit whole, then each read.
 struct Units {
     buf: Vec<u8>,
     handshake_done: bool,
-    records: u64,
+    reads: u64,
+    offset: u64,
     /// Not the secure format: pass bytes through.
     raw: bool,
 }
@@ -499,10 +493,11 @@ impl Units {
         if self.raw {
             return bytes.to_vec();
         }
-        self.buf.extend_from_slice(bytes);
         let mut out = Vec::new();
-        loop {
-            match next_unit(at.1, self.handshake_done, &self.buf) {
+        let mut data = bytes.to_vec();
+        if !self.handshake_done {
+            self.buf.extend_from_slice(bytes);
+            match handshake_unit(at.1, &self.buf) {
                 None => return out,
                 Some(Err(())) => {
                     self.raw = true;
@@ -511,19 +506,23 @@ impl Units {
                 }
                 Some(Ok(n)) => {
                     let unit: Vec<u8> = self.buf.drain(..n).collect();
-                    let u = if self.handshake_done {
-                        self.records += 1;
-                        Unit::Record(self.records - 1)
-                    } else {
-                        Unit::Handshake
-                    };
                     self.handshake_done = true;
-                    for piece in script(At { conn: at.0, dir: at.1, unit: u }, unit) {
+                    for piece in script(At { conn: at.0, dir: at.1, unit: Unit::Handshake }, unit) {
                         out.extend(piece);
                     }
+                    data = std::mem::take(&mut self.buf);
                 }
             }
         }
+        if !data.is_empty() {
+            let unit = Unit::Data { index: self.reads, offset: self.offset };
+            self.reads += 1;
+            self.offset += data.len() as u64;
+            for piece in script(At { conn: at.0, dir: at.1, unit }, data) {
+                out.extend(piece);
+            }
+        }
+        out
     }
 }
 
@@ -536,7 +535,7 @@ fn pump(mut from: TcpStream, mut to: TcpStream, upstream: bool, st: &ProxyState,
     let mut burst_left = 0usize;
     let mut buf = vec![0u8; 16 * 1024];
     let dir = if upstream { Dir::Up } else { Dir::Down };
-    let mut units = Units { buf: Vec::new(), handshake_done: false, records: 0, raw: false };
+    let mut units = Units { buf: Vec::new(), handshake_done: false, reads: 0, offset: 0, raw: false };
     loop {
         let n = match from.read(&mut buf) {
             Ok(0) | Err(_) => break,

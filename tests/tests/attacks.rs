@@ -114,7 +114,7 @@ fn a_recorded_deploy_shows_no_window_of_the_model() {
         id: 3,
         msg: Message::Request(Request::UploadChunk(UploadChunk { offset: 0, data: Bytes(model[..65536].to_vec()) })),
     };
-    assert!(shared_windows(model, &encode_frame(&chunk, DEFAULT_MAX_FRAME).unwrap()) > 60_000);
+    assert!(shared_windows(model, &encode_frame(&chunk, DEFAULT_MAX_FRAME).unwrap()) > 1000);
     // On the wire: not one 32-byte window of the model, either way.
     assert_eq!(shared_windows(model, &capture.up), 0, "model bytes in clear on the wire");
     assert_eq!(shared_windows(model, &capture.down), 0);
@@ -138,11 +138,14 @@ fn a_flipped_byte_after_the_handshake_ends_the_session_and_commits_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let device = DeviceProcess::tcp(dir.path());
     let proxy = Proxy::start(device.tcp_addr(), Faults::default());
-    // Every session: one bit of the 4th host record (an upload chunk) flipped.
+    // Every session: one bit flipped 200 kB into the host's records (in
+    // the upload's chunks).
     proxy.set_script(Arc::new(|at: At, mut unit: Vec<u8>| {
-        if at.dir == Dir::Up && at.unit == Unit::Record(3) {
-            let mid = unit.len() / 2;
-            unit[mid] ^= 0x01;
+        if let (Dir::Up, Unit::Data { offset, .. }) = (at.dir, at.unit) {
+            let target = 200_000u64;
+            if (offset..offset + unit.len() as u64).contains(&target) {
+                unit[(target - offset) as usize] ^= 0x01;
+            }
         }
         vec![unit]
     }));
@@ -159,11 +162,17 @@ fn a_record_replayed_from_an_earlier_session_is_refused() {
     let device = DeviceProcess::tcp(dir.path());
     let proxy = Proxy::start(device.tcp_addr(), Faults::default());
     // Session 0 deploys resnet; in later sessions the attacker replays its
-    // UploadBegin record (host record 2) in place of theirs.
-    proxy.set_script(tamper_after_first(|at, unit, first| {
-        let replayed = first.iter().find(|(a, _)| a.dir == at.dir && a.unit == at.unit).map(|(_, u)| u.clone());
-        match (at.dir, at.unit, replayed) {
-            (Dir::Up, Unit::Record(2), Some(old)) => vec![old],
+    // second record (the host waits for each answer: one read, one record)
+    // in place of theirs.
+    let index = |u: Unit| match u {
+        Unit::Data { index, .. } => Some(index),
+        Unit::Handshake => None,
+    };
+    proxy.set_script(tamper_after_first(move |at, unit, first| {
+        let replayed =
+            first.iter().find(|(a, _)| a.dir == at.dir && index(a.unit) == index(at.unit)).map(|(_, u)| u.clone());
+        match (at.dir, index(at.unit), replayed) {
+            (Dir::Up, Some(1), Some(old)) => vec![old],
             _ => vec![unit],
         }
     }));
@@ -177,7 +186,12 @@ fn a_record_replayed_from_an_earlier_session_is_refused() {
     assert_tampered(&err, &device);
     device.wait_idle(Duration::from_secs(20));
     assert_eq!(models(dir.path()), [RESNET], "only the first session's model");
-    assert!(store_files(dir.path(), "staging").iter().all(|p| std::fs::metadata(p).unwrap().len() == 0));
+    // Anything staged arrived intact: a prefix of the host's model.
+    let vit = &rba_testkit::demo::demo().vit_bytes;
+    for f in store_files(dir.path(), "staging") {
+        let staged = std::fs::read(&f).unwrap();
+        assert!(staged.len() <= 64 || vit.starts_with(&staged), "{} holds other bytes", f.display());
+    }
 }
 
 #[test]
@@ -191,7 +205,7 @@ fn injected_delete_frames_and_records_are_refused() {
     let delete = Envelope { id: 2, msg: Message::Request(Request::Delete { kind: ArtifactKind::Model, name: RESNET.into() }) };
     let delete = encode_frame(&delete, 4096).unwrap();
     proxy.set_script(tamper_after_first(move |at, unit, _| {
-        if at.dir != Dir::Up || at.unit != Unit::Record(1) {
+        if at.dir != Dir::Up || !matches!(at.unit, Unit::Data { index: 1, .. }) {
             return vec![unit];
         }
         let injected = if at.conn == 1 {
@@ -285,18 +299,25 @@ fn a_swapped_upload_with_rewritten_digests_is_refused() {
     // Chacha20 is a stream cipher: XOR-ing (real ^ evil) into the ciphertext
     // would turn the real upload into the attacker's, digests and CRCs
     // included, if records were not authenticated.
-    let masks: Vec<Vec<u8>> =
-        plain.iter().zip(&evil_plain).map(|(a, b)| a.iter().zip(b).map(|(x, y)| x ^ y).collect()).collect();
-    let lengths_ok = Arc::new(Mutex::new(true));
-    let ok = lengths_ok.clone();
+    // Where each record's body is in the host's stream: an encrypted
+    // length (18 bytes), then the body (plaintext + 16-byte tag).
+    let mut mask = vec![0u8; plain.iter().map(|p| secure::HEADER_LEN + p.len() + secure::TAG_LEN).sum()];
+    let mut at = 0;
+    for (a, b) in plain.iter().zip(&evil_plain) {
+        let body = at + secure::HEADER_LEN;
+        for (i, (x, y)) in a.iter().zip(b).enumerate() {
+            mask[body + i] = x ^ y;
+        }
+        at = body + a.len() + secure::TAG_LEN;
+    }
+    let flipped = Arc::new(Mutex::new(0usize));
+    let count = flipped.clone();
     proxy.set_script(Arc::new(move |at: At, mut unit: Vec<u8>| {
-        if let (Dir::Up, Unit::Record(i)) = (at.dir, at.unit) {
-            if let Some(mask) = masks.get(i as usize) {
-                if unit.len() != 2 + mask.len() + secure::TAG_LEN {
-                    *ok.lock().unwrap() = false;
-                }
-                for (c, m) in unit[2..].iter_mut().zip(mask) {
+        if let (Dir::Up, Unit::Data { offset, .. }) = (at.dir, at.unit) {
+            for (i, c) in unit.iter_mut().enumerate() {
+                if let Some(m) = mask.get(offset as usize + i).filter(|m| **m != 0) {
                     *c ^= m;
+                    *count.lock().unwrap() += 1;
                 }
             }
         }
@@ -304,7 +325,7 @@ fn a_swapped_upload_with_rewritten_digests_is_refused() {
     }));
     let mut c = connect_tcp(proxy.addr, &config).unwrap();
     let err = c.upload(ArtifactKind::Model, "model.onnx", &real, |_| {}).unwrap_err();
-    assert!(*lengths_ok.lock().unwrap(), "the prediction of the records was off");
+    assert!(*flipped.lock().unwrap() > 0, "the digests were rewritten");
     assert!(err.integrity().is_some(), "{err}");
     drop(c);
     device.wait_idle(Duration::from_secs(20));
@@ -313,13 +334,13 @@ fn a_swapped_upload_with_rewritten_digests_is_refused() {
 }
 
 /// A fake device on loopback answering each connection (at most `max`, for
-/// at most 60 s) with `answer`.
+/// at most 120 s) with `answer`.
 fn fake_device(max: usize, answer: impl Fn(std::net::TcpStream) + Send + 'static) -> (SocketAddr, JoinHandle<()>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     listener.set_nonblocking(true).unwrap();
     let t = std::thread::spawn(move || {
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let deadline = Instant::now() + Duration::from_secs(120);
         let mut served = 0;
         while served < max && Instant::now() < deadline {
             match listener.accept() {
@@ -357,7 +378,7 @@ fn a_fake_device_without_the_key_is_refused() {
     // A Noise responder holding another key.
     let identity = Identity::generate().unwrap();
     let wrong = PreSharedKey::new([0x77; 32]);
-    let (addr, fake) = fake_device(4, move |mut s| {
+    let (addr, fake) = fake_device(3, move |mut s| {
         let mut w = s.try_clone().unwrap();
         let _ = secure::accept(&mut s, &mut w, ServerHandshake::new(&identity, Some(&wrong)), &[]);
         std::thread::sleep(Duration::from_millis(200));
@@ -366,7 +387,7 @@ fn a_fake_device_without_the_key_is_refused() {
     fake.join().unwrap();
 
     // A version-1 style responder: an unsigned Welcome to whatever comes.
-    let (addr, fake) = fake_device(4, |mut s| {
+    let (addr, fake) = fake_device(3, |mut s| {
         let mut buf = [0u8; 4096];
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {

@@ -263,12 +263,12 @@ fn clients_without_the_key_or_with_a_wrong_one_and_replayed_handshakes_are_refus
     drop(c);
     device.wait_idle(Duration::from_secs(10));
     let captured = proxy.capture(0);
-    assert!(split_units(Dir::Up, &captured.up).len() >= 3, "handshake, Hello and Ping records");
+    assert_eq!(split_units(Dir::Up, &captured.up).len(), 2, "the handshake, then records");
     let mut replay = RawPeer::connect(addr);
     replay.write(&captured.up);
     let answer = replay.read_raw(Duration::from_secs(3));
     let units = split_units(Dir::Down, &answer);
-    assert_eq!(units.len(), 1, "only the device's handshake message, no record: {units:?}");
+    assert_eq!(units.len(), 1, "only the device's handshake message, no record");
     assert_eq!(units[0].0, Unit::Handshake);
     assert_ne!(units[0].1, split_units(Dir::Down, &captured.down)[0].1, "a fresh ephemeral key");
     assert!(replay.closed_within(Duration::from_secs(5)), "the device kept a replayed session open");
