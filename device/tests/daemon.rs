@@ -249,7 +249,8 @@ fn keygen_key_files_and_the_identity() {
     let s = store.display().to_string();
     let refused = |key_file: &std::path::Path, needles: &[&str]| {
         let kf = key_file.display().to_string();
-        let mut p = DeviceProcess::spawn(DEVICE, &["serve", "--tcp", "127.0.0.1:0", "--dir", &s, "--key-file", &kf], &[]);
+        let mut p =
+            DeviceProcess::spawn(DEVICE, &["serve", "--tcp", "127.0.0.1:0", "--dir", &s, "--key-file", &kf], &[]);
         assert_eq!(p.wait_exit(Duration::from_secs(10)).unwrap().code(), Some(1));
         for n in needles {
             assert!(p.wait_for(n, Duration::from_secs(2)).is_some(), "{n}: {}", p.stderr());

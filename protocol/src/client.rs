@@ -20,12 +20,12 @@ use sha2::{Digest, Sha256};
 
 use crate::auth::PreSharedKey;
 use crate::error::{FrameError, RemoteError};
-use crate::secure::{
-    self, integrity_error, ClientHandshakeError, ConnectError, IntegrityError, LegacyAnswer, SecureStream, Status,
-};
 use crate::frame::{FrameDecoder, FrameEncoder, DEFAULT_MAX_FRAME, MIN_MAX_FRAME};
 use crate::message::*;
 use crate::name::is_valid_name;
+use crate::secure::{
+    self, integrity_error, ClientHandshakeError, ConnectError, IntegrityError, LegacyAnswer, SecureStream, Status,
+};
 use crate::{DEFAULT_SERIAL_CHUNK, DEFAULT_TCP_CHUNK, PROTOCOL_VERSION, RBA_VERSION};
 
 #[derive(Clone, Debug)]

@@ -184,7 +184,10 @@ mod tests {
         chmod(&f, 0o640);
         assert!(matches!(load_key(Some(&f), "RBA_KEY", None), Err(KeyError::Permissions { .. })));
         chmod(&f, 0o600);
-        assert_eq!(load_key(Some(&f), "RBA_KEY", None).unwrap().unwrap(), PreSharedKey::from_hex(HEX.as_bytes()).unwrap());
+        assert_eq!(
+            load_key(Some(&f), "RBA_KEY", None).unwrap().unwrap(),
+            PreSharedKey::from_hex(HEX.as_bytes()).unwrap()
+        );
         chmod(&f, 0o400);
         assert!(load_key(Some(&f), "RBA_KEY", None).unwrap().is_some());
     }

@@ -48,10 +48,10 @@ pub mod client;
 pub mod keys;
 #[cfg(feature = "std")]
 pub mod mem;
-#[cfg(all(feature = "std", unix))]
-pub mod serial;
 #[cfg(feature = "std")]
 pub mod secure;
+#[cfg(all(feature = "std", unix))]
+pub mod serial;
 #[cfg(feature = "std")]
 pub mod server;
 #[cfg(feature = "testing")]

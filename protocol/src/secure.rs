@@ -728,10 +728,15 @@ pub fn legacy_frame(payload: &[u8]) -> Vec<u8> {
 pub enum LegacyAnswer {
     /// `Welcome`, authenticated or not: a v1 device (or a fake one).
     Welcome,
-    VersionMismatch { supported: u16, requested: u16 },
+    VersionMismatch {
+        supported: u16,
+        requested: u16,
+    },
     Busy,
     /// Another v1 response.
-    Other { response: u32 },
+    Other {
+        response: u32,
+    },
 }
 
 fn legacy_answer(payload: &[u8]) -> Option<LegacyAnswer> {
@@ -1420,10 +1425,7 @@ mod tests {
         for step in [1, 2, 17, 65_537, 1 << 20] {
             let mut r = Trickle { data: wire.clone(), pos: 0, step, tick: false };
             // A fresh reader per pass: same keys, nonces from 0.
-            let mut reader = SecureReader {
-                inner: &mut r,
-                rec: RecordReader::new(s.transport.clone(), Vec::new()),
-            };
+            let mut reader = SecureReader { inner: &mut r, rec: RecordReader::new(s.transport.clone(), Vec::new()) };
             let (got, err) = drain(&mut reader);
             assert!(err.is_none(), "step {step}: {err:?}");
             assert_eq!(got.len(), 200_005);

@@ -228,8 +228,7 @@ impl Shared {
     /// Tells the host (request id 0) why the session ends: its records
     /// stopped authenticating. The device's own direction is intact.
     fn notify_integrity(&self, e: &IntegrityError) {
-        let env =
-            Envelope { id: 0, msg: Message::Response(Response::Error(RemoteError::Integrity(e.to_string()))) };
+        let env = Envelope { id: 0, msg: Message::Response(Response::Error(RemoteError::Integrity(e.to_string()))) };
         let mut w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         let Writer { sink, encoder, buf } = &mut *w;
         buf.clear();
@@ -469,10 +468,7 @@ where
         }
     };
     shared.stop.store(true, Ordering::SeqCst);
-    let broken = match result {
-        Ok(b) => b,
-        Err(e) => return Err(e),
-    };
+    let broken = result?;
     if let Some(e) = broken {
         let authenticated = !matches!(e, IntegrityError::FirstRecord);
         return Ok(Ran::End(if authenticated {

@@ -38,11 +38,7 @@ fn spawn_device(
 }
 
 fn client_config(key: Option<PreSharedKey>) -> ClientConfig {
-    ClientConfig {
-        key,
-        request_timeout: Duration::from_millis(500),
-        ..ClientConfig::serial()
-    }
+    ClientConfig { key, request_timeout: Duration::from_millis(500), ..ClientConfig::serial() }
 }
 
 fn connect(dev: &mpsc::Sender<MemLink>, config: ClientConfig) -> Result<Client<MemLink>, ClientError> {
@@ -176,7 +172,7 @@ fn keyless_serial_sessions_and_a_host_with_a_key_refuses_a_keyless_device() {
     assert!(!s.authenticated, "Noise_NX: encrypted, the device key proved, no key");
     assert!(s.fingerprint().starts_with("SHA256:"));
     drop(c); // the device serves one session at a time
-    // A host holding a key never accepts a device that cannot prove it.
+             // A host holding a key never accepts a device that cannot prove it.
     let err = connect(&dev, client_config(Some(KEY))).err().unwrap();
     assert!(matches!(err, ClientError::DeviceHasNoKey), "{err}");
 }
@@ -190,9 +186,8 @@ fn a_pinned_device_key_is_enforced() {
     assert_eq!(c.session().unwrap().fingerprint(), pinned);
     drop(c);
     let other = Identity::generate().unwrap().fingerprint();
-    let err = connect(&dev, ClientConfig { expected_device: Some(other.clone()), ..client_config(Some(KEY)) })
-        .err()
-        .unwrap();
+    let err =
+        connect(&dev, ClientConfig { expected_device: Some(other.clone()), ..client_config(Some(KEY)) }).err().unwrap();
     match err {
         ClientError::IdentityChanged { expected, got } => assert_eq!((expected, got), (other, pinned)),
         e => panic!("{e}"),
@@ -289,10 +284,7 @@ fn client_reports_version_mismatch_and_old_devices() {
         board
     });
     let err = Client::connect(host, client_config(None)).err().unwrap();
-    assert!(
-        matches!(err, ClientError::Remote(RemoteError::VersionMismatch { supported: 3, requested: 2 })),
-        "{err}"
-    );
+    assert!(matches!(err, ClientError::Remote(RemoteError::VersionMismatch { supported: 3, requested: 2 })), "{err}");
     fake.join().unwrap();
     // A device that does not answer the handshake at all (an rba-device
     // older than protocol 2 ignores the preamble).
@@ -504,7 +496,10 @@ fn hopeless_link_fails_cleanly_after_bounded_retries() {
     let (result, h) = lossy_upload(9, 2e-2, &data, 3);
     let err = result.unwrap_err();
     assert!(
-        matches!(err, ClientError::RetriesExhausted { attempts: 3, .. } | ClientError::AuthFailed | ClientError::NotSecure(_)),
+        matches!(
+            err,
+            ClientError::RetriesExhausted { attempts: 3, .. } | ClientError::AuthFailed | ClientError::NotSecure(_)
+        ),
         "{err}"
     );
     assert!(h.commits.is_empty(), "nothing may be committed");

@@ -120,9 +120,12 @@ fn a_recorded_deploy_shows_no_window_of_the_model() {
     assert_eq!(shared_windows(model, &capture.down), 0);
 }
 
+/// Units seen so far, with where they were.
+type Seen = Arc<Mutex<Vec<(At, Vec<u8>)>>>;
+
 /// A script that stores connection 0's units and tampers with the others.
 fn tamper_after_first(f: impl Fn(At, Vec<u8>, &[(At, Vec<u8>)]) -> Vec<Vec<u8>> + Send + Sync + 'static) -> Script {
-    let first: Arc<Mutex<Vec<(At, Vec<u8>)>>> = Arc::default();
+    let first: Seen = Arc::default();
     Arc::new(move |at: At, unit: Vec<u8>| {
         if at.conn == 0 {
             first.lock().unwrap().push((at, unit.clone()));
@@ -202,7 +205,8 @@ fn injected_delete_frames_and_records_are_refused() {
     // Without the session keys an attacker can only inject bytes: a
     // plaintext Delete frame (connection 1), a random record (connection 2),
     // before the host's second record.
-    let delete = Envelope { id: 2, msg: Message::Request(Request::Delete { kind: ArtifactKind::Model, name: RESNET.into() }) };
+    let delete =
+        Envelope { id: 2, msg: Message::Request(Request::Delete { kind: ArtifactKind::Model, name: RESNET.into() }) };
     let delete = encode_frame(&delete, 4096).unwrap();
     proxy.set_script(tamper_after_first(move |at, unit, _| {
         if at.dir != Dir::Up || !matches!(at.unit, Unit::Data { index: 1, .. }) {
@@ -255,7 +259,12 @@ fn predicted_records(config: &ClientConfig, name: &str, data: &[u8], chunk: u32)
     let sha = rba_testkit::sha256(data);
     let mut reqs = vec![
         Request::Hello(hello),
-        Request::UploadBegin(UploadBegin { kind: ArtifactKind::Model, name: name.into(), size: data.len() as u64, sha256: sha }),
+        Request::UploadBegin(UploadBegin {
+            kind: ArtifactKind::Model,
+            name: name.into(),
+            size: data.len() as u64,
+            sha256: sha,
+        }),
     ];
     for (i, c) in data.chunks(chunk as usize).enumerate() {
         let offset = (i * chunk as usize) as u64;
@@ -264,7 +273,8 @@ fn predicted_records(config: &ClientConfig, name: &str, data: &[u8], chunk: u32)
     reqs.push(Request::UploadCommit(UploadCommit { kind: ArtifactKind::Model, name: name.into(), sha256: sha }));
     let mut records = Vec::new();
     for (i, req) in reqs.into_iter().enumerate() {
-        let frame = encode_frame(&Envelope { id: i as u32 + 1, msg: Message::Request(req) }, DEFAULT_MAX_FRAME).unwrap();
+        let frame =
+            encode_frame(&Envelope { id: i as u32 + 1, msg: Message::Request(req) }, DEFAULT_MAX_FRAME).unwrap();
         records.extend(frame.chunks(secure::MAX_RECORD_PAYLOAD).map(<[u8]>::to_vec));
     }
     records
@@ -370,7 +380,10 @@ fn check_refused(addr: SocketAddr, needle: &str) {
         assert!(!out.status.success());
         assert!(text(&out).contains(needle), "{}", text(&out));
     }
-    assert!(!scratch.known().exists() || std::fs::read_to_string(scratch.known()).unwrap().is_empty(), "a fake was pinned");
+    assert!(
+        !scratch.known().exists() || std::fs::read_to_string(scratch.known()).unwrap().is_empty(),
+        "a fake was pinned"
+    );
 }
 
 #[test]
@@ -428,7 +441,8 @@ fn a_board_whose_identity_changed_is_refused_until_forgotten() {
     let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let port = free_port();
     let target = format!("127.0.0.1:{port}");
-    let devices = |scratch: &Scratch| rba(&["devices", "--no-qemu", "--addr", &target], &scratch.key(), &scratch.known());
+    let devices =
+        |scratch: &Scratch| rba(&["devices", "--no-qemu", "--addr", &target], &scratch.key(), &scratch.known());
     let mut first = tcp_device_on(port, a.path());
     let out = devices(&scratch);
     assert!(text(&out).contains(&format!("pinned the identity of new board {target}")), "{}", text(&out));

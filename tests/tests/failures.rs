@@ -10,11 +10,11 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use rba_protocol::client::upload_resumable;
+use rba_protocol::secure::{self, ClientHandshakeError, ConnectError, Status};
 use rba_protocol::*;
 use rba_testkit::conformance::check_bench;
 use rba_testkit::daemon::no_progress;
 use rba_testkit::demo::demo;
-use rba_protocol::secure::{self, ClientHandshakeError, ConnectError, Status};
 use rba_testkit::net::{connect_tcp, frame_payload, split_units, tcp_config, Dir, Faults, Proxy, RawPeer, Unit};
 use rba_testkit::process::DeviceProcess;
 use rba_testkit::{sha256, test_key};

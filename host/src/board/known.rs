@@ -121,7 +121,8 @@ impl KnownBoards {
     /// Writes a temporary file next to the target, mode 0600, then renames
     /// it over the file: readers see the old or the new list, never half.
     fn save(&self) -> Result<(), KnownError> {
-        let err = |e: std::io::Error| KnownError::Write { path: self.path.display().to_string(), reason: e.to_string() };
+        let err =
+            |e: std::io::Error| KnownError::Write { path: self.path.display().to_string(), reason: e.to_string() };
         let dir = self.path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
         std::fs::create_dir_all(dir).map_err(err)?;
         let mut tmp = tempfile::Builder::new().prefix(".known_boards.").tempfile_in(dir).map_err(err)?;

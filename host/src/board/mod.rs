@@ -66,12 +66,8 @@ pub enum BoardError {
         source: ClientError,
     },
     /// The device proved another identity than the one pinned for it.
-    #[error(
-        "{device}: the board's identity changed: it proved {proved}, but {file}:{line} pins {pinned} for {target}. \
-         If the board was legitimately replaced or reinstalled, accept its new identity with \
-         `rba devices --forget {target}`; otherwise someone may be impersonating it"
-    )]
-    IdentityChanged { device: String, target: String, file: String, line: usize, pinned: String, proved: String },
+    #[error("{0}")]
+    IdentityChanged(Box<IdentityChange>),
     #[error(transparent)]
     Known(#[from] known::KnownError),
     #[error(transparent)]
@@ -84,6 +80,22 @@ pub enum BoardError {
     Bundle(#[from] BundleError),
     #[error("{0}")]
     Usage(String),
+}
+
+/// A board that proved another identity than the one pinned for it.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{device}: the board's identity changed: it proved {proved}, but {file}:{line} pins {pinned} for {target}. \
+     If the board was legitimately replaced or reinstalled, accept its new identity with \
+     `rba devices --forget {target}`; otherwise someone may be impersonating it"
+)]
+pub struct IdentityChange {
+    pub device: String,
+    pub target: String,
+    pub file: String,
+    pub line: usize,
+    pub pinned: String,
+    pub proved: String,
 }
 
 /// A device error as the user reads it: which device, what happened, and

@@ -202,14 +202,14 @@ impl Device {
                 Err(ClientError::IdentityChanged { expected, got }) => {
                     let (name, kb) = pinning.as_ref().map_or((String::new(), None), |(n, k)| (n.clone(), Some(k)));
                     let line = kb.and_then(|k| k.get(&name)).map_or(0, |p| p.line);
-                    return Err(BoardError::IdentityChanged {
+                    return Err(BoardError::IdentityChanged(Box::new(super::IdentityChange {
                         device: label.clone(),
                         file: kb.map_or_else(String::new, |k| k.path().display().to_string()),
                         target: name,
                         line,
                         pinned: expected,
                         proved: got,
-                    });
+                    })));
                 }
                 Err(source) => return Err(BoardError::Device { device: label.clone(), source }),
                 Ok(c) => break c,

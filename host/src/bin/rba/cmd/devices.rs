@@ -42,10 +42,10 @@ fn discover(target: &Target) -> Probed {
             (d.identity().clone(), d.fingerprint())
         })
         .map_err(|e| {
-        // The table names the device already.
-        let msg = e.to_string();
-        msg.strip_prefix(&format!("{device}: ")).map_or(msg.clone(), str::to_string)
-    });
+            // The table names the device already.
+            let msg = e.to_string();
+            msg.strip_prefix(&format!("{device}: ")).map_or(msg.clone(), str::to_string)
+        });
     Probed { device, result }
 }
 
