@@ -295,6 +295,28 @@ impl<T: Read + Write> Client<T> {
         Ok(c)
     }
 
+    /// [`Client::connect`] without the secure channel: the unencrypted
+    /// baseline of the link benchmarks (feature `testing`; never used by
+    /// the host).
+    #[cfg(feature = "testing")]
+    pub fn connect_insecure_for_benchmarks(link: T, config: ClientConfig) -> Result<Self, ClientError> {
+        let channel = secure::Channel::insecure_for_benchmarks()
+            .map_err(|e| ClientError::Unexpected(e.to_string()))?;
+        let mut c = Client {
+            link: channel.stream(link),
+            decoder: FrameDecoder::new(config.max_frame),
+            encoder: FrameEncoder::new(MIN_MAX_FRAME.max(4096)),
+            config,
+            out: Vec::new(),
+            rbuf: vec![0u8; 64 * 1024],
+            pending: VecDeque::new(),
+            next_id: 0,
+            session: None,
+        };
+        c.hello(false, [0; 32])?;
+        Ok(c)
+    }
+
     fn hello(&mut self, authenticated: bool, device_key: [u8; 32]) -> Result<(), ClientError> {
         let hello = Hello {
             protocol_version: PROTOCOL_VERSION,

@@ -331,6 +331,8 @@ fn integrity(e: IntegrityError) -> io::Error {
 /// What a completed handshake established.
 pub struct Channel {
     transport: Arc<StatelessTransportState>,
+    /// Bench baselines only (feature `testing`): records carry plaintext.
+    plaintext: bool,
     mode: Mode,
     remote_static: Option<[u8; 32]>,
     handshake_hash: [u8; 32],
@@ -348,7 +350,21 @@ impl Channel {
         let remote_static = hs.get_remote_static().and_then(|k| <[u8; 32]>::try_from(k).ok());
         let handshake_hash = <[u8; 32]>::try_from(hs.get_handshake_hash()).unwrap_or([0; 32]);
         let transport = hs.into_stateless_transport_mode().map_err(|e| HandshakeError::Noise(format!("{e}")))?;
-        Ok(Channel { transport: Arc::new(transport), mode, remote_static, handshake_hash, leftover })
+        Ok(Channel { transport: Arc::new(transport), plaintext: false, mode, remote_static, handshake_hash, leftover })
+    }
+
+    /// A channel that passes bytes through unencrypted, for the baseline
+    /// of the link benchmarks (never used by the host or the daemon).
+    #[cfg(feature = "testing")]
+    pub fn insecure_for_benchmarks() -> Result<Channel, HandshakeError> {
+        let id = Identity::generate()?;
+        let (mut c, hello) =
+            ClientHandshake::start(None).map_err(|e| HandshakeError::Noise(e.to_string()))?;
+        let fed = ServerHandshake::new(&id, None).feed(&hello);
+        match c.feed(&fed.reply) {
+            ClientOutcome::Established(ch) => Ok(Channel { plaintext: true, ..*ch }),
+            _ => Err(HandshakeError::Noise("local handshake".into())),
+        }
     }
 
     pub fn mode(&self) -> Mode {
@@ -375,16 +391,19 @@ impl Channel {
     pub fn stream<S: Read + Write>(self, inner: S) -> SecureStream<S> {
         SecureStream {
             inner,
-            reader: RecordReader::new(self.transport.clone(), self.leftover),
-            writer: RecordWriter::new(self.transport),
+            reader: RecordReader { plaintext: self.plaintext, ..RecordReader::new(self.transport.clone(), self.leftover) },
+            writer: RecordWriter { plaintext: self.plaintext, ..RecordWriter::new(self.transport) },
         }
     }
 
     /// Separate halves (e.g. a reader thread and a writer behind a lock).
     pub fn split<R: Read, W: Write>(self, r: R, w: W) -> (SecureReader<R>, SecureWriter<W>) {
         (
-            SecureReader { inner: r, rec: RecordReader::new(self.transport.clone(), self.leftover) },
-            SecureWriter { inner: w, rec: RecordWriter::new(self.transport) },
+            SecureReader {
+                inner: r,
+                rec: RecordReader { plaintext: self.plaintext, ..RecordReader::new(self.transport.clone(), self.leftover) },
+            },
+            SecureWriter { inner: w, rec: RecordWriter { plaintext: self.plaintext, ..RecordWriter::new(self.transport) } },
         )
     }
 }
@@ -408,6 +427,7 @@ struct RecordReader {
     /// A preamble at a record boundary is a restart (serial), not an error.
     allow_restart: bool,
     restarted: bool,
+    plaintext: bool,
 }
 
 enum Parsed {
@@ -434,6 +454,7 @@ impl RecordReader {
             failed: None,
             allow_restart: false,
             restarted: false,
+            plaintext: false,
         }
     }
 
@@ -508,6 +529,15 @@ impl RecordReader {
         if buf.is_empty() {
             return Ok(0);
         }
+        if self.plaintext {
+            if self.lo < self.hi {
+                let n = buf.len().min(self.hi - self.lo);
+                buf[..n].copy_from_slice(&self.raw[self.lo..self.lo + n]);
+                self.lo += n;
+                return Ok(n);
+            }
+            return inner.read(buf);
+        }
         loop {
             if self.plain_pos < self.plain_len {
                 let n = buf.len().min(self.plain_len - self.plain_pos);
@@ -561,11 +591,12 @@ struct RecordWriter {
     nonce: u64,
     out: Vec<u8>,
     poisoned: bool,
+    plaintext: bool,
 }
 
 impl RecordWriter {
     fn new(transport: Arc<StatelessTransportState>) -> RecordWriter {
-        RecordWriter { transport, nonce: 0, out: vec![0u8; MAX_RECORD + HEADER_LEN], poisoned: false }
+        RecordWriter { transport, nonce: 0, out: vec![0u8; MAX_RECORD + HEADER_LEN], poisoned: false, plaintext: false }
     }
 
     fn write<W: Write>(&mut self, inner: &mut W, buf: &[u8]) -> io::Result<usize> {
@@ -574,6 +605,9 @@ impl RecordWriter {
         }
         if buf.is_empty() {
             return Ok(0);
+        }
+        if self.plaintext {
+            return inner.write(buf);
         }
         let n = buf.len().min(MAX_RECORD_PAYLOAD);
         let exhausted = || integrity(IntegrityError::Exhausted);

@@ -401,6 +401,27 @@ where
     }
 }
 
+/// [`serve`] without the secure channel: the unencrypted baseline of the
+/// link benchmarks (feature `testing`; never used by the daemon).
+#[cfg(feature = "testing")]
+pub fn serve_insecure_for_benchmarks<H, R, W>(
+    handler: &mut H,
+    config: &ServerConfig,
+    reader: R,
+    writer: W,
+) -> Result<SessionEnd, ServerError>
+where
+    H: DeviceHandler,
+    R: Read + Send + 'static,
+    W: Write + Send + 'static,
+{
+    let channel = Channel::insecure_for_benchmarks().map_err(ServerError::Identity)?;
+    match run_session(handler, config, reader, Box::new(writer), channel)? {
+        Ran::End(end) => Ok(end),
+        Ran::Restart(..) => Ok(SessionEnd::Closed),
+    }
+}
+
 enum Ran<R> {
     End(SessionEnd),
     Restart(R, Box<dyn Write + Send>, Vec<u8>),

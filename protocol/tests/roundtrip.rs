@@ -141,17 +141,21 @@ fn trailing_bytes_are_rejected() {
     assert_eq!(decode_envelope(&payload), Err(FrameError::Trailing));
 }
 
-/// The hex bytes PROTOCOL.md shows on the line starting with `label`.
+/// The hex bytes PROTOCOL.md shows on the (first) line starting with
+/// `label` followed by hex bytes.
 fn protocol_md_bytes(label: &str) -> Vec<u8> {
     let doc = include_str!("../PROTOCOL.md");
-    let line = doc
-        .lines()
-        .find(|l| l.starts_with(label))
-        .unwrap_or_else(|| panic!("PROTOCOL.md has no line starting with {label:?}"));
-    line[label.len()..]
-        .split_whitespace()
-        .map_while(|w| (w.len() == 2).then(|| u8::from_str_radix(w, 16).ok()).flatten())
-        .collect()
+    let hex = |line: &str| -> Vec<u8> {
+        line[label.len()..]
+            .split_whitespace()
+            .map_while(|w| (w.len() == 2).then(|| u8::from_str_radix(w, 16).ok()).flatten())
+            .collect()
+    };
+    doc.lines()
+        .filter(|l| l.starts_with(label))
+        .map(hex)
+        .find(|b| !b.is_empty())
+        .unwrap_or_else(|| panic!("PROTOCOL.md has no line starting with {label:?} and hex bytes"))
 }
 
 #[test]
