@@ -555,8 +555,10 @@ impl RecordReader {
                 Parsed::Record => continue,
                 Parsed::NeedMore => {}
             }
-            if self.hi == self.raw.len() {
-                // Room for at least one more maximal record.
+            if self.lo == self.hi {
+                (self.lo, self.hi) = (0, 0);
+            } else if self.raw.len() - self.hi < MAX_RECORD + HEADER_LEN && self.lo > 0 {
+                // Keep room for a whole record: reads stay large.
                 self.raw.copy_within(self.lo..self.hi, 0);
                 self.hi -= self.lo;
                 self.lo = 0;
