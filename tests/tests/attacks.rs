@@ -388,6 +388,8 @@ fn check_refused(addr: SocketAddr, needle: &str) {
 
 #[test]
 fn a_fake_device_without_the_key_is_refused() {
+    // Build the binaries first: the fakes below serve for a bounded time.
+    rba_binary();
     // A Noise responder holding another key.
     let identity = Identity::generate().unwrap();
     let wrong = PreSharedKey::new([0x77; 32]);
