@@ -189,7 +189,11 @@ fn connect_time(secure: bool, n: usize) -> Duration {
     let server_key = key.clone();
     let server = std::thread::spawn(move || {
         let mut h = MemoryHandler::new();
-        let cfg = ServerConfig { key: Some(server_key), identity: Some(Identity::generate().unwrap()), ..ServerConfig::default() };
+        let cfg = ServerConfig {
+            key: Some(server_key),
+            identity: Some(Identity::generate().unwrap()),
+            ..ServerConfig::default()
+        };
         for _ in 0..n {
             let (stream, _) = listener.accept().unwrap();
             if secure {
@@ -254,7 +258,10 @@ fn upload() {
             r / p,
         );
         row(
-            &format!("link: encrypted upload of a 25 MiB model over TCP loopback, {} KiB chunks, vs raw TCP", chunk / 1024),
+            &format!(
+                "link: encrypted upload of a 25 MiB model over TCP loopback, {} KiB chunks, vs raw TCP",
+                chunk / 1024
+            ),
             &format!("{r:.0} MB/s"),
             &format!("{base:.0} MB/s"),
             r / base,

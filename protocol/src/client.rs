@@ -300,8 +300,7 @@ impl<T: Read + Write> Client<T> {
     /// the host).
     #[cfg(feature = "testing")]
     pub fn connect_insecure_for_benchmarks(link: T, config: ClientConfig) -> Result<Self, ClientError> {
-        let channel = secure::Channel::insecure_for_benchmarks()
-            .map_err(|e| ClientError::Unexpected(e.to_string()))?;
+        let channel = secure::Channel::insecure_for_benchmarks().map_err(|e| ClientError::Unexpected(e.to_string()))?;
         let mut c = Client {
             link: channel.stream(link),
             decoder: FrameDecoder::new(config.max_frame),

@@ -358,8 +358,7 @@ impl Channel {
     #[cfg(feature = "testing")]
     pub fn insecure_for_benchmarks() -> Result<Channel, HandshakeError> {
         let id = Identity::generate()?;
-        let (mut c, hello) =
-            ClientHandshake::start(None).map_err(|e| HandshakeError::Noise(e.to_string()))?;
+        let (mut c, hello) = ClientHandshake::start(None).map_err(|e| HandshakeError::Noise(e.to_string()))?;
         let fed = ServerHandshake::new(&id, None).feed(&hello);
         match c.feed(&fed.reply) {
             ClientOutcome::Established(ch) => Ok(Channel { plaintext: true, ..*ch }),
@@ -391,7 +390,10 @@ impl Channel {
     pub fn stream<S: Read + Write>(self, inner: S) -> SecureStream<S> {
         SecureStream {
             inner,
-            reader: RecordReader { plaintext: self.plaintext, ..RecordReader::new(self.transport.clone(), self.leftover) },
+            reader: RecordReader {
+                plaintext: self.plaintext,
+                ..RecordReader::new(self.transport.clone(), self.leftover)
+            },
             writer: RecordWriter { plaintext: self.plaintext, ..RecordWriter::new(self.transport) },
         }
     }
@@ -401,9 +403,15 @@ impl Channel {
         (
             SecureReader {
                 inner: r,
-                rec: RecordReader { plaintext: self.plaintext, ..RecordReader::new(self.transport.clone(), self.leftover) },
+                rec: RecordReader {
+                    plaintext: self.plaintext,
+                    ..RecordReader::new(self.transport.clone(), self.leftover)
+                },
             },
-            SecureWriter { inner: w, rec: RecordWriter { plaintext: self.plaintext, ..RecordWriter::new(self.transport) } },
+            SecureWriter {
+                inner: w,
+                rec: RecordWriter { plaintext: self.plaintext, ..RecordWriter::new(self.transport) },
+            },
         )
     }
 }
