@@ -11,7 +11,7 @@ use std::thread::JoinHandle;
 
 use rba_protocol::mem::MemLink;
 use rba_protocol::serial::{open_serial, SerialError, SerialLink};
-use rba_protocol::{PreSharedKey, ServerConfig, SessionEnd};
+use rba_protocol::{Identity, PreSharedKey, ServerConfig, SessionEnd};
 
 use crate::daemon::{Daemon, DaemonConfig};
 use crate::limits::MemoryBudget;
@@ -36,8 +36,12 @@ pub struct InProcessOptions {
     pub board_name: String,
     /// Inference threads when a request does not say.
     pub threads: u32,
-    /// When set, the host must prove it holds this key.
+    /// When set, the host must prove it holds this key (`Noise_NXpsk2`);
+    /// without, sessions are keyless (`Noise_NX`), which TCP refuses.
     pub key: Option<PreSharedKey>,
+    /// The board's long-term key; `None`: a fresh one for this board (the
+    /// host's `local` board: nothing to pin across runs).
+    pub identity: Option<Identity>,
     pub sensors: Sensors,
     pub caps: Caps,
     /// Where jobs run. A worker process needs an executable with the
@@ -59,6 +63,7 @@ impl Default for InProcessOptions {
             board_name: LOCAL_BOARD.into(),
             threads: sensors::cores(),
             key: None,
+            identity: None,
             sensors: Sensors::for_profile(None),
             caps: Caps::default(),
             isolation: Isolation::Thread,
@@ -146,7 +151,12 @@ pub fn spawn_in_process(options: InProcessOptions, link: InProcessLink) -> Resul
         max_threads: sensors::cores(),
     };
     let mut daemon = Daemon::new(store, config);
-    let server_config = ServerConfig { key: options.key, max_upload: options.quota, ..ServerConfig::default() };
+    let server_config = ServerConfig {
+        key: options.key,
+        identity: options.identity,
+        max_upload: options.quota,
+        ..ServerConfig::default()
+    };
     let link = match link {
         InProcessLink::Serial { path, baud } => Opened::Serial { port: open_serial(&path, baud)?, path, baud },
         InProcessLink::Tcp(listener) => Opened::Tcp(listener),

@@ -17,7 +17,7 @@ use rba_device::store::Store;
 use rba_device::worker::{Isolation, IsolationMode};
 use rba_device::{Daemon, DaemonConfig};
 use rba_protocol::boards::{self, BoardProfile, LinkKind};
-use rba_protocol::keys::load_key;
+use rba_protocol::keys::{self, load_key};
 use rba_protocol::ServerConfig;
 
 /// Prints log records to stderr as `rba-device: <message>` (journald adds
@@ -78,6 +78,32 @@ enum Command {
     /// the job on stdin).
     #[command(hide = true, name = "worker")]
     Worker,
+    /// Write a new random pre-shared key (64 hex digits, mode 0600) for
+    /// `serve --key-file` and the host's `--key-file`.
+    Keygen(KeygenArgs),
+    /// Print the fingerprint of this device's identity (the key hosts pin),
+    /// creating the identity if the store has none yet.
+    Identity(IdentityArgs),
+}
+
+#[derive(clap::Args)]
+struct KeygenArgs {
+    /// Where to write the key; an existing file is never overwritten.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(clap::Args)]
+struct IdentityArgs {
+    /// Store directory holding identity.key (default: the profile's model_dir, else ./rba-device-store).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Board profile whose model_dir is the store.
+    #[arg(long)]
+    board: Option<String>,
+    /// Extra directory to look for board profiles in (first).
+    #[arg(long)]
+    boards_dir: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -197,8 +223,9 @@ fn serve(args: ServeArgs) -> Result<()> {
     if let Some((staged, len)) = store.staged() {
         log::info!("resumable upload of '{}': {len} of {} bytes staged", staged.name, staged.size);
     }
+    let identity = load_identity(&dir)?;
     let threads = args.threads.or(board.as_ref().map(|b| b.threads)).unwrap_or_else(sensors::cores);
-    let key = load_key(args.key_file.as_deref(), std::env::var(KEY_ENV).ok())?;
+    let key = load_key(args.key_file.as_deref(), KEY_ENV, std::env::var(KEY_ENV).ok())?;
     let mut config = DaemonConfig {
         board: board.as_ref().map_or_else(|| UNPROFILED.to_string(), |b| b.name.clone()),
         default_threads: threads,
@@ -218,7 +245,8 @@ fn serve(args: ServeArgs) -> Result<()> {
         },
         (None, None, None) => bail!("no link: pass --serial PATH, --tcp ADDR or --board NAME"),
     };
-    let server_config = |key| ServerConfig { key, max_upload: quota, ..ServerConfig::default() };
+    let server_config =
+        |key| ServerConfig { key, identity: Some(identity.clone()), max_upload: quota, ..ServerConfig::default() };
     let idle = (args.idle_timeout > 0).then(|| Duration::from_secs(args.idle_timeout));
     if let Some(addr) = tcp {
         let Some(key) = key else {
@@ -236,6 +264,36 @@ fn serve(args: ServeArgs) -> Result<()> {
         bail!("the board profile names no link address");
     }
     log::info!("shut down");
+    Ok(())
+}
+
+/// The device's long-term key from `dir/identity.key`, created at first
+/// start; refused when its group or others can read it.
+fn load_identity(dir: &std::path::Path) -> Result<rba_protocol::Identity> {
+    let (identity, created) = keys::load_or_create_identity(dir)?;
+    let path = keys::identity_path(dir);
+    if created {
+        log::info!("created the device identity {} ({})", path.display(), identity.fingerprint());
+    } else {
+        log::info!("device identity {} ({})", identity.fingerprint(), path.display());
+    }
+    Ok(identity)
+}
+
+fn keygen(args: KeygenArgs) -> Result<()> {
+    keys::write_new_key(&args.out)?;
+    log::info!("wrote a new pre-shared key to {} (mode 0600)", args.out.display());
+    Ok(())
+}
+
+fn identity(args: IdentityArgs) -> Result<()> {
+    let board = args.board.as_deref().map(|b| find_board(b, args.boards_dir)).transpose()?;
+    let dir = args
+        .dir
+        .or_else(|| board.as_ref().map(|b| b.model_dir.clone()))
+        .unwrap_or_else(|| PathBuf::from("rba-device-store"));
+    let (identity, _) = keys::load_or_create_identity(&dir)?;
+    writeln!(std::io::stdout().lock(), "{}", identity.fingerprint())?;
     Ok(())
 }
 
@@ -271,6 +329,8 @@ fn main() {
         Command::Serve(a) => serve(a),
         Command::Info(a) => info(a),
         Command::Worker => std::process::exit(rba_device::worker::worker_main()),
+        Command::Keygen(a) => keygen(a),
+        Command::Identity(a) => identity(a),
     };
     if let Err(e) = r {
         log::error!("{e:#}");
