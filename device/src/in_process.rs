@@ -13,7 +13,8 @@ use rba_protocol::mem::MemLink;
 use rba_protocol::serial::{open_serial, SerialError, SerialLink};
 use rba_protocol::{Identity, PreSharedKey, ServerConfig, SessionEnd};
 
-use crate::daemon::{Daemon, DaemonConfig};
+use crate::accelerator::Accelerator;
+use crate::daemon::{Daemon, DaemonConfig, OrtConfig};
 use crate::limits::MemoryBudget;
 use crate::measure::Caps;
 use crate::sensors::{self, Sensors};
@@ -50,6 +51,9 @@ pub struct InProcessOptions {
     pub isolation: Isolation,
     /// What the tensors of a job's model may take.
     pub memory_budget: MemoryBudget,
+    /// ONNX Runtime: the library (else searched) and the providers of a
+    /// request that names none.
+    pub onnxruntime: OrtConfig,
 }
 
 impl Default for InProcessOptions {
@@ -68,6 +72,7 @@ impl Default for InProcessOptions {
             caps: Caps::default(),
             isolation: Isolation::Thread,
             memory_budget: MemoryBudget::default(),
+            onnxruntime: OrtConfig::default(),
         }
     }
 }
@@ -149,6 +154,8 @@ pub fn spawn_in_process(options: InProcessOptions, link: InProcessLink) -> Resul
         isolation: options.isolation,
         memory_budget: options.memory_budget,
         max_threads: sensors::cores(),
+        onnxruntime: options.onnxruntime,
+        accelerator: Accelerator::default(),
     };
     let mut daemon = Daemon::new(store, config);
     let server_config = ServerConfig {

@@ -17,7 +17,7 @@ use rba_protocol::{BenchmarkResult, EvalBundle, EvalResult, Phase, RemoteError, 
 use serde::{Deserialize, Serialize};
 
 use crate::measure::Caps;
-use crate::runtime::{self, LoadedModel, RuntimeError};
+use crate::runtime::{LoadedModel, Runtime, RuntimeError};
 
 /// A published artifact the job reads: its name (for messages) and its
 /// file in the store.
@@ -27,20 +27,28 @@ pub struct Artifact {
     pub path: PathBuf,
 }
 
+/// One arm of a benchmark: a model and the runtime that runs it (the same
+/// model under two runtimes compares the runtimes).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Arm {
+    pub model: Artifact,
+    pub runtime: Runtime,
+}
+
 /// What a job does.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Work {
-    /// One model (a benchmark) or several measured interleaved (compare).
-    Bench { models: Vec<Artifact>, warmup: RunPolicy, runs: RunPolicy, input_bundle: Option<Artifact> },
+    /// One arm (a benchmark) or several measured interleaved (compare).
+    Bench { arms: Vec<Arm>, warmup: RunPolicy, runs: RunPolicy, input_bundle: Option<Artifact> },
     /// Every sample of a bundle through a model.
-    Evaluate { model: Artifact, bundle: Artifact },
+    Evaluate { model: Artifact, runtime: Runtime, bundle: Artifact },
 }
 
 /// Everything a job needs, wherever it runs.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct JobSpec {
     pub work: Work,
-    /// Threads for tract (already clamped to the cores).
+    /// Threads for the runtime (already clamped to the cores).
     pub threads: u32,
     /// Bytes the tensors a model declares may take (inputs at batch 1,
     /// weights, constants, generated tensors; see `rba_onnx::budget`).
@@ -56,14 +64,39 @@ impl JobSpec {
 
     pub fn models(&self) -> Vec<&Artifact> {
         match &self.work {
-            Work::Bench { models, .. } => models.iter().collect(),
+            Work::Bench { arms, .. } => arms.iter().map(|a| &a.model).collect(),
             Work::Evaluate { model, .. } => vec![model],
         }
     }
 
-    /// "model 'a'" or "models 'a' and 'b'", for messages about the job.
+    pub fn runtimes(&self) -> Vec<&Runtime> {
+        match &self.work {
+            Work::Bench { arms, .. } => arms.iter().map(|a| &a.runtime).collect(),
+            Work::Evaluate { runtime, .. } => vec![runtime],
+        }
+    }
+
+    /// Whether tract runs any of the job's models (it then needs tract's
+    /// thread pool).
+    pub fn uses_tract(&self) -> bool {
+        self.runtimes().iter().any(|r| matches!(r, Runtime::Tract))
+    }
+
+    /// Whether the job may register a GPU execution provider.
+    pub fn may_use_gpu(&self) -> bool {
+        self.runtimes().iter().any(|r| matches!(r, Runtime::OnnxRuntime(s) if s.may_use_gpu()))
+    }
+
+    /// "model 'a'" or "models 'a' and 'b'", for messages about the job
+    /// (with the runtime where one is onnxruntime).
     pub fn models_label(&self) -> String {
-        let names: Vec<String> = self.models().iter().map(|a| format!("'{}'", a.name)).collect();
+        let ort = self.runtimes().iter().any(|r| matches!(r, Runtime::OnnxRuntime(_)));
+        let names: Vec<String> = self
+            .models()
+            .iter()
+            .zip(self.runtimes())
+            .map(|(a, r)| if ort { format!("'{}' ({})", a.name, r.kind()) } else { format!("'{}'", a.name) })
+            .collect();
         match names.as_slice() {
             [one] => format!("model {one}"),
             [init @ .., last] => format!("models {} and {last}", init.join(", ")),
@@ -97,13 +130,13 @@ pub trait JobContext {
 /// Runs `spec` here (tract's thread pool already chosen by the caller).
 pub fn run(spec: &JobSpec, ctx: &dyn JobContext) -> Result<JobOutput, RemoteError> {
     match &spec.work {
-        Work::Bench { models, warmup, runs, input_bundle } => {
+        Work::Bench { arms, warmup, runs, input_bundle } => {
             let bundle = input_bundle.as_ref().map(read_bundle).transpose()?;
-            crate::daemon::bench::bench(spec, models, *warmup, *runs, bundle.as_ref(), ctx).map(JobOutput::Bench)
+            crate::daemon::bench::bench(spec, arms, *warmup, *runs, bundle.as_ref(), ctx).map(JobOutput::Bench)
         }
-        Work::Evaluate { model, bundle: b } => {
+        Work::Evaluate { model, runtime, bundle: b } => {
             let bundle = read_bundle(b)?;
-            crate::daemon::evaluate::evaluate(spec, model, &b.name, &bundle, ctx).map(JobOutput::Evaluate)
+            crate::daemon::evaluate::evaluate(spec, model, runtime, &b.name, &bundle, ctx).map(JobOutput::Evaluate)
         }
     }
 }
@@ -137,11 +170,17 @@ pub fn run_guarded(spec: &JobSpec, ctx: &dyn JobContext, memory_limited: bool) -
     }
 }
 
-/// Reads and loads a model for `batch` samples per run, within the budget.
-pub(crate) fn load(model: &Artifact, batch: usize, budget: u64) -> Result<LoadedModel, RemoteError> {
+/// Reads and loads a model with `runtime` for `batch` samples per run,
+/// within the job's budget, on its threads.
+pub(crate) fn load(
+    spec: &JobSpec,
+    model: &Artifact,
+    runtime: &Runtime,
+    batch: usize,
+) -> Result<LoadedModel, RemoteError> {
     let bytes = std::fs::read(&model.path)
         .map_err(|e| RemoteError::Storage(format!("cannot read model '{}': {e}", model.name)))?;
-    runtime::load_within(&bytes, batch, budget).map_err(|e| model_error(&model.name, e))
+    runtime.load(&bytes, batch, Some(spec.memory_budget), spec.threads).map_err(|e| model_error(&model.name, e))
 }
 
 fn read_bundle(bundle: &Artifact) -> Result<EvalBundle, RemoteError> {
@@ -166,10 +205,15 @@ mod tests {
     use super::*;
 
     fn spec(names: &[&str]) -> JobSpec {
-        let models =
-            names.iter().map(|n| Artifact { name: (*n).into(), path: PathBuf::from("/nowhere").join(n) }).collect();
+        let arms = names
+            .iter()
+            .map(|n| Arm {
+                model: Artifact { name: (*n).into(), path: PathBuf::from("/nowhere").join(n) },
+                runtime: Runtime::Tract,
+            })
+            .collect();
         JobSpec {
-            work: Work::Bench { models, warmup: RunPolicy::default(), runs: RunPolicy::default(), input_bundle: None },
+            work: Work::Bench { arms, warmup: RunPolicy::default(), runs: RunPolicy::default(), input_bundle: None },
             threads: 1,
             memory_budget: 1 << 30,
             max_runs: 10,

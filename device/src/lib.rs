@@ -1,13 +1,18 @@
 //! rba-device: the board runtime.
 //!
 //! - [`daemon`]: the protocol's `DeviceHandler`: [`Daemon`] and its
-//!   [`DaemonConfig`]; benchmark, compare and evaluation jobs.
+//!   [`DaemonConfig`] (with [`daemon::OrtConfig`]); benchmark, compare and
+//!   evaluation jobs.
 //! - [`job`]: one job, wherever it runs (a daemon thread or a worker).
 //! - [`worker`]: jobs in worker processes (`rba-device worker`), their
 //!   memory limit, and what a worker's death means.
 //! - [`limits`]: the memory budget of a job.
-//! - [`runtime`]: tract loading (through rba-onnx) and running with a
-//!   concrete batch, on a chosen number of threads.
+//! - [`runtime`]: the runtimes behind one API: tract (loading through
+//!   rba-onnx, a concrete batch, a chosen number of threads) and ONNX
+//!   Runtime (its library found and loaded at run time, execution
+//!   providers, nodes per provider).
+//! - [`accelerator`]: the board model, Jetson power mode, GPU frequency
+//!   and load.
 //! - [`measure`]: warm-up and measured phases, interleaved A/B runs.
 //! - [`metrics`]: accuracy and agreement of an evaluation.
 //! - [`sensors`]: peak RSS, memory, temperatures, throttling.
@@ -40,6 +45,7 @@
 //! # }
 //! ```
 
+pub mod accelerator;
 pub mod daemon;
 pub mod in_process;
 pub mod job;

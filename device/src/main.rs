@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use rba_device::daemon::UNPROFILED;
+use rba_device::accelerator::Accelerator;
+use rba_device::daemon::{OrtConfig, UNPROFILED};
 use rba_device::limits::MemoryBudget;
 use rba_device::sensors::{self, Sensors};
 use rba_device::serve::{ServeError, Server};
@@ -61,7 +62,7 @@ const KEY_ENV: &str = "RBA_DEVICE_KEY";
 #[command(
     name = "rba-device",
     version,
-    about = "rba board daemon: receives models, runs them with tract, reports latency, memory and accuracy"
+    about = "rba board daemon: receives models, runs them with tract or ONNX Runtime, reports latency, memory and accuracy"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -115,6 +116,28 @@ struct InfoArgs {
     /// Extra directory to look for board profiles in (first).
     #[arg(long)]
     boards_dir: Option<PathBuf>,
+    #[command(flatten)]
+    ort: OrtArgs,
+}
+
+/// Where the ONNX Runtime library is.
+#[derive(clap::Args)]
+struct OrtArgs {
+    /// The ONNX Runtime library (libonnxruntime.so.1.x.y, or a folder holding one). Else: the
+    /// board profile's [onnxruntime] library, $ORT_DYLIB_PATH, python3's onnxruntime package
+    /// (its capi/ folder), the usual site-packages, /usr/lib, /usr/local/lib, the ldconfig
+    /// cache. Loaded only when a job asks for onnxruntime (or the host asks what the board has).
+    #[arg(long, value_name = "PATH")]
+    ort_library: Option<PathBuf>,
+}
+
+impl OrtArgs {
+    fn config(&self, board: Option<&BoardProfile>) -> OrtConfig {
+        OrtConfig {
+            library: self.ort_library.clone(),
+            profile: board.map(|b| b.onnxruntime.clone()).unwrap_or_default(),
+        }
+    }
 }
 
 #[derive(clap::Args)]
@@ -153,6 +176,8 @@ struct ServeArgs {
     idle_timeout: u64,
     #[command(flatten)]
     jobs: JobArgs,
+    #[command(flatten)]
+    ort: OrtArgs,
 }
 
 // ---- Jobs: memory budget and isolation (models that cannot kill the daemon).
@@ -199,6 +224,10 @@ fn sensors_for(board: Option<&BoardProfile>) -> Sensors {
     Sensors::for_profile(board.map(|b| &b.sensors))
 }
 
+fn accelerator_for(board: Option<&BoardProfile>) -> Accelerator {
+    Accelerator { use_nvpmodel: board.is_some_and(|b| b.sensors.nvpmodel), ..Accelerator::default() }
+}
+
 fn serve(args: ServeArgs) -> Result<()> {
     let board = args.board.as_deref().map(|b| find_board(b, args.boards_dir.clone())).transpose()?;
     if let Some(b) = &board {
@@ -231,6 +260,8 @@ fn serve(args: ServeArgs) -> Result<()> {
         default_threads: threads,
         sensors: sensors_for(board.as_ref()),
         shutdown: shutdown.clone(),
+        onnxruntime: args.ort.config(board.as_ref()),
+        accelerator: accelerator_for(board.as_ref()),
         ..DaemonConfig::default()
     };
     args.jobs.configure(board.as_ref(), &mut config);
@@ -304,6 +335,28 @@ fn current_target() -> String {
 fn info(args: InfoArgs) -> Result<()> {
     let board = args.board.as_deref().map(|b| find_board(b, args.boards_dir)).transpose()?;
     let p = sensors_for(board.as_ref());
+    // Probed in this process: `info` is a one-shot command.
+    let dir = tempfile::tempdir()?;
+    let store = Store::open(dir.path(), 1 << 20)?;
+    let config = DaemonConfig {
+        onnxruntime: args.ort.config(board.as_ref()),
+        accelerator: accelerator_for(board.as_ref()),
+        ..DaemonConfig::default()
+    };
+    let daemon = Daemon::new(store, config);
+    let runtimes: Vec<serde_json::Value> = daemon
+        .runtimes()
+        .into_iter()
+        .map(|r| {
+            serde_json::json!({
+                "runtime": r.runtime.name(), "version": r.version, "library": r.library,
+                "problem": r.problem, "providers": r.providers,
+                "default_eps": r.default_eps.iter().map(|e| e.name()).collect::<Vec<_>>(),
+                "default_policy": r.default_policy.name(),
+            })
+        })
+        .collect();
+    let accelerator = accelerator_for(board.as_ref()).info();
     let v = serde_json::json!({
         "board": board.as_ref().map(|b| b.name.clone()),
         "arch": std::env::consts::ARCH,
@@ -317,6 +370,11 @@ fn info(args: InfoArgs) -> Result<()> {
         })),
         "peak_rss_bytes": p.peak_rss(),
         "runtime": rba_device::runtime::RUNTIME,
+        "runtimes": runtimes,
+        "accelerator": accelerator.map(|a| serde_json::json!({
+            "model": a.model, "power_mode": a.power_mode, "gpu_freq_hz": a.gpu_freq_hz,
+            "gpu_max_freq_hz": a.gpu_max_freq_hz, "gpu_load_pct": a.gpu_load_pct,
+        })),
     });
     writeln!(std::io::stdout().lock(), "{}", serde_json::to_string_pretty(&v)?)?;
     Ok(())

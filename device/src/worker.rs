@@ -53,6 +53,15 @@ pub const SUBCOMMAND: &str = "worker";
 /// (code, thread stacks, allocator slack, tract's plan).
 pub const BASE_MARGIN: u64 = 256 << 20;
 
+/// More for an onnxruntime job: the library's own heap, its thread pools
+/// and arena slack.
+pub const ORT_MARGIN: u64 = 256 << 20;
+
+/// More for a job that may register CUDA or TensorRT: the CUDA runtime's
+/// and TensorRT's host-side memory while engines build (unmeasured on a
+/// Jetson: `--isolation thread` removes the limit if it is too small).
+pub const GPU_MARGIN: u64 = 2 << 30;
+
 /// Largest frame either side accepts (a result of 50 000 samples is about
 /// 400 KB).
 const MAX_FRAME: u32 = 16 << 20;
@@ -156,6 +165,10 @@ enum Task {
         spec: JobSpec,
         data_limit: u64,
     },
+    /// Load the ONNX Runtime library, answer [`Event::Probed`] and exit.
+    Probe {
+        library: PathBuf,
+    },
 }
 
 /// Worker to daemon.
@@ -166,6 +179,8 @@ enum Event {
     Alive { nonce: u64, build: String },
     Progress(Progress),
     Done(Result<JobOutput, RemoteError>),
+    /// The library's version and providers, or why it did not load.
+    Probed(Result<(String, Vec<String>), String>),
 }
 
 fn write_frame<T: Serialize>(w: &mut impl Write, value: &T) -> io::Result<()> {
@@ -210,8 +225,9 @@ fn read_frame<T: for<'de> Deserialize<'de>>(r: &mut impl Read) -> Result<T, Read
 
 /// `RLIMIT_DATA` of a job's worker: the budget, [`BASE_MARGIN`], three
 /// times the model files (while a model loads, its bytes, the decoded
-/// protobuf and tract's copy of the weights coexist) and twice the bundle
-/// (its bytes and the decoded samples).
+/// protobuf and the runtime's copy of the weights coexist) and twice the
+/// bundle (its bytes and the decoded samples); [`ORT_MARGIN`] for an
+/// onnxruntime job, [`GPU_MARGIN`] when it may use the GPU.
 pub fn data_limit(spec: &JobSpec) -> u64 {
     let size = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
     let models: u64 = spec.models().iter().map(|m| size(&m.path)).fold(0u64, u64::saturating_add);
@@ -220,10 +236,13 @@ pub fn data_limit(spec: &JobSpec) -> u64 {
         Work::Bench { input_bundle: None, .. } => 0,
         Work::Evaluate { bundle, .. } => size(&bundle.path),
     };
+    let ort = spec.runtimes().iter().any(|r| r.kind() == rba_protocol::RuntimeKind::OnnxRuntime);
     spec.memory_budget
         .saturating_add(BASE_MARGIN)
         .saturating_add(models.saturating_mul(3))
         .saturating_add(bundle.saturating_mul(2))
+        .saturating_add(if ort { ORT_MARGIN } else { 0 })
+        .saturating_add(if spec.may_use_gpu() { GPU_MARGIN } else { 0 })
 }
 
 // ---------------------------------------------------------------- worker side
@@ -269,6 +288,19 @@ pub fn worker_main() -> i32 {
                 2
             }
         }
+        Task::Probe { library } => {
+            let _ = limit_core();
+            let version = library.file_name().and_then(|n| crate::runtime::library::Version::from_file_name(&n.to_string_lossy()));
+            let found = crate::runtime::library::Found { path: library, origin: "the daemon".into(), version };
+            let answer = crate::runtime::library::load(&found)
+                .map(|l| (l.version.clone(), l.providers.clone()))
+                .map_err(|e| e.to_string());
+            if write_frame(&mut out, &Event::Probed(answer)).is_ok() {
+                0
+            } else {
+                2
+            }
+        }
         Task::Job { spec, data_limit } => {
             let result = match limit_self(data_limit) {
                 Ok(()) => {
@@ -289,17 +321,28 @@ pub fn worker_main() -> i32 {
     }
 }
 
-/// The job on a tract thread pool of its own (the process ends with it).
+/// The job on a tract thread pool of its own (the process ends with it;
+/// none when no model runs on tract: onnxruntime has its own threads).
 fn run_in_pool(spec: &JobSpec, ctx: &dyn JobContext) -> Result<JobOutput, RemoteError> {
     use tract_linalg::multithread::{multithread_tract_scope, Executor};
-    let exec = if spec.threads > 1 { Executor::multithread(spec.threads as usize) } else { Executor::SingleThread };
+    let exec = if spec.threads > 1 && spec.uses_tract() {
+        Executor::multithread(spec.threads as usize)
+    } else {
+        Executor::SingleThread
+    };
     multithread_tract_scope(exec, || job::run_guarded(spec, ctx, true))
+}
+
+/// No core files (a library that aborts leaves nothing on the board's storage).
+fn limit_core() -> io::Result<()> {
+    use nix::sys::resource::{setrlimit, Resource};
+    setrlimit(Resource::RLIMIT_CORE, 0, 0).map_err(io::Error::from)
 }
 
 /// `RLIMIT_DATA` to `bytes`, no core files, first in line for the OOM killer.
 fn limit_self(bytes: u64) -> io::Result<()> {
     use nix::sys::resource::{setrlimit, Resource};
-    setrlimit(Resource::RLIMIT_CORE, 0, 0).map_err(io::Error::from)?;
+    limit_core()?;
     setrlimit(Resource::RLIMIT_DATA, bytes, bytes).map_err(io::Error::from)?;
     // Best effort: raising one's own score needs no privilege, but /proc
     // may be missing.
@@ -504,6 +547,7 @@ pub fn self_test(program: &Path) -> Result<Duration, String> {
     match answer {
         Ok(Ok(Event::Alive { nonce: n, build })) if n == nonce && build == build_id() => Ok(started.elapsed()),
         Ok(Ok(Event::Done(Err(e)))) => Err(e.to_string()),
+        Ok(Ok(Event::Probed(_))) => Err("an answer to another question".into()),
         Ok(Ok(other)) => Err(format!("an unexpected answer {other:?}")),
         Ok(Err(ReadEnd::Garbled(why))) => Err(format!("a garbled answer: {why}")),
         Ok(Err(ReadEnd::Closed)) | Err(RecvTimeoutError::Disconnected) => {
@@ -513,6 +557,35 @@ pub fn self_test(program: &Path) -> Result<Duration, String> {
             Err(format!("it ended without answering ({status}){last}"))
         }
         Err(RecvTimeoutError::Timeout) => Err(format!("no answer within {} s", SELF_TEST_TIMEOUT.as_secs())),
+    }
+}
+
+/// Loads the ONNX Runtime `library` in a fresh worker of `program` (so that
+/// a library that crashes while loading takes only the worker down);
+/// returns its version and providers, or why it did not load.
+pub fn probe(program: &Path, library: &Path) -> Result<(String, Vec<String>), String> {
+    let request = Request { build: build_id(), task: Task::Probe { library: library.to_path_buf() } };
+    let mut worker = Worker::spawn(program, &request).map_err(|e| match e {
+        RemoteError::Internal(m) => m,
+        e => e.to_string(),
+    })?;
+    let answer = worker.events.recv_timeout(SELF_TEST_TIMEOUT);
+    let status = worker.finish(Duration::from_secs(2));
+    match answer {
+        Ok(Ok(Event::Probed(r))) => r,
+        Ok(Ok(Event::Done(Err(e)))) => Err(e.to_string()),
+        Ok(Ok(_)) => Err("the worker answered another question".into()),
+        Ok(Err(ReadEnd::Garbled(why))) => Err(format!("a garbled answer: {why}")),
+        Ok(Err(ReadEnd::Closed)) | Err(RecvTimeoutError::Disconnected) => {
+            let tail = worker.stderr_tail();
+            let why = status.map_or_else(|| "vanished".to_string(), |s| death_message(s, &tail, 0));
+            Err(format!("loading {} in a worker process: the worker {why}", library.display()))
+        }
+        Err(RecvTimeoutError::Timeout) => Err(format!(
+            "loading {} took more than {} s",
+            library.display(),
+            SELF_TEST_TIMEOUT.as_secs()
+        )),
     }
 }
 
@@ -535,7 +608,7 @@ pub fn run_job(program: &Path, spec: &JobSpec, ctx: &dyn JobContext) -> Result<J
                 worker.finish(Duration::from_secs(2));
                 return result;
             }
-            Ok(Ok(Event::Alive { .. })) => {
+            Ok(Ok(Event::Alive { .. } | Event::Probed(_))) => {
                 worker.kill();
                 return Err(stopped(&label, "sent an unexpected message"));
             }

@@ -155,7 +155,7 @@ fn static_bombs_are_refused(isolation: &str) {
         let expected = format!("model '{name}': {says}");
         let e = remote(c.benchmark(&bench_req(name, 1), no_progress).unwrap_err());
         assert_eq!(e, RemoteError::Unsupported(expected.clone()), "{name} ({isolation}), benchmark");
-        let req = EvalRequest { model: name.into(), bundle: "b".into(), threads: None };
+        let req = EvalRequest { model: name.into(), bundle: "b".into(), threads: None, runtime: None };
         let e = remote(c.evaluate(&req, no_progress).unwrap_err());
         assert_eq!(e, RemoteError::Unsupported(expected), "{name} ({isolation}), evaluate");
         // A normal model right after.
@@ -163,7 +163,7 @@ fn static_bombs_are_refused(isolation: &str) {
         assert_eq!(r.samples_ns.len(), 3);
         assert!(p.is_running());
     }
-    let e = c.evaluate(&EvalRequest { model: "lin".into(), bundle: "b".into(), threads: None }, no_progress).unwrap();
+    let e = c.evaluate(&EvalRequest { model: "lin".into(), bundle: "b".into(), threads: None, runtime: None }, no_progress).unwrap();
     assert_eq!(e.top1_accuracy, Some(1.0));
     let hwm = status(&p, "VmHWM");
     eprintln!(

@@ -90,7 +90,7 @@ fn upload_benchmark_evaluate_compare() {
     let b = linear_bundle(&samples, Some(labels), Some(expected.clone()));
     c.upload(ArtifactKind::EvalBundle, "digits", &b, |_| {}).unwrap();
     let e = c
-        .evaluate(&EvalRequest { model: "lin.onnx".into(), bundle: "digits".into(), threads: None }, no_progress)
+        .evaluate(&EvalRequest { model: "lin.onnx".into(), bundle: "digits".into(), threads: None, runtime: None }, no_progress)
         .unwrap();
     assert_eq!(e.samples, 4);
     assert_eq!(e.top1_accuracy, Some(0.75));
@@ -117,6 +117,8 @@ fn upload_benchmark_evaluate_compare() {
         warmup: RunPolicy { count: 3, min_time_ms: 0 },
         runs: RunPolicy { count: 30, min_time_ms: 0 },
         input_bundle: None,
+        runtime_a: None,
+        runtime_b: None,
     };
     let cmp = c.compare(&req, no_progress).unwrap();
     assert_eq!((cmp.a.model.as_str(), cmp.b.model.as_str()), ("big", "small"));
@@ -178,7 +180,7 @@ fn bad_models_and_bundles_get_typed_errors_and_the_daemon_keeps_serving() {
         expected: None,
     };
     c.upload(ArtifactKind::EvalBundle, "wide", &bad.encode().unwrap(), |_| {}).unwrap();
-    let req = EvalRequest { model: "lin".into(), bundle: "wide".into(), threads: None };
+    let req = EvalRequest { model: "lin".into(), bundle: "wide".into(), threads: None, runtime: None };
     match remote(c.evaluate(&req, no_progress).unwrap_err()) {
         RemoteError::BadRequest(m) => assert!(m.contains("shape mismatch") && m.contains("[2, 5]"), "{m}"),
         other => panic!("{other:?}"),
@@ -195,7 +197,7 @@ fn bad_models_and_bundles_get_typed_errors_and_the_daemon_keeps_serving() {
         expected: Some(vec![TensorF32::from_f32(None, vec![1, 2], &[0.0; 2])]),
     };
     c.upload(ArtifactKind::EvalBundle, "narrow-expected", &b.encode().unwrap(), |_| {}).unwrap();
-    let req = EvalRequest { model: "lin".into(), bundle: "narrow-expected".into(), threads: None };
+    let req = EvalRequest { model: "lin".into(), bundle: "narrow-expected".into(), threads: None, runtime: None };
     assert!(
         matches!(remote(c.evaluate(&req, no_progress).unwrap_err()), RemoteError::BadRequest(m) if m.contains("expected output 0"))
     );
@@ -209,13 +211,13 @@ fn bad_models_and_bundles_get_typed_errors_and_the_daemon_keeps_serving() {
         expected: None,
     };
     c.upload(ArtifactKind::EvalBundle, "two-inputs", &b.encode().unwrap(), |_| {}).unwrap();
-    let req = EvalRequest { model: "lin".into(), bundle: "two-inputs".into(), threads: None };
+    let req = EvalRequest { model: "lin".into(), bundle: "two-inputs".into(), threads: None, runtime: None };
     assert!(
         matches!(remote(c.evaluate(&req, no_progress).unwrap_err()), RemoteError::BadRequest(m) if m.contains("2 input tensor(s)"))
     );
     // Not a bundle at all.
     c.upload(ArtifactKind::EvalBundle, "junk", b"RBAX....", |_| {}).unwrap();
-    let req = EvalRequest { model: "lin".into(), bundle: "junk".into(), threads: None };
+    let req = EvalRequest { model: "lin".into(), bundle: "junk".into(), threads: None, runtime: None };
     assert!(
         matches!(remote(c.evaluate(&req, no_progress).unwrap_err()), RemoteError::BadRequest(m) if m.contains("eval bundle 'junk'"))
     );
@@ -225,7 +227,7 @@ fn bad_models_and_bundles_get_typed_errors_and_the_daemon_keeps_serving() {
         remote(c.benchmark(&bench_req("nope", 1), no_progress).unwrap_err()),
         RemoteError::NotFound("nope".into())
     );
-    let req = EvalRequest { model: "lin".into(), bundle: "nope".into(), threads: None };
+    let req = EvalRequest { model: "lin".into(), bundle: "nope".into(), threads: None, runtime: None };
     assert_eq!(remote(c.evaluate(&req, no_progress).unwrap_err()), RemoteError::NotFound("nope".into()));
     let mut req = bench_req("lin", 1);
     req.input_bundle = Some("../etc".into());

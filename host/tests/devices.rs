@@ -296,3 +296,67 @@ fn cli_bench_with_eval_writes_json() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success() && stdout.contains("upload skipped"), "{stdout}");
 }
+
+/// `rba bench --runtimes tract,onnxruntime --eval`: one model under both
+/// runtimes on the local board, interleaved, with the paired interval and
+/// on-device accuracy under each; `--ep cuda --ep-policy strict` fails with
+/// ONNX Runtime's error (PyPI's library is CPU only); `rba devices` lists
+/// the runtimes.
+#[test]
+fn cli_compares_runtimes_and_reports_providers() {
+    let Some(lib) = rba_testkit::onnxruntime::require_library("rba bench --runtimes tract,onnxruntime") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("bench.json");
+    let rba = || {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_rba"));
+        c.env("ORT_DYLIB_PATH", &lib);
+        c
+    };
+    let out = rba()
+        .args(["bench", "demo:vit", "--board", "local", "--runs", "6", "--warmup", "1", "--threads", "1"])
+        .args(["--runtimes", "tract,onnxruntime", "--eval", "demo:test", "--eval-samples", "40", "--json"])
+        .arg(&json)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("runtime  vit-digits: onnxruntime "), "{stdout}");
+    assert!(stdout.contains("nodes: CPUExecutionProvider "), "{stdout}");
+    assert!(stdout.contains("speedup of vit-digits (onnxruntime) over vit-digits (tract)"), "{stdout}");
+    assert!(stdout.contains("on-device  vit-digits (onnxruntime): 40 samples"), "{stdout}");
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let results = v["benchmark"]["results"].as_array().unwrap();
+    assert_eq!(results.len(), 2);
+    assert_eq!((results[0]["runtime"]["runtime"].as_str(), results[1]["runtime"]["runtime"].as_str()), (Some("tract"), Some("onnxruntime")));
+    assert_eq!(results[1]["runtime"]["nodes"][0]["provider"], "CPUExecutionProvider");
+    let evals = v["evaluation"]["results"].as_array().unwrap();
+    assert_eq!(evals.len(), 2);
+    for e in evals {
+        // The reference is the host's tract output of the same model.
+        assert_eq!(e["top1_agreement"].as_f64(), Some(1.0), "{e}");
+        assert!(e["max_abs_diff"].as_f64().unwrap() < 1e-4, "{e}");
+    }
+    assert_eq!(evals[0]["top1_accuracy"], evals[1]["top1_accuracy"]);
+    // strict with a provider the library lacks: the job fails, saying why.
+    let out = rba()
+        .args(["bench", "demo:resnet", "--board", "local", "--runs", "2", "--ep", "cuda", "--ep-policy", "strict"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("the cuda execution provider did not register (policy strict): "), "{stderr}");
+    // Providers without onnxruntime are a usage error.
+    let out = rba().args(["bench", "demo:resnet", "--board", "local", "--runtime", "tract", "--ep", "cuda"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("tract runs on the CPU"));
+    // rba devices: the local board's runtimes.
+    let out = rba().args(["devices", "--no-qemu"]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("runtime      tract tract-onnx 0.23"), "{stdout}");
+    let line = stdout.lines().find(|l| l.contains("runtime      onnxruntime")).unwrap();
+    assert!(line.contains(&std::fs::canonicalize(&lib).unwrap().display().to_string()), "{line}");
+    assert!(line.contains("CPUExecutionProvider"), "{line}");
+}

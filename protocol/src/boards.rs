@@ -10,7 +10,9 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+
+use crate::message::{EpPolicy, ExecutionProvider};
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -39,8 +41,69 @@ pub struct BoardProfile {
     pub link: LinkProfile,
     #[serde(default)]
     pub sensors: SensorProfile,
+    /// ONNX Runtime: its library and the execution providers a job gets
+    /// when its request names none.
+    #[serde(default)]
+    pub onnxruntime: OnnxRuntimeProfile,
     #[serde(default)]
     pub notes: String,
+}
+
+/// `[onnxruntime]`: where the board's ONNX Runtime library is, and what a
+/// job that asks for onnxruntime without naming providers gets.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OnnxRuntimeProfile {
+    /// The library (`libonnxruntime.so.1.20.0`, or a folder holding one);
+    /// unset: searched (see `rba-device serve --help`).
+    #[serde(default)]
+    pub library: Option<PathBuf>,
+    /// In order of preference; providers the library lacks are skipped (and
+    /// said so). Empty: ONNX Runtime's CPU kernels.
+    #[serde(default)]
+    pub execution_providers: Vec<ExecutionProvider>,
+    /// When a request names no policy.
+    #[serde(default)]
+    pub policy: EpPolicy,
+    #[serde(default)]
+    pub tensorrt: TensorRtProfile,
+}
+
+/// `[onnxruntime.tensorrt]`: how the TensorRT provider builds its engines.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TensorRtProfile {
+    /// Let TensorRT pick fp16 kernels where faster (`trt_fp16_enable`).
+    #[serde(default)]
+    pub fp16: bool,
+    /// Keep built engines in the store and reuse them (`trt_engine_cache_enable`).
+    #[serde(default = "yes")]
+    pub engine_cache: bool,
+    /// Keep TensorRT's kernel timings in the store (`trt_timing_cache_enable`).
+    #[serde(default = "yes")]
+    pub timing_cache: bool,
+    /// Scratch memory TensorRT may use while building (`trt_max_workspace_size`).
+    #[serde(default)]
+    pub max_workspace_bytes: Option<u64>,
+    /// 0-5, TensorRT's default 3 (`trt_builder_optimization_level`).
+    #[serde(default)]
+    pub builder_optimization_level: Option<u8>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for TensorRtProfile {
+    fn default() -> Self {
+        TensorRtProfile {
+            fp16: false,
+            engine_cache: true,
+            timing_cache: true,
+            max_workspace_bytes: None,
+            builder_optimization_level: None,
+        }
+    }
 }
 
 /// The link `rba-device serve` uses when the command line names none.
@@ -79,6 +142,10 @@ pub struct SensorProfile {
     /// Ask `vcgencmd get_throttled` when no throttle file exists.
     #[serde(default)]
     pub vcgencmd: bool,
+    /// Ask `nvpmodel -q` for the power mode (Jetson) before reading
+    /// `/etc/nvpmodel.conf` and its status file.
+    #[serde(default)]
+    pub nvpmodel: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -112,6 +179,13 @@ impl BoardProfile {
         }
         if p.memory_budget_bytes == Some(0) {
             return Err(invalid("memory_budget_bytes must be at least 1"));
+        }
+        let eps = &p.onnxruntime.execution_providers;
+        if eps.iter().enumerate().any(|(i, ep)| eps[..i].contains(ep)) {
+            return Err(invalid("onnxruntime.execution_providers names a provider twice"));
+        }
+        if p.onnxruntime.tensorrt.builder_optimization_level.is_some_and(|l| l > 5) {
+            return Err(invalid("onnxruntime.tensorrt.builder_optimization_level is 0 to 5"));
         }
         match p.link.default {
             LinkKind::Serial if p.link.serial.is_none() => {
@@ -265,6 +339,48 @@ mod tests {
         assert!(e.to_string().contains("memory_budget"), "{e}");
         let zero = text.replace("[link]", "memory_budget_bytes = 0\n[link]");
         assert!(BoardProfile::parse(&format!("{zero}tcp='0.0.0.0:7878'\n"), Path::new("x.toml")).is_err());
+    }
+
+    #[test]
+    fn onnxruntime_sections() {
+        let base = "name='x'\ntarget='t'\ncpu='c'\ncores=2\nthreads=2\nmodel_dir='/tmp/x'\n\
+                    [link]\ndefault='tcp'\ntcp='0.0.0.0:7878'\n";
+        let none = BoardProfile::parse(base, Path::new("x.toml")).unwrap();
+        assert_eq!(none.onnxruntime, OnnxRuntimeProfile::default());
+        assert!(none.onnxruntime.tensorrt.engine_cache && none.onnxruntime.tensorrt.timing_cache);
+        let text = format!(
+            "{base}[onnxruntime]\nlibrary='/opt/ort/lib'\nexecution_providers=['tensorrt','cuda','cpu']\n\
+             policy='strict'\n[onnxruntime.tensorrt]\nfp16=true\ntiming_cache=false\n"
+        );
+        let p = BoardProfile::parse(&text, Path::new("x.toml")).unwrap();
+        let o = &p.onnxruntime;
+        assert_eq!(o.library.as_deref(), Some(Path::new("/opt/ort/lib")));
+        assert_eq!(o.execution_providers, [ExecutionProvider::TensorRt, ExecutionProvider::Cuda, ExecutionProvider::Cpu]);
+        assert_eq!(o.policy, EpPolicy::Strict);
+        assert!(o.tensorrt.fp16 && o.tensorrt.engine_cache && !o.tensorrt.timing_cache);
+        for bad in [
+            "[onnxruntime]\nexecution_providers=['gpu']\n",
+            "[onnxruntime]\nexecution_providers=['cuda','cuda']\n",
+            "[onnxruntime]\npolicy='sometimes'\n",
+            "[onnxruntime]\nlibary='/x'\n",
+            "[onnxruntime.tensorrt]\nfp32=true\n",
+            "[onnxruntime.tensorrt]\nbuilder_optimization_level=9\n",
+        ] {
+            let e = BoardProfile::parse(&format!("{base}{bad}"), Path::new("x.toml")).unwrap_err();
+            assert!(matches!(e, ProfileError::Invalid { .. }), "{bad}: {e}");
+        }
+        // The shipped boards: TensorRT first on the Jetson, XNNPACK on the Pis.
+        let jetson = find("jetson-orin-nano", &[]).unwrap();
+        assert_eq!(
+            jetson.onnxruntime.execution_providers,
+            [ExecutionProvider::TensorRt, ExecutionProvider::Cuda, ExecutionProvider::Cpu]
+        );
+        assert!(jetson.onnxruntime.tensorrt.fp16 && jetson.onnxruntime.tensorrt.engine_cache);
+        assert!(jetson.sensors.nvpmodel);
+        for pi in ["raspberry-pi-4", "raspberry-pi-5"] {
+            let p = find(pi, &[]).unwrap();
+            assert_eq!(p.onnxruntime.execution_providers, [ExecutionProvider::Xnnpack, ExecutionProvider::Cpu], "{pi}");
+        }
     }
 
     #[test]

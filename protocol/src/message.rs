@@ -173,6 +173,14 @@ pub struct DeviceInfo {
     pub cpu_temp_c: Option<f32>,
     pub throttling: Option<Throttling>,
     pub artifacts: u32,
+    /// The inference runtimes the board has: tract always, onnxruntime
+    /// with its version, library and execution providers, or why not.
+    #[serde(default)]
+    pub runtimes: Vec<RuntimeInfo>,
+    /// The accelerator, where the board exposes it (Jetson: model, power
+    /// mode, GPU frequency and load).
+    #[serde(default)]
+    pub accelerator: Option<AcceleratorInfo>,
 }
 
 /// What an uploaded artifact is.
@@ -237,6 +245,9 @@ pub struct BenchmarkRequest {
     pub runs: RunPolicy,
     /// Feed the first sample of this eval bundle instead of synthetic input.
     pub input_bundle: Option<String>,
+    /// The runtime and execution providers; `None`: tract.
+    #[serde(default)]
+    pub runtime: Option<RuntimeRequest>,
 }
 
 /// Throttling state as the board reports it.
@@ -264,6 +275,9 @@ pub struct BenchmarkResult {
     pub cpu_temp_start_c: Option<f32>,
     pub cpu_temp_end_c: Option<f32>,
     pub throttling: Option<Throttling>,
+    /// What ran the model and how (runtime, providers, session, caches).
+    #[serde(default)]
+    pub runtime: RuntimeReport,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -272,6 +286,9 @@ pub struct EvalRequest {
     /// Name of an uploaded [`ArtifactKind::EvalBundle`].
     pub bundle: String,
     pub threads: Option<u32>,
+    /// The runtime and execution providers; `None`: tract.
+    #[serde(default)]
+    pub runtime: Option<RuntimeRequest>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -287,9 +304,14 @@ pub struct EvalResult {
     pub max_abs_diff: Option<f32>,
     /// Mean per-sample cosine similarity of output and expected output.
     pub mean_cosine: Option<f64>,
-    /// Per-sample inference latency.
+    /// Per-sample inference latency of the warm batches (the first batch,
+    /// which builds accelerator engines, is `runtime.first_run_ns`; with a
+    /// single batch it is counted here too).
     pub latency: Option<LatencyStats>,
     pub peak_rss_bytes: Option<u64>,
+    /// What ran the model and how.
+    #[serde(default)]
+    pub runtime: RuntimeReport,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -301,6 +323,12 @@ pub struct CompareRequest {
     /// Per model; runs of A and B alternate.
     pub runs: RunPolicy,
     pub input_bundle: Option<String>,
+    /// The runtime of arm A and of arm B (`None`: tract): the same model
+    /// under two runtimes is a comparison of runtimes.
+    #[serde(default)]
+    pub runtime_a: Option<RuntimeRequest>,
+    #[serde(default)]
+    pub runtime_b: Option<RuntimeRequest>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -309,6 +337,262 @@ pub struct CompareResult {
     pub b: BenchmarkResult,
     /// `b.stats.p50_ns / a.stats.p50_ns`: below 1 means B is faster.
     pub ratio_of_medians: f64,
+}
+
+/// An inference runtime of the board.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RuntimeKind {
+    /// tract, built into rba-device: always there.
+    #[default]
+    Tract,
+    /// ONNX Runtime, loaded at run time from a library on the board.
+    OnnxRuntime,
+}
+
+impl RuntimeKind {
+    pub const ALL: [RuntimeKind; 2] = [RuntimeKind::Tract, RuntimeKind::OnnxRuntime];
+
+    /// `tract`, `onnxruntime` (as on the command line).
+    pub fn name(self) -> &'static str {
+        match self {
+            RuntimeKind::Tract => "tract",
+            RuntimeKind::OnnxRuntime => "onnxruntime",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<RuntimeKind> {
+        let n = name.trim().to_ascii_lowercase();
+        match n.as_str() {
+            "tract" => Some(RuntimeKind::Tract),
+            "onnxruntime" | "ort" | "onnx-runtime" => Some(RuntimeKind::OnnxRuntime),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for RuntimeKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// An ONNX Runtime execution provider rba-device can register.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExecutionProvider {
+    /// ONNX Runtime's own kernels (always registered, last).
+    Cpu,
+    /// XNNPACK's ARM and x86 kernels (where the library was built with it).
+    Xnnpack,
+    /// NVIDIA CUDA (and cuDNN).
+    Cuda,
+    /// NVIDIA TensorRT: engines built at the first run, cached in the store.
+    #[serde(rename = "tensorrt")]
+    TensorRt,
+}
+
+impl ExecutionProvider {
+    pub const ALL: [ExecutionProvider; 4] =
+        [ExecutionProvider::Cpu, ExecutionProvider::Xnnpack, ExecutionProvider::Cuda, ExecutionProvider::TensorRt];
+
+    /// `cpu`, `xnnpack`, `cuda`, `tensorrt` (as on the command line and in
+    /// board profiles).
+    pub fn name(self) -> &'static str {
+        match self {
+            ExecutionProvider::Cpu => "cpu",
+            ExecutionProvider::Xnnpack => "xnnpack",
+            ExecutionProvider::Cuda => "cuda",
+            ExecutionProvider::TensorRt => "tensorrt",
+        }
+    }
+
+    /// ONNX Runtime's name, as `GetAvailableProviders` and its profiles
+    /// spell it.
+    pub fn ort_name(self) -> &'static str {
+        match self {
+            ExecutionProvider::Cpu => "CPUExecutionProvider",
+            ExecutionProvider::Xnnpack => "XnnpackExecutionProvider",
+            ExecutionProvider::Cuda => "CUDAExecutionProvider",
+            ExecutionProvider::TensorRt => "TensorrtExecutionProvider",
+        }
+    }
+
+    /// From a short name (`cuda`) or ONNX Runtime's (`CUDAExecutionProvider`),
+    /// case-insensitively.
+    pub fn from_name(name: &str) -> Option<ExecutionProvider> {
+        let n = name.trim();
+        ExecutionProvider::ALL.into_iter().find(|ep| {
+            n.eq_ignore_ascii_case(ep.name())
+                || n.eq_ignore_ascii_case(ep.ort_name())
+                || (*ep == ExecutionProvider::TensorRt && n.eq_ignore_ascii_case("trt"))
+        })
+    }
+}
+
+impl fmt::Display for ExecutionProvider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What a job does when an execution provider it asked for is missing.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EpPolicy {
+    /// Run with what registered (ONNX Runtime's CPU kernels at worst) and
+    /// report what happened.
+    #[default]
+    Fallback,
+    /// Fail when a requested provider does not register, or when any node
+    /// runs on a provider that was not requested (the CPU, unless listed).
+    Strict,
+}
+
+impl EpPolicy {
+    pub fn name(self) -> &'static str {
+        match self {
+            EpPolicy::Fallback => "fallback",
+            EpPolicy::Strict => "strict",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<EpPolicy> {
+        match name.trim().to_ascii_lowercase().as_str() {
+            "fallback" => Some(EpPolicy::Fallback),
+            "strict" => Some(EpPolicy::Strict),
+            _ => None,
+        }
+    }
+}
+
+/// The runtime a job asks for.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuntimeRequest {
+    pub runtime: RuntimeKind,
+    /// Execution providers in order of preference (onnxruntime only);
+    /// empty: the board profile's list, without the ones the library lacks.
+    pub eps: Vec<ExecutionProvider>,
+    /// `None`: the board profile's policy (else `Fallback`).
+    pub policy: Option<EpPolicy>,
+}
+
+impl RuntimeRequest {
+    pub fn tract() -> RuntimeRequest {
+        RuntimeRequest::default()
+    }
+
+    pub fn onnxruntime(eps: Vec<ExecutionProvider>, policy: Option<EpPolicy>) -> RuntimeRequest {
+        RuntimeRequest { runtime: RuntimeKind::OnnxRuntime, eps, policy }
+    }
+}
+
+/// One requested execution provider and what became of it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EpOutcome {
+    /// The provider (`cpu`, `xnnpack`, `cuda`, `tensorrt`).
+    pub ep: String,
+    /// The options it was registered with (`trt_fp16_enable=1`, ...).
+    pub options: Vec<(String, String)>,
+    /// `None`: registered. Otherwise ONNX Runtime's exact error (under
+    /// `fallback` the job ran without the provider).
+    pub error: Option<String>,
+}
+
+/// How many nodes of the model one provider ran.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProviderNodes {
+    /// ONNX Runtime's provider name (`CPUExecutionProvider`), or `tract`.
+    pub provider: String,
+    /// Nodes (kernels) it ran in the first run. A subgraph a provider
+    /// fuses (TensorRT) counts as one.
+    pub nodes: u32,
+}
+
+/// TensorRT's engine cache in the store, around one session.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EngineCache {
+    /// Engine files for this model before the session was created.
+    pub engines_before: u32,
+    /// Engine files after the first run.
+    pub engines_after: u32,
+    /// Engines were there and none had to be built.
+    pub hit: bool,
+    /// A timing cache was there before the session.
+    pub timing_cache: bool,
+}
+
+/// What ran a model and how: in every benchmark and evaluation result.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RuntimeReport {
+    pub runtime: RuntimeKind,
+    /// `tract-onnx 0.23`, `onnxruntime 1.20.1`.
+    pub version: String,
+    /// The library loaded (onnxruntime).
+    pub library: Option<String>,
+    pub policy: EpPolicy,
+    /// Each provider asked for, in order of preference, with its outcome.
+    pub eps: Vec<EpOutcome>,
+    /// Nodes per provider in the first run (ONNX Runtime's profile), or
+    /// tract's node count.
+    pub nodes: Vec<ProviderNodes>,
+    /// Creating the session or plan (parsing, optimising, partitioning;
+    /// TensorRT builds its engines in the first run).
+    pub session_ns: u64,
+    /// The first run, engine builds included.
+    pub first_run_ns: u64,
+    /// TensorRT's engine cache, where TensorRT was registered.
+    pub engine_cache: Option<EngineCache>,
+    /// What else the board wants said (providers of the profile the
+    /// library lacks, ...).
+    pub notes: Vec<String>,
+}
+
+impl RuntimeReport {
+    /// `tract`, `onnxruntime [tensorrt, cuda]`: a short label.
+    pub fn label(&self) -> String {
+        let registered: Vec<&str> = self.eps.iter().filter(|e| e.error.is_none()).map(|e| e.ep.as_str()).collect();
+        if self.runtime == RuntimeKind::OnnxRuntime && !registered.is_empty() {
+            alloc::format!("{} [{}]", self.runtime.name(), registered.join(", "))
+        } else {
+            self.runtime.name().into()
+        }
+    }
+
+    /// `CPUExecutionProvider 412, TensorrtExecutionProvider 3`.
+    pub fn nodes_text(&self) -> String {
+        let parts: Vec<String> = self.nodes.iter().map(|n| alloc::format!("{} {}", n.provider, n.nodes)).collect();
+        parts.join(", ")
+    }
+}
+
+/// A runtime as the board has it (in [`DeviceInfo`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuntimeInfo {
+    pub runtime: RuntimeKind,
+    pub version: Option<String>,
+    /// The library it loads (onnxruntime).
+    pub library: Option<String>,
+    /// Why it cannot run here (no library, too old, does not load).
+    pub problem: Option<String>,
+    /// Execution providers the library offers (`GetAvailableProviders`).
+    pub providers: Vec<String>,
+    /// The board profile's providers, in order, and its policy.
+    pub default_eps: Vec<ExecutionProvider>,
+    pub default_policy: EpPolicy,
+}
+
+/// The board's accelerator, as far as it tells.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct AcceleratorInfo {
+    /// `/proc/device-tree/model`, e.g. `NVIDIA Jetson Orin Nano Developer Kit`.
+    pub model: Option<String>,
+    /// The power mode (`nvpmodel`), e.g. `15W (mode 0)`.
+    pub power_mode: Option<String>,
+    pub gpu_freq_hz: Option<u64>,
+    pub gpu_max_freq_hz: Option<u64>,
+    /// GPU load, 0-100.
+    pub gpu_load_pct: Option<f32>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -1370,18 +1370,21 @@ mod tests {
         let mut wire = vec![0xFF, 0x13, 0x00];
         wire.extend(legacy_frame(&payload));
         let f = ServerHandshake::new(&id, None).feed(&wire);
-        assert!(matches!(f.outcome, Outcome::Failed(HandshakeError::VersionMismatch { supported: 2, requested: 1 })));
-        assert_eq!(f.reply, legacy_version_mismatch(5, 2, 1));
-        // A v1 host reads it as Error(VersionMismatch { 2, 1 }).
+        assert!(matches!(
+            f.outcome,
+            Outcome::Failed(HandshakeError::VersionMismatch { supported: PROTOCOL_VERSION, requested: 1 })
+        ));
+        assert_eq!(f.reply, legacy_version_mismatch(5, PROTOCOL_VERSION, 1));
+        // A v1 host reads it as Error(VersionMismatch { 3, 1 }).
         let mut d = FrameDecoder::new(4096);
         let mut got = None;
         d.feed_payloads(&f.reply, |p| got = p.ok().and_then(legacy_answer));
-        assert_eq!(got, Some(LegacyAnswer::VersionMismatch { supported: 2, requested: 1 }));
+        assert_eq!(got, Some(LegacyAnswer::VersionMismatch { supported: PROTOCOL_VERSION, requested: 1 }));
         // A future preamble: answered with the version this side speaks.
         let mut future = preamble(Mode::Psk);
-        future[5..7].copy_from_slice(&3u16.to_be_bytes());
+        future[5..7].copy_from_slice(&(PROTOCOL_VERSION + 1).to_be_bytes());
         let f = ServerHandshake::new(&id, None).feed(&future[..7]);
-        assert!(matches!(f.outcome, Outcome::Failed(HandshakeError::VersionMismatch { requested: 3, .. })));
+        assert!(matches!(f.outcome, Outcome::Failed(HandshakeError::VersionMismatch { requested: 4, .. })));
         assert_eq!(f.reply[7], Status::VersionMismatch.byte());
         // A v1 device (or a fake one) answering with an unauthenticated Welcome.
         let (mut c, _) = ClientHandshake::start(Some(&key(1))).unwrap();

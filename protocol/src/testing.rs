@@ -92,6 +92,7 @@ impl MemoryHandler {
             cpu_temp_start_c: None,
             cpu_temp_end_c: None,
             throttling: None,
+            runtime: RuntimeReport::default(),
         })
     }
 }
@@ -187,6 +188,7 @@ impl DeviceHandler for MemoryHandler {
             mean_cosine: has_expected.then_some(1.0),
             latency: None,
             peak_rss_bytes: None,
+            runtime: RuntimeReport::default(),
         })
     }
 

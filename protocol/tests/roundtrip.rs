@@ -177,5 +177,8 @@ fn wire_bytes_match_protocol_md_example() {
     use rba_protocol::secure::{preamble, Mode};
     assert_eq!(preamble(Mode::Psk).to_vec(), protocol_md_bytes("preamble, keyed "));
     assert_eq!(preamble(Mode::Keyless).to_vec(), protocol_md_bytes("preamble, keyless "));
-    assert_eq!(rba_protocol::secure::legacy_version_mismatch(1, 2, 1), protocol_md_bytes("v1 VersionMismatch "));
+    assert_eq!(
+        rba_protocol::secure::legacy_version_mismatch(1, PROTOCOL_VERSION, 1),
+        protocol_md_bytes("v1 VersionMismatch ")
+    );
 }

@@ -91,6 +91,7 @@ fn authenticated_session_covers_every_request() {
         warmup: RunPolicy { count: 1, min_time_ms: 0 },
         runs: RunPolicy { count: 5, min_time_ms: 0 },
         input_bundle: None,
+        runtime: None,
     };
     let mut phases = Vec::new();
     let r = c
@@ -105,7 +106,7 @@ fn authenticated_session_covers_every_request() {
     assert_eq!(phases.iter().filter(|p| **p == Phase::Measuring).count(), 5);
 
     let e = c
-        .evaluate(&EvalRequest { model: "net.onnx".into(), bundle: "cal".into(), threads: None }, |_| {
+        .evaluate(&EvalRequest { model: "net.onnx".into(), bundle: "cal".into(), threads: None, runtime: None }, |_| {
             ControlFlow::Continue(())
         })
         .unwrap();
@@ -118,6 +119,8 @@ fn authenticated_session_covers_every_request() {
         warmup: RunPolicy::default(),
         runs: RunPolicy { count: 3, min_time_ms: 0 },
         input_bundle: None,
+        runtime_a: None,
+        runtime_b: None,
     };
     let cr = c.compare(&cmp, |_| ControlFlow::Continue(())).unwrap();
     assert!(cr.ratio_of_medians < 1.0, "the empty model is 'faster' in the fake handler");
@@ -381,6 +384,7 @@ fn cancel_stops_a_running_benchmark() {
         warmup: RunPolicy::default(),
         runs: RunPolicy { count: 10_000, min_time_ms: 0 },
         input_bundle: None,
+        runtime: None,
     };
     let mut events = 0;
     let r = c.benchmark(&req, |p| {

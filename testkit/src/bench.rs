@@ -152,3 +152,34 @@ pub fn tract_threads(threads: usize) {
     let threads = std::env::var("RBA_BENCH_TRACT_THREADS").ok().and_then(|v| v.parse().ok()).unwrap_or(threads);
     set_default_executor(if threads > 1 { Executor::multithread(threads) } else { Executor::SingleThread });
 }
+
+/// MACs per image of `model` at batch 1 (the host's cost model).
+pub fn macs(model: &OnnxModel) -> u64 {
+    use rba_host::model::cost::total_macs;
+    use rba_host::model::run::tensor_shapes;
+    use rba_host::onnx::graph::GraphIndex;
+    let index = GraphIndex::new(model.graph()).unwrap();
+    total_macs(model.graph(), &index, &tensor_shapes(model, 1).unwrap())
+}
+
+/// The original model and variants with 1, 2 and 4 consecutive middle
+/// blocks replaced by one `D x D` linear map (an identity-initialised
+/// translator, a MatMul), as the compacted bench builds them.
+pub fn compacted_variants(model: &Model) -> Vec<(String, OnnxModel)> {
+    use rba_host::compact::surgery::{replace_spans, Span, Translator};
+    let blocks = model.blocks.blocks.len();
+    let mut variants = vec![("original".to_string(), model.onnx.clone())];
+    for k in [1usize, 2, 4].into_iter().filter(|&k| k < blocks) {
+        let start = (blocks - k) / 2;
+        let span = Span::new(start, start + k);
+        let d = model.blocks.blocks[start].features().unwrap();
+        let mut weight = vec![0f32; d * d];
+        for i in 0..d {
+            weight[i * d + i] = 1.0;
+        }
+        let slim =
+            replace_spans(&model.onnx, &model.blocks, &[(span, Translator::Linear { weight, bias: None })]).unwrap();
+        variants.push((format!("{k} block(s) removed (span {span})"), slim));
+    }
+    variants
+}

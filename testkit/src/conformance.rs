@@ -71,6 +71,7 @@ pub fn exercise(c: &mut Client<impl Read + Write>, set: &EvalSet, plan: Plan) {
         warmup: RunPolicy { count: warmup, min_time_ms: 0 },
         runs: RunPolicy { count: runs, min_time_ms: 0 },
         input_bundle: Some("digits-test".into()),
+        runtime: None,
     };
     for model in ["vit.onnx", "vit-slim.onnx"].into_iter().filter(|_| timing) {
         let mut phases = Vec::new();
@@ -92,6 +93,8 @@ pub fn exercise(c: &mut Client<impl Read + Write>, set: &EvalSet, plan: Plan) {
         warmup: RunPolicy { count: warmup, min_time_ms: 0 },
         runs: RunPolicy { count: runs, min_time_ms: 0 },
         input_bundle: Some("digits-test".into()),
+        runtime_a: None,
+        runtime_b: None,
     };
     if timing {
         let cmp = c.compare(&req, no_progress).unwrap();
@@ -104,7 +107,7 @@ pub fn exercise(c: &mut Client<impl Read + Write>, set: &EvalSet, plan: Plan) {
     let n = set.samples as f64;
     let answers = [("vit.onnx", set.vit_correct, set.samples), ("vit-slim.onnx", set.slim_correct, set.slim_agree)];
     for (model, correct, agree) in answers.into_iter().filter(|(m, _, _)| evaluate.contains(m)) {
-        let req = EvalRequest { model: model.into(), bundle: "digits-test".into(), threads: None };
+        let req = EvalRequest { model: model.into(), bundle: "digits-test".into(), threads: None, runtime: None };
         let e = c.evaluate(&req, no_progress).unwrap();
         assert_eq!(e.samples as usize, set.samples, "{model}");
         // The same count of correct answers as tract on the host.

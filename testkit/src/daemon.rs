@@ -61,6 +61,7 @@ pub fn bench_req(model: &str, runs: u32) -> BenchmarkRequest {
         warmup: RunPolicy { count: 2, min_time_ms: 0 },
         runs: RunPolicy { count: runs, min_time_ms: 0 },
         input_bundle: None,
+        runtime: None,
     }
 }
 

@@ -4,7 +4,8 @@
 use std::sync::OnceLock;
 
 use rba_host::compact::surgery::{replace_spans, Span, Translator};
-use rba_host::demo::{DemoModel, Digits, Split};
+pub use rba_host::demo::DemoModel;
+use rba_host::demo::{Digits, Split};
 use rba_host::model::run::{argmax_rows, predict};
 use rba_host::model::Model;
 use rba_host::onnx::OnnxModel;
@@ -73,4 +74,31 @@ pub fn eval_set(n: usize) -> EvalSet {
         slim_agree: pv.iter().zip(&ps).filter(|(a, b)| a == b).count(),
         slim_max_diff,
     }
+}
+
+/// The first `n` test digits as an eval bundle for `model` (labels, and
+/// `model`'s host outputs from tract as the expected outputs), with how
+/// many it gets right on the host.
+pub struct ModelEvalSet {
+    pub bundle: Vec<u8>,
+    pub samples: usize,
+    pub correct: usize,
+}
+
+pub fn model_eval_set(model: &OnnxModel, n: usize) -> ModelEvalSet {
+    let digits = Digits::embedded().unwrap();
+    let idx = &digits.indices(Split::Test)[..n];
+    let x = digits.batch(idx);
+    let labels: Vec<usize> = idx.iter().map(|&i| digits.label(i)).collect();
+    let out = predict(model, &x, 1).unwrap();
+    let correct = argmax_rows(&out).iter().zip(&labels).filter(|(a, b)| a == b).count();
+    let input_name = model.graph().input[0].name().to_string();
+    let n64 = n as u64;
+    let shape: Vec<u64> = x.shape().iter().map(|&d| d as u64).collect();
+    let bundle = EvalBundle {
+        inputs: vec![TensorF32::from_f32(Some(input_name), shape, x.as_slice().unwrap())],
+        labels: Some(labels.iter().map(|&l| l as u32).collect()),
+        expected: Some(vec![TensorF32::from_f32(None, vec![n64, out.ncols() as u64], out.as_slice().unwrap())]),
+    };
+    ModelEvalSet { bundle: bundle.encode().unwrap(), samples: n, correct }
 }

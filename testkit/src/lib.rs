@@ -17,7 +17,9 @@
 //! - [`demo`]: the demo ViT, a compacted variant and eval sets with the
 //!   host's own answers.
 //! - [`conformance`]: the one routine run over every link to a device.
-//! - [`onnxruntime`]: running a model in onnxruntime (Python) as a cross-check.
+//! - [`onnxruntime`]: running a model in onnxruntime (Python) as a cross-check;
+//!   the ONNX Runtime libraries the device's onnxruntime runtime loads (the
+//!   x86_64 one of python's package, the aarch64 one for qemu).
 //! - [`bench`]: what the benches share (inputs, baselines, the results table).
 
 // Panicking is how a test helper fails.
@@ -68,6 +70,19 @@ pub fn write_key_file(path: &Path, hex: &str) {
 /// The workspace root (every member sits one level below it).
 pub fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("a workspace member").to_path_buf()
+}
+
+/// The cargo target directory this test or bench was built in
+/// (`<target>/<profile>/deps/<executable>`), whatever `CARGO_TARGET_DIR`
+/// says; `<workspace>/target` when the executable lies elsewhere.
+pub fn target_dir() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| {
+            let deps = exe.parent()?;
+            (deps.file_name()? == "deps").then(|| deps.parent()?.parent().map(Path::to_path_buf)).flatten()
+        })
+        .unwrap_or_else(|| workspace().join("target"))
 }
 
 pub fn sha256(data: &[u8]) -> [u8; 32] {

@@ -3,6 +3,7 @@
 //! `device/tests/qemu.rs` and the end-to-end tests in `tests/`; a test run
 //! cross-builds once: the build goes to one target directory, and the
 //! second caller finds it fresh.
+//! `serve_on_serial_with` adds daemon arguments and picks qemu's CPU model.
 //!
 //! Needs the aarch64 Rust std (`rustup target add aarch64-unknown-linux-gnu`),
 //! Debian's `gcc-aarch64-linux-gnu` and `qemu-user`. The tests run whenever
@@ -10,7 +11,8 @@
 //! fail under `RBA_REQUIRE_EXTERNAL=1` (see [`crate::external`]). The cross
 //! build takes minutes on two cores the first time. It builds into
 //! `target/aarch64-qemu` so that it never waits on the lock of the
-//! `cargo test` running it.
+//! `cargo test` running it (a folder of the test's own target directory,
+//! so a `CARGO_TARGET_DIR` elsewhere is honoured).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -60,7 +62,7 @@ pub fn arm_binary() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let target_dir = crate::workspace().join("target/aarch64-qemu");
+        let target_dir = crate::target_dir().join("aarch64-qemu");
         say(&format!("cross-building rba-device for {TARGET} into {} ...", target_dir.display()));
         let started = std::time::Instant::now();
         let status = Command::new(cargo)
@@ -92,13 +94,25 @@ pub fn elf_machine(path: &Path) -> u16 {
 /// `rba-device serve` for the qemu-aarch64 board profile on a serial line,
 /// storing under `dir`; stderr piped, the rest detached.
 pub fn serve_on_serial(serial: &str, dir: &Path) -> Command {
+    serve_on_serial_with(serial, dir, &[], None)
+}
+
+/// [`serve_on_serial`] with `extra` daemon arguments, on qemu's `cpu`
+/// model (`None`: qemu's default, `max`, which emulates SVE: ONNX Runtime
+/// then picks SVE kernels that run many times slower emulated; use
+/// `cortex-a76`, the Raspberry Pi 5's core).
+pub fn serve_on_serial_with(serial: &str, dir: &Path, extra: &[&str], cpu: Option<&str>) -> Command {
     let mut cmd = Command::new("qemu-aarch64");
+    if let Some(cpu) = cpu {
+        cmd.args(["-cpu", cpu]);
+    }
     cmd.args(["-L", "/usr/aarch64-linux-gnu"])
         .arg(arm_binary())
         .args(["serve", "--board", "qemu-aarch64", "--serial", serial, "--dir"])
         .arg(dir)
         .arg("--boards-dir")
         .arg(crate::workspace().join("boards"))
+        .args(extra)
         .env_remove("RBA_DEVICE_KEY")
         .stdin(Stdio::null())
         .stdout(Stdio::null())

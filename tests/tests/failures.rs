@@ -206,6 +206,7 @@ fn sigkill_mid_upload_leaves_no_partial_model_and_a_fresh_upload_works() {
         warmup: RunPolicy { count: 1, min_time_ms: 0 },
         runs: RunPolicy { count: 3, min_time_ms: 0 },
         input_bundle: None,
+        runtime: None,
     };
     check_bench(&c.benchmark(&req, no_progress).unwrap(), "vit.onnx", 3, 1);
 }
@@ -335,6 +336,7 @@ fn hostile_frames_and_garbage_neither_crash_nor_bloat_the_device() {
         warmup: RunPolicy { count: 1, min_time_ms: 0 },
         runs: RunPolicy { count: 1, min_time_ms },
         input_bundle: None,
+        runtime: None,
     };
     {
         let mut c = connect_tcp(addr, &tcp_config()).unwrap();

@@ -10,17 +10,19 @@ use std::cell::Cell;
 
 use rba_protocol::{
     ArtifactKind, BenchmarkRequest, BenchmarkResult, CompareRequest, CompareResult, EvalBundle, Job, Phase,
-    RemoteError, RunPolicy, Throttling,
+    RemoteError, RunPolicy, RuntimeRequest, Throttling,
 };
 
 use super::evaluate::first_sample_input;
 use super::{Daemon, PROGRESS_EVERY_NS};
-use crate::job::{self, model_error, Artifact, JobContext, JobOutput, JobSpec, Work};
+use crate::job::{self, model_error, Arm, Artifact, JobContext, JobOutput, JobSpec, Work};
 use crate::measure::{self, MonotonicClock};
 
 /// What a benchmark of one or more models runs.
 struct BenchSpec<'a> {
     models: &'a [&'a str],
+    /// One per model (`None`: tract).
+    runtimes: &'a [Option<&'a RuntimeRequest>],
     threads: Option<u32>,
     warmup: RunPolicy,
     runs: RunPolicy,
@@ -31,6 +33,7 @@ impl Daemon {
     pub(super) fn run_benchmark(&self, req: &BenchmarkRequest, job: &Job) -> Result<BenchmarkResult, RemoteError> {
         let spec = BenchSpec {
             models: &[req.model.as_str()],
+            runtimes: &[req.runtime.as_ref()],
             threads: req.threads,
             warmup: req.warmup,
             runs: req.runs,
@@ -43,6 +46,7 @@ impl Daemon {
     pub(super) fn run_comparison(&self, req: &CompareRequest, job: &Job) -> Result<CompareResult, RemoteError> {
         let spec = BenchSpec {
             models: &[req.model_a.as_str(), req.model_b.as_str()],
+            runtimes: &[req.runtime_a.as_ref(), req.runtime_b.as_ref()],
             threads: req.threads,
             warmup: req.warmup,
             runs: req.runs,
@@ -59,11 +63,17 @@ impl Daemon {
     /// Benchmarks one model (one arm) or several interleaved; one result
     /// per model, in order.
     fn bench(&self, spec: &BenchSpec<'_>, job: &Job) -> Result<Vec<BenchmarkResult>, RemoteError> {
-        let BenchSpec { models, threads, warmup, runs, input_bundle } = *spec;
+        let BenchSpec { models, runtimes, threads, warmup, runs, input_bundle } = *spec;
         let threads = self.threads(threads, "benchmark")?;
-        let models = models
+        let arms = models
             .iter()
-            .map(|m| Ok(Artifact { name: (*m).to_string(), path: self.store.existing(ArtifactKind::Model, m)? }))
+            .zip(runtimes)
+            .map(|(m, r)| {
+                Ok(Arm {
+                    model: Artifact { name: (*m).to_string(), path: self.store.existing(ArtifactKind::Model, m)? },
+                    runtime: self.runtime_for(*r)?,
+                })
+            })
             .collect::<Result<Vec<_>, RemoteError>>()?;
         let input_bundle = input_bundle
             .map(|b| {
@@ -73,8 +83,8 @@ impl Daemon {
                 })
             })
             .transpose()?;
-        let names: Vec<&str> = models.iter().map(|m| m.name.as_str()).collect();
-        let spec = self.job_spec(Work::Bench { models: models.clone(), warmup, runs, input_bundle }, threads);
+        let names: Vec<String> = arms.iter().map(|a| format!("{} ({})", a.model.name, a.runtime.kind())).collect();
+        let spec = self.job_spec(Work::Bench { arms, warmup, runs, input_bundle }, threads);
         let sensors = &self.config.sensors;
         let temp_start = sensors.cpu_temp();
         let throttle_start = sensors.throttling();
@@ -97,7 +107,7 @@ impl Daemon {
 /// up, then measures all of them interleaved.
 pub(crate) fn bench(
     spec: &JobSpec,
-    models: &[Artifact],
+    arms: &[Arm],
     warmup: RunPolicy,
     runs: RunPolicy,
     bundle: Option<&EvalBundle>,
@@ -107,18 +117,21 @@ pub(crate) fn bench(
     let caps = spec.caps();
     // Load and first run, per model.
     let mut loaded = Vec::new();
-    for (i, m) in models.iter().enumerate() {
+    for (i, arm) in arms.iter().enumerate() {
+        let m = &arm.model;
         ctx.check()?;
-        ctx.progress(Phase::Loading, i as u64, Some(models.len() as u64), Some(m.name.clone()));
-        let (model, load_ns) = measure::time_once(&mut clock, || job::load(m, 1, spec.memory_budget))?;
+        ctx.progress(Phase::Loading, i as u64, Some(arms.len() as u64), Some(m.name.clone()));
+        let (mut model, load_ns) = measure::time_once(&mut clock, || job::load(spec, m, &arm.runtime, 1))?;
         let name = m.name.as_str();
         let input = match bundle {
             Some(b) => first_sample_input(&model, b).map_err(|e| model_error(name, e))?,
             None => model.synthetic_inputs(0x5eed).map_err(|e| model_error(name, e))?,
         };
         let ((), first_ns) = measure::time_once(&mut clock, || model.run(&input)).map_err(|e| model_error(name, e))?;
+        model.finish_first_run(first_ns).map_err(|e| model_error(name, e))?;
         loaded.push((model, input, load_ns, first_ns));
     }
+    let models: Vec<&Artifact> = arms.iter().map(|a| &a.model).collect();
     let arms = loaded.len();
     let run = |arm: usize| -> Result<(), RemoteError> {
         let (model, input, ..) = &loaded[arm];
@@ -150,6 +163,10 @@ pub(crate) fn bench(
         if !model.optimized {
             log::info!("{}: tract could not optimize the model; the typed model was measured", m.name);
         }
+        let report = model.report();
+        if report.runtime == rba_protocol::RuntimeKind::OnnxRuntime {
+            log::info!("{}: {}; nodes: {}", m.name, report.label(), report.nodes_text());
+        }
         results.push(BenchmarkResult {
             model: m.name.clone(),
             threads: spec.threads,
@@ -162,6 +179,7 @@ pub(crate) fn bench(
             cpu_temp_start_c: None,
             cpu_temp_end_c: None,
             throttling: None,
+            runtime: model.report().clone(),
         });
     }
     Ok(results)

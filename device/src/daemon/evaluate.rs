@@ -7,7 +7,7 @@ use super::{Daemon, PROGRESS_EVERY_NS};
 use crate::job::{self, model_error, Artifact, JobContext, JobOutput, JobSpec, Work};
 use crate::measure::{self, Clock, MonotonicClock};
 use crate::metrics::Metrics;
-use crate::runtime::{LoadedModel, OutputF32, Prepared, RuntimeError};
+use crate::runtime::{LoadedModel, OutputF32, Prepared, Runtime, RuntimeError};
 
 impl Daemon {
     pub(super) fn run_evaluation(&self, req: &EvalRequest, job: &Job) -> Result<EvalResult, RemoteError> {
@@ -15,8 +15,9 @@ impl Daemon {
         let model = Artifact { name: req.model.clone(), path: self.store.existing(ArtifactKind::Model, &req.model)? };
         let bundle =
             Artifact { name: req.bundle.clone(), path: self.store.existing(ArtifactKind::EvalBundle, &req.bundle)? };
-        log::info!("evaluate {} on {} ({threads} thread(s))", req.model, req.bundle);
-        let spec = self.job_spec(Work::Evaluate { model, bundle }, threads);
+        let runtime = self.runtime_for(req.runtime.as_ref())?;
+        log::info!("evaluate {} on {} with {} ({threads} thread(s))", req.model, req.bundle, runtime.kind());
+        let spec = self.job_spec(Work::Evaluate { model, runtime, bundle }, threads);
         match self.execute(&spec, job)? {
             JobOutput::Evaluate(r) => Ok(r),
             JobOutput::Bench(_) => Err(RemoteError::Internal("an evaluation produced another job's result".into())),
@@ -28,14 +29,15 @@ impl Daemon {
 pub(crate) fn evaluate(
     spec: &JobSpec,
     model: &Artifact,
+    runtime: &Runtime,
     bundle_name: &str,
     bundle: &EvalBundle,
     ctx: &dyn JobContext,
 ) -> Result<EvalResult, RemoteError> {
     let name = model.name.as_str();
     ctx.progress(Phase::Loading, 0, Some(1), Some(name.to_string()));
-    let loaded = job::load(model, 1, spec.memory_budget)?;
-    let (metrics, latencies) = score(name, &loaded, bundle, ctx)?;
+    let mut loaded = job::load(spec, model, runtime, 1)?;
+    let (metrics, latencies) = score(name, &mut loaded, bundle, ctx)?;
     Ok(EvalResult {
         model: name.to_string(),
         bundle: bundle_name.to_string(),
@@ -46,14 +48,17 @@ pub(crate) fn evaluate(
         mean_cosine: metrics.mean_cosine(),
         latency: measure::stats(&latencies),
         peak_rss_bytes: ctx.peak_rss(),
+        runtime: loaded.report().clone(),
     })
 }
 
 /// The batch loop: runs every sample of `bundle` through `model` and
-/// scores it; returns the metrics and each batch's time per sample.
+/// scores it; returns the metrics and each warm batch's time per sample
+/// (the first batch's, which builds accelerator engines, goes to the
+/// model's report; with a single batch it is the only latency).
 fn score(
     name: &str,
-    model: &LoadedModel,
+    model: &mut LoadedModel,
     bundle: &EvalBundle,
     ctx: &dyn JobContext,
 ) -> Result<(Metrics, Vec<u64>), RemoteError> {
@@ -67,12 +72,18 @@ fn score(
     let mut clock = MonotonicClock::default();
     let mut last = 0u64;
     let mut start = 0u64;
+    let mut first = None;
     while start < n {
         ctx.check()?;
         let input = inputs.batch(model, start, n).map_err(err)?;
         let (outputs, ns) = measure::time_once(&mut clock, || model.run_f32(&input)).map_err(err)?;
         let rows = batch.min(n - start);
-        latencies.push(ns / batch.max(1));
+        if start == 0 {
+            model.finish_first_run(ns).map_err(err)?;
+            first = Some(ns / batch.max(1));
+        } else {
+            latencies.push(ns / batch.max(1));
+        }
         for (s, outputs) in (start..).zip(split_per_sample(&outputs, batch, rows).map_err(err)?) {
             let label = bundle.labels.as_ref().and_then(|l| l.get(s as usize).copied());
             let expected = expected_sample(model, bundle.expected.as_deref(), s, &outputs).map_err(err)?;
@@ -86,6 +97,9 @@ fn score(
         }
     }
     ctx.progress(Phase::Evaluating, n, Some(n), None);
+    if latencies.is_empty() {
+        latencies.extend(first);
+    }
     Ok((metrics, latencies))
 }
 

@@ -1,5 +1,6 @@
 //! The daemon: the protocol's [`DeviceHandler`] over the store (uploads,
-//! listing) and tract (jobs). The handler only dispatches; the jobs live in
+//! listing) and the runtimes (jobs: tract, or onnxruntime where the board
+//! has its library). The handler only dispatches; the jobs live in
 //! `bench.rs` (benchmark, compare) and `evaluate.rs`, and run where the
 //! [`Isolation`] says: in a worker process per job, or on the daemon's
 //! thread ([`Daemon::execute`]).
@@ -7,20 +8,25 @@
 pub(crate) mod bench;
 pub(crate) mod evaluate;
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use rba_onnx::budget::human_bytes;
+use rba_protocol::boards::OnnxRuntimeProfile;
 use rba_protocol::{
     ArtifactInfo, ArtifactKind, BenchmarkRequest, BenchmarkResult, CompareRequest, CompareResult, DeviceHandler,
-    DeviceIdentity, DeviceInfo, EvalRequest, EvalResult, Job, Phase, RemoteError, UploadBegin,
+    DeviceIdentity, DeviceInfo, EvalRequest, EvalResult, Job, Phase, RemoteError, RuntimeInfo, RuntimeKind,
+    RuntimeRequest, UploadBegin,
 };
 
+use crate::accelerator::Accelerator;
 use crate::job::{self, JobContext, JobOutput, JobSpec, Work};
 use crate::limits::MemoryBudget;
 use crate::measure::Caps;
-use crate::runtime::{self, Executors};
+use crate::runtime::library::{self, Found, Search};
+use crate::runtime::{self, Executors, OrtSetup, Runtime};
 use crate::sensors::Sensors;
 use crate::store::{kind_label, Store};
 use crate::worker::{self, Isolation};
@@ -48,6 +54,27 @@ pub struct DaemonConfig {
     /// Most threads a job gets: larger requests are clamped to it (the
     /// cores this process may use, by default).
     pub max_threads: u32,
+    /// ONNX Runtime: where its library is, the profile's providers.
+    pub onnxruntime: OrtConfig,
+    /// Where the accelerator's readings are.
+    pub accelerator: Accelerator,
+}
+
+/// ONNX Runtime on this board.
+#[derive(Clone, Debug, Default)]
+pub struct OrtConfig {
+    /// `serve --ort-library`: the library or a folder holding it.
+    pub library: Option<PathBuf>,
+    /// The board profile's `[onnxruntime]` (its library, providers, policy,
+    /// TensorRT options).
+    pub profile: OnnxRuntimeProfile,
+}
+
+impl OrtConfig {
+    /// Where the library is looked for ([`library::Search::standard`]).
+    pub fn search(&self) -> Search {
+        Search::standard(self.library.clone(), self.profile.library.clone())
+    }
 }
 
 impl Default for DaemonConfig {
@@ -63,6 +90,8 @@ impl Default for DaemonConfig {
             isolation: Isolation::Thread,
             memory_budget: MemoryBudget::default(),
             max_threads: crate::sensors::cores(),
+            onnxruntime: OrtConfig::default(),
+            accelerator: Accelerator::default(),
         }
     }
 }
@@ -73,6 +102,10 @@ pub struct Daemon {
     executors: Executors,
     started: Instant,
     identity: DeviceIdentity,
+    /// The ONNX Runtime library, once found (a miss is looked up again).
+    ort_library: Mutex<Option<Found>>,
+    /// What the library said when probed, once a library was found.
+    ort_info: Mutex<Option<RuntimeInfo>>,
 }
 
 impl Daemon {
@@ -89,7 +122,109 @@ impl Daemon {
             hostname: s.hostname().unwrap_or_default(),
         };
         let executors = Executors::new(config.max_threads);
-        Daemon { store, config, executors, started: Instant::now(), identity }
+        Daemon {
+            store,
+            config,
+            executors,
+            started: Instant::now(),
+            identity,
+            ort_library: Mutex::new(None),
+            ort_info: Mutex::new(None),
+        }
+    }
+
+    /// The ONNX Runtime library ([`library::locate`]), or why there is none
+    /// or it is too old (a miss is looked up again next time: the library
+    /// may be installed while the daemon runs).
+    pub fn ort_library(&self) -> Result<Found, library::LibraryError> {
+        let mut slot = self.ort_library.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(f) = slot.as_ref() {
+            return Ok(f.clone());
+        }
+        let found = library::locate(&self.config.onnxruntime.search())?;
+        found.check_version()?;
+        log::info!(
+            "onnxruntime library {} ({}, from {})",
+            found.path.display(),
+            found.version.map_or_else(|| "version not in its name".to_string(), |v| v.to_string()),
+            found.origin
+        );
+        *slot = Some(found.clone());
+        Ok(found)
+    }
+
+    /// The runtime a request asks for (`None`: tract).
+    pub(crate) fn runtime_for(&self, request: Option<&RuntimeRequest>) -> Result<Runtime, RemoteError> {
+        let Some(r) = request else { return Ok(Runtime::Tract) };
+        match r.runtime {
+            RuntimeKind::Tract if r.eps.is_empty() && r.policy.is_none() => Ok(Runtime::Tract),
+            RuntimeKind::Tract => Err(RemoteError::BadRequest(
+                "execution providers and their policy apply to onnxruntime; tract runs on the CPU".into(),
+            )),
+            RuntimeKind::OnnxRuntime => {
+                let found = self.ort_library().map_err(|e| {
+                    RemoteError::Unsupported(format!("onnxruntime is not available on this board: {e}"))
+                })?;
+                Ok(Runtime::OnnxRuntime(OrtSetup {
+                    library: found.path,
+                    request: r.clone(),
+                    profile: self.config.onnxruntime.profile.clone(),
+                    cache_dir: self.store.root().join("onnxruntime").join("tensorrt"),
+                }))
+            }
+        }
+    }
+
+    /// The runtimes this board has: tract, and onnxruntime with its version,
+    /// library and providers (probed where jobs run, once), or why not.
+    pub fn runtimes(&self) -> Vec<RuntimeInfo> {
+        let tract = RuntimeInfo {
+            runtime: RuntimeKind::Tract,
+            version: Some(runtime::tract::VERSION.into()),
+            providers: vec!["tract (CPU)".into()],
+            ..RuntimeInfo::default()
+        };
+        vec![tract, self.onnxruntime_info()]
+    }
+
+    fn onnxruntime_info(&self) -> RuntimeInfo {
+        let profile = &self.config.onnxruntime.profile;
+        let base = RuntimeInfo {
+            runtime: RuntimeKind::OnnxRuntime,
+            default_eps: profile.execution_providers.clone(),
+            default_policy: profile.policy,
+            ..RuntimeInfo::default()
+        };
+        let mut cached = self.ort_info.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(info) = cached.as_ref() {
+            return info.clone();
+        }
+        let found = match self.ort_library() {
+            Ok(f) => f,
+            Err(e) => return RuntimeInfo { problem: Some(e.to_string()), ..base },
+        };
+        let probed = match &self.config.isolation {
+            Isolation::Process { program } => worker::probe(program, &found.path),
+            Isolation::Thread => {
+                library::load(&found).map(|l| (l.version.clone(), l.providers.clone())).map_err(|e| e.to_string())
+            }
+        };
+        let info = match probed {
+            Ok((version, providers)) => RuntimeInfo {
+                version: Some(version),
+                library: Some(found.path.display().to_string()),
+                providers,
+                ..base
+            },
+            Err(why) => RuntimeInfo {
+                version: found.version.map(|v| v.to_string()),
+                library: Some(found.path.display().to_string()),
+                problem: Some(why),
+                ..base
+            },
+        };
+        *cached = Some(info.clone());
+        info
     }
 
     pub fn store(&self) -> &Store {
@@ -125,7 +260,8 @@ impl Daemon {
     }
 
     /// Runs a job where the isolation says: in a worker process, or here
-    /// (tract on the daemon's pool of the job's thread count, panics caught).
+    /// (tract on the daemon's pool of the job's thread count, onnxruntime on
+    /// its own threads, panics caught).
     fn execute(&self, spec: &JobSpec, job: &Job) -> Result<JobOutput, RemoteError> {
         let ctx = DaemonJob { daemon: self, job };
         log::debug!("{}: memory budget {}", spec.models_label(), human_bytes(spec.memory_budget));
@@ -184,6 +320,8 @@ impl DeviceHandler for Daemon {
             cpu_temp_c: s.cpu_temp(),
             throttling: s.throttling(),
             artifacts: self.store.count(),
+            runtimes: self.runtimes(),
+            accelerator: self.config.accelerator.info(),
         })
     }
 

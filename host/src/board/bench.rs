@@ -3,7 +3,7 @@
 
 use rba_protocol::rng::splitmix64;
 use rba_protocol::stats::percentile_sorted;
-use rba_protocol::{BenchmarkResult, DeviceIdentity, RunPolicy};
+use rba_protocol::{BenchmarkResult, DeviceIdentity, RunPolicy, RuntimeRequest};
 use serde::Serialize;
 
 /// Benchmark budget.
@@ -16,6 +16,9 @@ pub struct BenchOptions {
     pub threads: Option<u32>,
     /// Feed the first sample of this uploaded bundle instead of synthetic input.
     pub input_bundle: Option<String>,
+    /// The runtime of every model (`None`: tract); see
+    /// [`Device::bench_arms`](super::Device::bench_arms) for one per arm.
+    pub runtime: Option<RuntimeRequest>,
     /// Bootstrap resamples for the speedup interval.
     pub resamples: usize,
     pub seed: u64,
@@ -28,6 +31,7 @@ impl Default for BenchOptions {
             runs: RunPolicy { count: 50, min_time_ms: 0 },
             threads: None,
             input_bundle: None,
+            runtime: None,
             resamples: 2000,
             seed: 0,
         }
@@ -45,6 +49,8 @@ pub struct BenchReport {
 
 #[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct AbComparison {
+    /// The arms: the model, with its runtime when the arms' runtimes differ
+    /// (`vit-digits (onnxruntime)`).
     pub model_a: String,
     pub model_b: String,
     /// `p50(B) / p50(A)` as the device computed it (below 1: B is faster).

@@ -34,7 +34,7 @@ use crate::onnx::OnnxError;
 
 pub use bench::{speedup_ci, AbComparison, BenchOptions, BenchReport, Speedup};
 pub use bundle::{build_eval_bundle, EvalSet};
-pub use session::{device_name, Deployed, Device, ModelArtifact, Pinning};
+pub use session::{device_name, BenchArm, Deployed, Device, ModelArtifact, Pinning};
 pub use target::{LinkOptions, Target};
 
 /// Environment variable with the pre-shared key for TCP boards (when no

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use rba_protocol::client::upload_resumable;
 use rba_protocol::{
-    hex, ArtifactKind, BenchmarkRequest, Client, ClientConfig, ClientError, CompareRequest, DeviceIdentity, DeviceInfo,
-    EvalBundle, EvalRequest, EvalResult, RemoteError, Session,
+    hex, ArtifactKind, BenchmarkRequest, BenchmarkResult, Client, ClientConfig, ClientError, CompareRequest,
+    DeviceIdentity, DeviceInfo, EvalBundle, EvalRequest, EvalResult, RemoteError, RuntimeRequest, Session,
 };
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -92,6 +92,24 @@ impl ModelArtifact {
     pub fn new(name: impl AsRef<str>, onnx: OnnxModel) -> ModelArtifact {
         let bytes = onnx.to_bytes();
         ModelArtifact { name: device_name(name.as_ref()), onnx, bytes }
+    }
+}
+
+/// One arm of a benchmark: a model on the device (its device name) and the
+/// runtime that runs it (`None`: tract).
+#[derive(Clone, Debug, PartialEq)]
+pub struct BenchArm {
+    pub model: String,
+    pub runtime: Option<RuntimeRequest>,
+}
+
+/// An arm's name in a comparison: the model, and its runtime when the two
+/// arms differ in runtime (`vit-digits (onnxruntime [cuda])`).
+fn arm_label(r: &BenchmarkResult, other: &BenchmarkResult) -> String {
+    if r.model == other.model || r.runtime.label() != other.runtime.label() {
+        format!("{} ({})", r.model, r.runtime.label())
+    } else {
+        r.model.clone()
     }
 }
 
@@ -360,47 +378,67 @@ impl Device {
     }
 
     /// Benchmarks one model, or A/B-compares two with interleaved runs
-    /// (models are device names, see [`Device::deploy`]).
+    /// (models are device names, see [`Device::deploy`]), all with
+    /// `options.runtime`.
     pub fn bench(&mut self, models: &[&str], options: &BenchOptions) -> Result<BenchReport, BoardError> {
-        let what = format!("benchmark {}", models.join(" vs "));
+        let arms: Vec<BenchArm> =
+            models.iter().map(|m| BenchArm { model: (*m).to_string(), runtime: options.runtime.clone() }).collect();
+        self.bench_arms(&arms, options)
+    }
+
+    /// Benchmarks one arm, or A/B-compares two with interleaved runs: two
+    /// models, or one model under two runtimes (the same paired bootstrap
+    /// interval either way). `options.runtime` is not used.
+    pub fn bench_arms(&mut self, arms: &[BenchArm], options: &BenchOptions) -> Result<BenchReport, BoardError> {
+        let names: Vec<String> = arms
+            .iter()
+            .map(|a| match &a.runtime {
+                Some(r) => format!("{} ({})", a.model, r.runtime),
+                None => a.model.clone(),
+            })
+            .collect();
+        let what = format!("benchmark {}", names.join(" vs "));
         let task = self.progress.task(&what, None, Unit::Steps);
         let show = |p: &rba_protocol::Progress| {
             let total = p.total.map_or(String::new(), |t| format!("/{t}"));
             task.message(&format!("{what}: {:?} {}{total}", p.phase, p.done));
             ControlFlow::Continue(())
         };
-        let result = match models {
+        let result = match arms {
             [one] => {
                 let req = BenchmarkRequest {
-                    model: (*one).into(),
+                    model: one.model.clone(),
                     threads: options.threads,
                     warmup: options.warmup,
                     runs: options.runs,
                     input_bundle: options.input_bundle.clone(),
+                    runtime: one.runtime.clone(),
                 };
                 self.with_client(|c| c.benchmark(&req, show)).map(|r| (vec![r], None))
             }
             [a, b] => {
                 let req = CompareRequest {
-                    model_a: (*a).into(),
-                    model_b: (*b).into(),
+                    model_a: a.model.clone(),
+                    model_b: b.model.clone(),
                     threads: options.threads,
                     warmup: options.warmup,
                     runs: options.runs,
                     input_bundle: options.input_bundle.clone(),
+                    runtime_a: a.runtime.clone(),
+                    runtime_b: b.runtime.clone(),
                 };
                 self.with_client(|c| c.compare(&req, show)).map(|r| {
                     let speedup = speedup_ci(&r.a.samples_ns, &r.b.samples_ns, 0.95, options.resamples, options.seed);
                     let ab = AbComparison {
-                        model_a: r.a.model.clone(),
-                        model_b: r.b.model.clone(),
+                        model_a: arm_label(&r.a, &r.b),
+                        model_b: arm_label(&r.b, &r.a),
                         ratio_of_medians: r.ratio_of_medians,
                         speedup,
                     };
                     (vec![r.a, r.b], Some(ab))
                 })
             }
-            _ => Err(BoardError::Usage(format!("bench takes one or two models, got {}", models.len()))),
+            _ => Err(BoardError::Usage(format!("bench takes one or two models or runtimes, got {}", arms.len()))),
         };
         drop(task);
         let (results, ab) = result?;
@@ -408,13 +446,23 @@ impl Device {
     }
 
     /// Uploads the bundle (skipped when already there) and evaluates
-    /// `model` on it on the device.
+    /// `model` on it on the device, with tract.
     pub fn evaluate(&mut self, model: &str, bundle: &EvalBundle) -> Result<EvalResult, BoardError> {
+        self.evaluate_with(model, bundle, None)
+    }
+
+    /// [`Device::evaluate`] with `runtime` (`None`: tract).
+    pub fn evaluate_with(
+        &mut self,
+        model: &str,
+        bundle: &EvalBundle,
+        runtime: Option<&RuntimeRequest>,
+    ) -> Result<EvalResult, BoardError> {
         let bytes = bundle.encode()?;
         let name = format!("eval-{}", &hex(&Sha256::digest(&bytes))[..16]);
         self.upload(ArtifactKind::EvalBundle, &name, &bytes)?;
         let task = self.progress.task(&format!("evaluate {model}"), None, Unit::Steps);
-        let req = EvalRequest { model: model.into(), bundle: name, threads: None };
+        let req = EvalRequest { model: model.into(), bundle: name, threads: None, runtime: runtime.cloned() };
         self.with_client(|c| {
             c.evaluate(&req, |p| {
                 task.message(&format!("evaluate {model}: {}/{}", p.done, p.total.unwrap_or(0)));

@@ -1035,13 +1035,33 @@ fn device_section(d: &DeviceReport) -> String {
     let device = &bench.device;
     let mut series = Vec::new();
     let mut rows = String::new();
+    // The same model under two runtimes: the runtime tells the arms apart.
+    let same_model = bench.results.windows(2).any(|w| w[0].model == w[1].model);
     for r in &bench.results {
         let st = &r.stats;
         let ms = |v: f64| format!("{:.3}", v / 1e6);
+        let rt = &r.runtime;
+        let eps: Vec<String> = rt
+            .eps
+            .iter()
+            .map(|e| match &e.error {
+                None => escape(&e.ep),
+                Some(err) => format!("<s title=\"{}\">{}</s>", escape(err), escape(&e.ep)),
+            })
+            .collect();
+        let cache = rt.engine_cache.as_ref().map_or(String::new(), |c| {
+            format!(" (TensorRT engines: {} cached, {})", c.engines_before, if c.hit { "hit" } else { "built" })
+        });
         let _ = write!(
             rows,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td title=\"{}\">{}</td><td>{}</td><td>{}</td><td>{}{cache}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             escape(&r.model),
+            escape(rt.library.as_deref().unwrap_or("")),
+            escape(&rt.version),
+            if eps.is_empty() { "-".to_string() } else { eps.join(", ") },
+            escape(if rt.nodes.is_empty() { "-".to_string() } else { rt.nodes_text() }.as_str()),
+            ms(rt.session_ns as f64),
+            ms(rt.first_run_ns as f64),
             st.count,
             ms(st.min_ns as f64),
             ms(st.p50_ns as f64),
@@ -1050,7 +1070,8 @@ fn device_section(d: &DeviceReport) -> String {
             ms(st.max_ns as f64),
             r.peak_rss_bytes.map_or("-".into(), |b| format!("{:.1} MiB", b as f64 / (1 << 20) as f64)),
         );
-        series.push((r.model.clone(), r.samples_ns.clone()));
+        let label = if same_model { format!("{} ({})", r.model, rt.label()) } else { r.model.clone() };
+        series.push((label, r.samples_ns.clone()));
     }
     let ab = match bench.ab.as_ref().and_then(|ab| ab.speedup.map(|s| (ab, s))) {
         Some((ab, s)) => format!(
@@ -1068,8 +1089,9 @@ fn device_section(d: &DeviceReport) -> String {
     for e in d.evaluation.iter().flat_map(|e| &e.results) {
         let _ = write!(
             evals,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             escape(&e.model),
+            escape(&e.runtime.label()),
             e.samples,
             pct(e.top1_accuracy),
             pct(e.top1_agreement),
@@ -1078,7 +1100,7 @@ fn device_section(d: &DeviceReport) -> String {
     }
     let evals = match &d.evaluation {
         Some(e) if !evals.is_empty() => format!(
-            "<h3>Accuracy on the device ({})</h3><table><tr><th>model</th><th>images</th><th>top-1</th><th>agreement with the original</th><th>output cosine</th></tr>{evals}</table>",
+            "<h3>Accuracy on the device ({})</h3><table><tr><th>model</th><th>runtime</th><th>images</th><th>top-1</th><th>agreement with the original</th><th>output cosine</th></tr>{evals}</table>",
             escape(&e.data)
         ),
         _ => String::new(),
@@ -1086,7 +1108,7 @@ fn device_section(d: &DeviceReport) -> String {
     format!(
         "<h2>On the device</h2><p>{} ({}, {} cores), reached as <code>{}</code>.</p>{ab}\
 <figure>{}<figcaption>Warm latency per run: whiskers p1&ndash;p99, box p25&ndash;p75, line at the median</figcaption></figure>\
-<table><tr><th>model</th><th>runs</th><th>min ms</th><th>p50 ms</th><th>p90 ms</th><th>p99 ms</th><th>max ms</th><th>peak RSS</th></tr>{rows}</table>{evals}",
+<table><tr><th>model</th><th>runtime</th><th>execution providers</th><th>nodes per provider</th><th>session ms</th><th>first run ms</th><th>runs</th><th>min ms</th><th>p50 ms</th><th>p90 ms</th><th>p99 ms</th><th>max ms</th><th>peak RSS</th></tr>{rows}</table>{evals}",
         escape(&device.board),
         escape(&device.arch),
         device.cores,
@@ -1097,7 +1119,7 @@ fn device_section(d: &DeviceReport) -> String {
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::board::{AbComparison, BenchReport, Speedup};
     use crate::compact::surgery::Span;
@@ -1240,6 +1262,7 @@ mod tests {
             cpu_temp_start_c: None,
             cpu_temp_end_c: None,
             throttling: None,
+            runtime: rba_protocol::RuntimeReport::default(),
         }
     }
 
@@ -1254,6 +1277,7 @@ mod tests {
             mean_cosine: None,
             latency: None,
             peak_rss_bytes: None,
+            runtime: rba_protocol::RuntimeReport::default(),
         }
     }
 
@@ -1345,12 +1369,14 @@ mod tests {
         let compaction = compaction_report();
         let page = merged_page(None, Some(&compaction), Some(&device));
         assert!(page.contains("is <b>1.333x</b> as fast as <b>orig</b> (95% interval 1.200&ndash;1.400)"), "{page}");
-        assert!(page.contains("<td>slim</td><td>497</td><td>96.78%</td>"), "{page}");
+        assert!(page.contains("<td>slim</td><td>tract</td><td>497</td><td>96.78%</td>"), "{page}");
         assert!(page.contains("<td>4..6</td><td>folded</td><td>0.2500</td><td>cholesky</td>"), "{page}");
         assert!(page.contains("Held-out metric 99.00% &rarr; 98.00%"), "{page}");
         assert!(page.contains("10.0K &rarr; 8000 MACs per image"), "{page}");
         assert!(
-            page.contains("<td>orig</td><td>2</td><td>2.000</td><td>2.000</td>") && page.contains("1.0 MiB"),
+            page.contains("<td>orig</td>")
+                && page.contains("<td>0.000</td><td>0.000</td><td>2</td><td>2.000</td><td>2.000</td>")
+                && page.contains("1.0 MiB"),
             "{page}"
         );
         // Accuracy against MACs, and against the measured latency: only the
@@ -1378,6 +1404,63 @@ mod tests {
         assert!(back.proxy_spearman[0].1.is_nan());
         let back: DeviceReport = serde_json::from_str(&serde_json::to_string(&device).unwrap()).unwrap();
         assert_eq!(back.benchmark.results, device.benchmark.results);
+    }
+
+    /// One model under tract and under onnxruntime with CUDA asked for and
+    /// refused (a CPU-only library), as `rba bench --runtimes` reports it.
+    pub(crate) fn runtime_compare_report() -> DeviceReport {
+        use rba_protocol::{EpOutcome, EpPolicy, ProviderNodes, RuntimeKind, RuntimeReport};
+        let mut d = device_report();
+        let mut a = bench_result("vit-digits", &[2_000_000, 2_100_000], None);
+        a.runtime = RuntimeReport {
+            version: "tract-onnx 0.23".into(),
+            nodes: vec![ProviderNodes { provider: "tract".into(), nodes: 311 }],
+            session_ns: 250_000_000,
+            first_run_ns: 3_000_000,
+            ..RuntimeReport::default()
+        };
+        let mut b = bench_result("vit-digits", &[1_000_000, 1_100_000], None);
+        b.runtime = RuntimeReport {
+            runtime: RuntimeKind::OnnxRuntime,
+            version: "onnxruntime 1.32.0".into(),
+            library: Some("/x/libonnxruntime.so.1.32.0".into()),
+            policy: EpPolicy::Fallback,
+            eps: vec![EpOutcome {
+                ep: "cuda".into(),
+                options: vec![],
+                error: Some("CUDA execution provider is not enabled in this build".into()),
+            }],
+            nodes: vec![ProviderNodes { provider: "CPUExecutionProvider".into(), nodes: 290 }],
+            session_ns: 90_000_000,
+            first_run_ns: 1_500_000,
+            ..RuntimeReport::default()
+        };
+        d.benchmark.results = vec![a, b];
+        d.benchmark.ab = Some(AbComparison {
+            model_a: "vit-digits (tract)".into(),
+            model_b: "vit-digits (onnxruntime)".into(),
+            ratio_of_medians: 0.5,
+            speedup: Some(Speedup { point: 2.0, low: 1.9, high: 2.1, confidence: 0.95, resamples: 100 }),
+        });
+        d
+    }
+
+    #[test]
+    fn the_device_section_shows_runtime_providers_and_nodes() {
+        let page = merged_page(None, None, Some(&runtime_compare_report()));
+        assert!(page.contains("<th>runtime</th><th>execution providers</th><th>nodes per provider</th>"), "{page}");
+        assert!(page.contains("<td>vit-digits</td><td title=\"\">tract-onnx 0.23</td><td>-</td><td>tract 311</td>"), "{page}");
+        assert!(
+            page.contains(
+                "<td title=\"/x/libonnxruntime.so.1.32.0\">onnxruntime 1.32.0</td><td><s title=\"CUDA execution \
+                 provider is not enabled in this build\">cuda</s></td><td>CPUExecutionProvider 290</td><td>90.000</td>\
+                 <td>1.500</td>"
+            ),
+            "{page}"
+        );
+        // The box plot tells the two arms of one model apart by runtime.
+        assert!(page.contains("vit-digits (tract)") && page.contains("vit-digits (onnxruntime)"), "{page}");
+        assert!(page.contains("is <b>2.000x</b> as fast as <b>vit-digits (tract)</b>"), "{page}");
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Terminal output: the tables and one-line summaries every command prints,
 //! and the number formats they share.
 
-use rba_protocol::{DeviceIdentity, EvalResult};
+use rba_protocol::{DeviceIdentity, EvalResult, RuntimeInfo, RuntimeKind, RuntimeReport};
 
 use super::analysis::{AnalysisReport, SPAN_COLUMNS};
 use crate::board::BenchReport;
@@ -59,20 +59,89 @@ pub fn describe_identity(id: &DeviceIdentity) -> String {
     )
 }
 
-/// The latency table, stability warnings and the A/B line.
+/// One line on how a model ran: runtime, version and library, each
+/// provider asked for and what became of it, nodes per provider, session
+/// and first-run times, TensorRT's engine cache, notes.
+pub fn runtime_line(model: &str, r: &RuntimeReport) -> String {
+    let mut parts = vec![r.version.clone()];
+    if let Some(lib) = &r.library {
+        parts[0] = format!("{} ({lib})", r.version);
+    }
+    if r.runtime == RuntimeKind::OnnxRuntime {
+        let eps: Vec<String> = r
+            .eps
+            .iter()
+            .map(|e| match &e.error {
+                None => format!("{} registered", e.ep),
+                Some(err) => format!("{} NOT registered: {err}", e.ep),
+            })
+            .collect();
+        let asked = if eps.is_empty() { "no providers asked (CPU)".to_string() } else { eps.join("; ") };
+        parts.push(format!("policy {}: {asked}", r.policy.name()));
+    }
+    if !r.nodes.is_empty() {
+        parts.push(format!("nodes: {}", r.nodes_text()));
+    }
+    parts.push(format!("session {}, first run {}", format_ns(r.session_ns as f64), format_ns(r.first_run_ns as f64)));
+    if let Some(c) = &r.engine_cache {
+        parts.push(format!(
+            "TensorRT engine cache: {} engine(s) before, {} after ({}){}",
+            c.engines_before,
+            c.engines_after,
+            if c.hit { "hit" } else { "built" },
+            if c.timing_cache { ", timing cache present" } else { "" }
+        ));
+    }
+    for n in &r.notes {
+        parts.push(format!("note: {n}"));
+    }
+    format!("runtime  {model}: {}\n", parts.join("; "))
+}
+
+/// The runtimes a board has (`rba devices`): one line each.
+pub fn runtimes(list: &[RuntimeInfo]) -> String {
+    let mut out = String::new();
+    for r in list {
+        let mut line = format!("{}", r.runtime);
+        if let Some(v) = &r.version {
+            line.push_str(&format!(" {v}"));
+        }
+        if let Some(lib) = &r.library {
+            line.push_str(&format!(" ({lib})"));
+        }
+        if !r.providers.is_empty() {
+            line.push_str(&format!(": {}", r.providers.join(", ")));
+        }
+        if !r.default_eps.is_empty() {
+            let eps: Vec<&str> = r.default_eps.iter().map(|e| e.name()).collect();
+            line.push_str(&format!("; board default {} ({})", eps.join(","), r.default_policy.name()));
+        }
+        if let Some(p) = &r.problem {
+            line.push_str(&format!(": not available: {p}"));
+        }
+        out.push_str(&line);
+        out.push('\n');
+    }
+    out
+}
+
+/// The latency table, stability warnings, how each model ran (when a
+/// runtime other than tract is involved) and the A/B line.
 pub fn bench(report: &BenchReport) -> String {
     let mut out = format!("device  {}\n", describe_identity(&report.device));
     let width = report.results.iter().map(|r| r.model.len()).max().unwrap_or(5).max(5);
+    let rt_width = report.results.iter().map(|r| r.runtime.label().len()).max().unwrap_or(7).max(7);
     out.push_str(&format!(
-        "{:width$}  {:>5}  {:>9}  {:>9}  {:>9}  {:>9}  {:>9}  {:>9}  {:>9}  {:>9}  {:>9}  {:>9}  {:>3}\n",
-        "model", "runs", "load", "first", "min", "p50", "p90", "p99", "max", "mean", "std", "peak RSS", "thr"
+        "{:width$}  {:rt_width$}  {:>5}  {:>9}  {:>9}  {:>9}  {:>9}  {:>9}  {:>9}  {:>9}  {:>9}  {:>9}  {:>9}  {:>3}\n",
+        "model", "runtime", "runs", "load", "first", "min", "p50", "p90", "p99", "max", "mean", "std", "peak RSS", "thr"
     ));
     for r in &report.results {
         let s = &r.stats;
         let ns = |v: u64| format_ns(v as f64);
         out.push_str(&format!(
-            "{:width$}  {:>5}  {:>9}  {:>9}  {:>9}  {:>9}  {:>9}  {:>9}  {:>9}  {:>9}  {:>9}  {:>9}  {:>3}\n",
+            "{:width$}  {:rt_width$}  {:>5}  {:>9}  {:>9}  {:>9}  {:>9}  {:>9}  {:>9}  {:>9}  {:>9}  {:>9}  {:>9}  {:>3}\n",
             r.model,
+            r.runtime.label(),
             s.count,
             ns(r.load_time_ns),
             ns(r.first_run_ns),
@@ -86,6 +155,11 @@ pub fn bench(report: &BenchReport) -> String {
             r.peak_rss_bytes.map_or("-".into(), format_bytes),
             r.threads,
         ));
+    }
+    if report.results.iter().any(|r| r.runtime.runtime != RuntimeKind::Tract) {
+        for r in &report.results {
+            out.push_str(&runtime_line(&r.model, &r.runtime));
+        }
     }
     for r in &report.results {
         if r.stats.unstable {
@@ -131,7 +205,11 @@ pub fn device_evaluation(results: &[EvalResult], source: &str) -> String {
     let mut out = String::new();
     for e in results {
         let pct = |v: f64| format!("{:.2}%", 100.0 * v);
-        let mut line = format!("on-device  {}: {} samples of {source}", e.model, e.samples);
+        let with = match e.runtime.runtime {
+            RuntimeKind::Tract => String::new(),
+            RuntimeKind::OnnxRuntime => format!(" ({})", e.runtime.label()),
+        };
+        let mut line = format!("on-device  {}{with}: {} samples of {source}", e.model, e.samples);
         if let Some(a) = e.top1_accuracy {
             line.push_str(&format!(", top-1 accuracy {}", pct(a)));
         }
@@ -143,6 +221,9 @@ pub fn device_evaluation(results: &[EvalResult], source: &str) -> String {
         }
         out.push_str(&line);
         out.push('\n');
+        if e.runtime.runtime != RuntimeKind::Tract {
+            out.push_str(&runtime_line(&e.model, &e.runtime));
+        }
     }
     out
 }
@@ -318,4 +399,66 @@ pub fn probe(p: &Probe) -> String {
         p.trials[p.chosen].relative_lambda, p.record.fitted_on
     ));
     s
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bench_table_names_runtimes_and_how_onnxruntime_ran() {
+        let d = crate::report::html::tests::runtime_compare_report();
+        let text = bench(&d.benchmark);
+        let header = text.lines().nth(1).unwrap();
+        assert!(header.starts_with("model       runtime "), "{text}");
+        assert!(text.contains("vit-digits  tract "), "{text}");
+        assert!(text.contains("vit-digits  onnxruntime "), "{text}");
+        let ort = text.lines().find(|l| l.starts_with("runtime  vit-digits: onnxruntime 1.32.0")).unwrap();
+        assert!(ort.contains("(/x/libonnxruntime.so.1.32.0)"), "{ort}");
+        assert!(ort.contains("policy fallback: cuda NOT registered: CUDA execution provider is not enabled"), "{ort}");
+        assert!(ort.contains("nodes: CPUExecutionProvider 290"), "{ort}");
+        assert!(ort.contains("session 90.00 ms, first run 1.50 ms"), "{ort}");
+        assert!(text.contains("runtime  vit-digits: tract-onnx 0.23; nodes: tract 311"), "{text}");
+        assert!(text.contains("speedup of vit-digits (onnxruntime) over vit-digits (tract) 2.000x"), "{text}");
+        // tract alone: no runtime lines.
+        let tract_only = crate::board::BenchReport { results: d.benchmark.results[..1].to_vec(), ab: None, ..d.benchmark };
+        assert!(!bench(&tract_only).contains("runtime  "), "{}", bench(&tract_only));
+    }
+
+    #[test]
+    fn runtimes_of_a_board() {
+        use rba_protocol::{EpPolicy, ExecutionProvider};
+        let list = [
+            RuntimeInfo {
+                runtime: RuntimeKind::Tract,
+                version: Some("tract-onnx 0.23".into()),
+                providers: vec!["tract (CPU)".into()],
+                ..RuntimeInfo::default()
+            },
+            RuntimeInfo {
+                runtime: RuntimeKind::OnnxRuntime,
+                version: Some("1.20.0".into()),
+                library: Some("/usr/lib/libonnxruntime.so.1.20.0".into()),
+                providers: vec!["TensorrtExecutionProvider".into(), "CUDAExecutionProvider".into()],
+                default_eps: vec![ExecutionProvider::TensorRt, ExecutionProvider::Cuda],
+                default_policy: EpPolicy::Fallback,
+                ..RuntimeInfo::default()
+            },
+            RuntimeInfo {
+                runtime: RuntimeKind::OnnxRuntime,
+                problem: Some("no ONNX Runtime library found".into()),
+                ..RuntimeInfo::default()
+            },
+        ];
+        let t = runtimes(&list);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines[0], "tract tract-onnx 0.23: tract (CPU)");
+        assert_eq!(
+            lines[1],
+            "onnxruntime 1.20.0 (/usr/lib/libonnxruntime.so.1.20.0): TensorrtExecutionProvider, CUDAExecutionProvider; \
+             board default tensorrt,cuda (fallback)"
+        );
+        assert_eq!(lines[2], "onnxruntime: not available: no ONNX Runtime library found");
+    }
 }

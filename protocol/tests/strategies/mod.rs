@@ -72,12 +72,105 @@ fn policy() -> impl Strategy<Value = RunPolicy> {
     (any::<u32>(), any::<u32>()).prop_map(|(count, min_time_ms)| RunPolicy { count, min_time_ms })
 }
 
+fn ep() -> impl Strategy<Value = ExecutionProvider> {
+    prop_oneof![
+        Just(ExecutionProvider::Cpu),
+        Just(ExecutionProvider::Xnnpack),
+        Just(ExecutionProvider::Cuda),
+        Just(ExecutionProvider::TensorRt),
+    ]
+}
+
+fn ep_policy() -> impl Strategy<Value = EpPolicy> {
+    prop_oneof![Just(EpPolicy::Fallback), Just(EpPolicy::Strict)]
+}
+
+fn runtime_kind() -> impl Strategy<Value = RuntimeKind> {
+    prop_oneof![Just(RuntimeKind::Tract), Just(RuntimeKind::OnnxRuntime)]
+}
+
+fn runtime_request() -> impl Strategy<Value = RuntimeRequest> {
+    (runtime_kind(), vec(ep(), 0..4), option::of(ep_policy()))
+        .prop_map(|(runtime, eps, policy)| RuntimeRequest { runtime, eps, policy })
+}
+
+fn runtime_report() -> impl Strategy<Value = RuntimeReport> {
+    let outcome = (s(), vec((s(), s()), 0..3), option::of(s())).prop_map(|(ep, options, error)| EpOutcome {
+        ep,
+        options,
+        error,
+    });
+    let nodes = (s(), any::<u32>()).prop_map(|(provider, nodes)| ProviderNodes { provider, nodes });
+    let cache = (any::<u32>(), any::<u32>(), any::<bool>(), any::<bool>()).prop_map(
+        |(engines_before, engines_after, hit, timing_cache)| EngineCache {
+            engines_before,
+            engines_after,
+            hit,
+            timing_cache,
+        },
+    );
+    (
+        (runtime_kind(), s(), option::of(s()), ep_policy()),
+        (vec(outcome, 0..3), vec(nodes, 0..3)),
+        (any::<u64>(), any::<u64>(), option::of(cache), vec(s(), 0..2)),
+    )
+        .prop_map(
+            |(
+                (runtime, version, library, policy),
+                (eps, nodes),
+                (session_ns, first_run_ns, engine_cache, notes),
+            )| RuntimeReport {
+                runtime,
+                version,
+                library,
+                policy,
+                eps,
+                nodes,
+                session_ns,
+                first_run_ns,
+                engine_cache,
+                notes,
+            },
+        )
+}
+
+fn runtime_info() -> impl Strategy<Value = RuntimeInfo> {
+    (
+        runtime_kind(),
+        (option::of(s()), option::of(s()), option::of(s())),
+        vec(s(), 0..3),
+        vec(ep(), 0..3),
+        ep_policy(),
+    )
+        .prop_map(|(runtime, (version, library, problem), providers, default_eps, default_policy)| RuntimeInfo {
+            runtime,
+            version,
+            library,
+            problem,
+            providers,
+            default_eps,
+            default_policy,
+        })
+}
+
+fn accelerator() -> impl Strategy<Value = AcceleratorInfo> {
+    (option::of(s()), option::of(s()), option::of(any::<u64>()), option::of(any::<u64>()), option::of(f32s()))
+        .prop_map(|(model, power_mode, gpu_freq_hz, gpu_max_freq_hz, gpu_load_pct)| AcceleratorInfo {
+            model,
+            power_mode,
+            gpu_freq_hz,
+            gpu_max_freq_hz,
+            gpu_load_pct,
+        })
+}
+
 fn bench_result() -> impl Strategy<Value = BenchmarkResult> {
     (
         (s(), any::<u32>(), any::<u64>(), any::<u64>(), any::<u32>()),
         vec(any::<u64>(), 0..40),
         stats(),
         (option::of(any::<u64>()), option::of(f32s()), option::of(f32s()), option::of(throttling())),
+        runtime_report(),
     )
         .prop_map(
             |(
@@ -85,6 +178,7 @@ fn bench_result() -> impl Strategy<Value = BenchmarkResult> {
                 samples_ns,
                 stats,
                 (peak_rss_bytes, t0, t1, throttling),
+                runtime,
             )| {
                 BenchmarkResult {
                     model,
@@ -98,6 +192,7 @@ fn bench_result() -> impl Strategy<Value = BenchmarkResult> {
                     cpu_temp_start_c: t0,
                     cpu_temp_end_c: t1,
                     throttling,
+                    runtime,
                 }
             },
         )
@@ -154,26 +249,31 @@ pub fn request() -> impl Strategy<Value = Request> {
         Just(Request::UploadAbort),
         option::of(kind()).prop_map(|kind| Request::List { kind }),
         (kind(), s()).prop_map(|(kind, name)| Request::Delete { kind, name }),
-        (s(), option::of(any::<u32>()), policy(), policy(), option::of(s())).prop_map(
-            |(model, threads, warmup, runs, input_bundle)| {
-                Request::Benchmark(BenchmarkRequest { model, threads, warmup, runs, input_bundle })
+        (s(), option::of(any::<u32>()), policy(), policy(), option::of(s()), option::of(runtime_request())).prop_map(
+            |(model, threads, warmup, runs, input_bundle, runtime)| {
+                Request::Benchmark(BenchmarkRequest { model, threads, warmup, runs, input_bundle, runtime })
             }
         ),
-        (s(), s(), option::of(any::<u32>())).prop_map(|(model, bundle, threads)| Request::Evaluate(EvalRequest {
-            model,
-            bundle,
-            threads
-        })),
-        (s(), s(), option::of(any::<u32>()), policy(), policy(), option::of(s())).prop_map(
-            |(model_a, model_b, threads, warmup, runs, input_bundle)| Request::Compare(CompareRequest {
-                model_a,
-                model_b,
-                threads,
-                warmup,
-                runs,
-                input_bundle
-            })
+        (s(), s(), option::of(any::<u32>()), option::of(runtime_request())).prop_map(
+            |(model, bundle, threads, runtime)| Request::Evaluate(EvalRequest { model, bundle, threads, runtime })
         ),
+        (
+            (s(), s(), option::of(any::<u32>())),
+            (policy(), policy(), option::of(s())),
+            (option::of(runtime_request()), option::of(runtime_request()))
+        )
+            .prop_map(|((model_a, model_b, threads), (warmup, runs, input_bundle), (runtime_a, runtime_b))| {
+                Request::Compare(CompareRequest {
+                    model_a,
+                    model_b,
+                    threads,
+                    warmup,
+                    runs,
+                    input_bundle,
+                    runtime_a,
+                    runtime_b,
+                })
+            }),
         any::<u32>().prop_map(|target| Request::Cancel { target }),
         any::<u64>().prop_map(|nonce| Request::Ping { nonce }),
     ]
@@ -209,7 +309,8 @@ pub fn response() -> impl Strategy<Value = Response> {
             option::of(any::<u64>()),
             option::of(f32s()),
             option::of(throttling()),
-            any::<u32>()
+            any::<u32>(),
+            (vec(runtime_info(), 0..3), option::of(accelerator()))
         )
             .prop_map(
                 |(
@@ -220,6 +321,7 @@ pub fn response() -> impl Strategy<Value = Response> {
                     cpu_temp_c,
                     throttling,
                     artifacts,
+                    (runtimes, accelerator),
                 )| Response::DeviceInfo(DeviceInfo {
                     identity,
                     uptime_s,
@@ -228,6 +330,8 @@ pub fn response() -> impl Strategy<Value = Response> {
                     cpu_temp_c,
                     throttling,
                     artifacts,
+                    runtimes,
+                    accelerator,
                 })
             ),
         (any::<u64>(), any::<u32>())
@@ -247,7 +351,8 @@ pub fn response() -> impl Strategy<Value = Response> {
             option::of(f32s()),
             option::of(f()),
             option::of(stats()),
-            option::of(any::<u64>())
+            option::of(any::<u64>()),
+            runtime_report()
         )
             .prop_map(
                 |(
@@ -260,6 +365,7 @@ pub fn response() -> impl Strategy<Value = Response> {
                     mean_cosine,
                     latency,
                     peak_rss_bytes,
+                    runtime,
                 )| {
                     Response::Evaluation(EvalResult {
                         model,
@@ -271,6 +377,7 @@ pub fn response() -> impl Strategy<Value = Response> {
                         mean_cosine,
                         latency,
                         peak_rss_bytes,
+                        runtime,
                     })
                 }
             ),

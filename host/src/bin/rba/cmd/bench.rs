@@ -1,13 +1,17 @@
 //! `rba bench`: latency of one model on a board, or an A/B comparison of
-//! two; `--eval DATA` adds on-device accuracy.
+//! two models, or of one model under two runtimes (`--runtimes
+//! tract,onnxruntime`); `--runtime onnxruntime --ep tensorrt,cuda` picks the
+//! runtime and its execution providers; `--eval DATA` adds on-device
+//! accuracy (under each runtime compared).
 
 use std::path::PathBuf;
 
-use rba_host::board::{build_eval_bundle, BenchOptions, ModelArtifact};
+use anyhow::bail;
+use rba_host::board::{build_eval_bundle, BenchArm, BenchOptions, ModelArtifact};
 use rba_host::onnx::write_atomically;
 use rba_host::report::device::{DeviceReport, Evaluation, DEVICE_SCHEMA_VERSION};
 use rba_host::report::text;
-use rba_protocol::RunPolicy;
+use rba_protocol::{EpPolicy, ExecutionProvider, RunPolicy, RuntimeKind, RuntimeRequest};
 
 use super::deploy::{connect, deployed_line};
 use crate::args::{LinkArgs, PreprocessArgs};
@@ -44,6 +48,65 @@ pub struct Args {
     /// Also write the results (raw samples included) as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// The runtime on the board: tract (built in) or onnxruntime (the board's ONNX Runtime
+    /// library).
+    #[arg(long, value_name = "RUNTIME", value_parser = parse_runtime, conflicts_with = "runtimes")]
+    runtime: Option<RuntimeKind>,
+    /// Compare one model under two runtimes, interleaved (e.g. tract,onnxruntime).
+    #[arg(long, value_name = "A,B", value_delimiter = ',', value_parser = parse_runtime, conflicts_with = "model2")]
+    runtimes: Option<Vec<RuntimeKind>>,
+    /// onnxruntime's execution providers, in order of preference (cpu, xnnpack, cuda,
+    /// tensorrt; default: the board profile's).
+    #[arg(long, value_name = "EP,...", value_delimiter = ',', value_parser = parse_ep)]
+    ep: Vec<ExecutionProvider>,
+    /// strict: fail when a provider does not register or nodes run elsewhere (the CPU, unless
+    /// listed); fallback: run with what registered and report it (default: the board's).
+    #[arg(long, value_name = "POLICY", value_parser = parse_policy)]
+    ep_policy: Option<EpPolicy>,
+}
+
+fn parse_runtime(s: &str) -> Result<RuntimeKind, String> {
+    RuntimeKind::from_name(s).ok_or_else(|| format!("unknown runtime '{s}' (tract or onnxruntime)"))
+}
+
+fn parse_ep(s: &str) -> Result<ExecutionProvider, String> {
+    ExecutionProvider::from_name(s)
+        .ok_or_else(|| format!("unknown execution provider '{s}' (cpu, xnnpack, cuda or tensorrt)"))
+}
+
+fn parse_policy(s: &str) -> Result<EpPolicy, String> {
+    EpPolicy::from_name(s).ok_or_else(|| format!("unknown policy '{s}' (strict or fallback)"))
+}
+
+impl Args {
+    /// The request for `kind`, with the providers and policy given.
+    fn request(&self, kind: RuntimeKind) -> Option<RuntimeRequest> {
+        match kind {
+            RuntimeKind::Tract => None,
+            RuntimeKind::OnnxRuntime => Some(RuntimeRequest::onnxruntime(self.ep.clone(), self.ep_policy)),
+        }
+    }
+
+    /// The runtime of each arm: one per model, or the two compared.
+    fn arm_runtimes(&self, models: usize) -> anyhow::Result<Vec<Option<RuntimeRequest>>> {
+        let ort_flags = !self.ep.is_empty() || self.ep_policy.is_some();
+        let kinds: Vec<RuntimeKind> = match (&self.runtimes, self.runtime) {
+            (Some(list), _) => {
+                if list.len() != 2 {
+                    bail!("--runtimes takes two runtimes to compare (e.g. tract,onnxruntime), got {}", list.len());
+                }
+                list.clone()
+            }
+            (None, Some(kind)) => vec![kind; models],
+            // Providers without a runtime: onnxruntime is meant.
+            (None, None) if ort_flags => vec![RuntimeKind::OnnxRuntime; models],
+            (None, None) => vec![RuntimeKind::Tract; models],
+        };
+        if ort_flags && !kinds.contains(&RuntimeKind::OnnxRuntime) {
+            bail!("--ep and --ep-policy choose onnxruntime's execution providers; tract runs on the CPU");
+        }
+        Ok(kinds.into_iter().map(|k| self.request(k)).collect())
+    }
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -55,10 +118,20 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
         models.push(b);
     }
+    let runtimes = args.arm_runtimes(models.len())?;
+    // One model under two runtimes: two arms of the same model.
+    let arms: Vec<BenchArm> = if args.runtimes.is_some() {
+        runtimes.iter().map(|r| BenchArm { model: models[0].name.clone(), runtime: r.clone() }).collect()
+    } else {
+        models.iter().zip(&runtimes).map(|(m, r)| BenchArm { model: m.name.clone(), runtime: r.clone() }).collect()
+    };
     // Build the bundle before connecting: data errors come first and fast.
     let eval_set = match &args.eval {
         Some(data) => {
-            let reference = (models.len() == 2).then(|| &models[0].onnx);
+            // The first model's host outputs are the reference: for two
+            // models the original, for two runtimes what tract on the host
+            // computes.
+            let reference = (arms.len() == 2).then(|| &models[0].onnx);
             let pre = (&args.preprocess).into();
             Some(build_eval_bundle(&models[0].onnx, data, Some(args.eval_samples), &pre, reference)?)
         }
@@ -77,12 +150,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         threads: args.threads,
         ..BenchOptions::default()
     };
-    let names: Vec<&str> = models.iter().map(|m| m.name.as_str()).collect();
-    let benchmark = device.bench(&names, &options)?;
+    let benchmark = device.bench_arms(&arms, &options)?;
     print!("{}", text::bench(&benchmark));
     let mut evaluation = None;
     if let Some(set) = &eval_set {
-        let results = models.iter().map(|m| device.evaluate(&m.name, &set.bundle)).collect::<Result<Vec<_>, _>>()?;
+        let results = arms
+            .iter()
+            .map(|a| device.evaluate_with(&a.model, &set.bundle, a.runtime.as_ref()))
+            .collect::<Result<Vec<_>, _>>()?;
         print!("{}", text::device_evaluation(&results, &set.source));
         evaluation = Some(Evaluation { data: set.source.clone(), samples: set.bundle.num_samples(), results });
     }

@@ -1,13 +1,15 @@
 //! `rba devices`: find boards (serial ports, profiles with TCP addresses,
 //! the in-process and emulated boards) and show who answers, with the
-//! fingerprint of the identity each proved; `--forget TARGET` drops a
-//! pinned identity (a board legitimately replaced).
+//! fingerprint of the identity each proved, the runtimes each has
+//! (onnxruntime's version, library and execution providers, or why not)
+//! and its accelerator; `--forget TARGET` drops a pinned identity (a board
+//! legitimately replaced).
 
 use anyhow::Result;
 use rba_host::board::known::{self, KnownBoards};
 use rba_host::board::{self, emulated, target, Device, Target};
-use rba_host::report::text::format_bytes;
-use rba_protocol::DeviceIdentity;
+use rba_host::report::text::{self, format_bytes};
+use rba_protocol::{AcceleratorInfo, DeviceIdentity, DeviceInfo};
 
 use crate::args::LinkArgs;
 
@@ -26,19 +28,23 @@ pub struct Args {
     forget: Option<String>,
 }
 
-/// One probed device: its identity and fingerprint, or why it could not be reached.
+/// One probed device: its identity and fingerprint, or why it could not
+/// be reached; what it said about itself (runtimes, accelerator).
 struct Probed {
     device: String,
     result: std::result::Result<(DeviceIdentity, String), String>,
+    info: Option<std::result::Result<DeviceInfo, String>>,
 }
 
 fn discover(target: &Target) -> Probed {
     let device = target.label();
+    let mut info = None;
     let result = Device::discover(target)
-        .map(|d| {
+        .map(|mut d| {
             if let Some(note) = d.pin_note() {
                 eprintln!("{note}");
             }
+            info = Some(d.info().map_err(|e| e.to_string()));
             (d.identity().clone(), d.fingerprint())
         })
         .map_err(|e| {
@@ -46,7 +52,22 @@ fn discover(target: &Target) -> Probed {
             let msg = e.to_string();
             msg.strip_prefix(&format!("{device}: ")).map_or(msg.clone(), str::to_string)
         });
-    Probed { device, result }
+    Probed { device, result, info }
+}
+
+/// `NVIDIA Jetson Orin Nano Developer Kit, 15W (mode 0), GPU 306 of 625 MHz, load 43.7%`.
+fn accelerator_line(a: &AcceleratorInfo) -> String {
+    let mut parts: Vec<String> = a.model.iter().cloned().collect();
+    parts.extend(a.power_mode.clone());
+    match (a.gpu_freq_hz, a.gpu_max_freq_hz) {
+        (Some(f), Some(m)) => parts.push(format!("GPU {} of {} MHz", f / 1_000_000, m / 1_000_000)),
+        (Some(f), None) => parts.push(format!("GPU {} MHz", f / 1_000_000)),
+        _ => {}
+    }
+    if let Some(l) = a.gpu_load_pct {
+        parts.push(format!("GPU load {l:.1}%"));
+    }
+    parts.join(", ")
 }
 
 fn forget(target: &str) -> Result<()> {
@@ -73,9 +94,9 @@ pub fn run(args: Args) -> Result<()> {
     let (args, no_qemu) = (&args.link, args.no_qemu);
     let mut rows = vec![discover(&Target::Local { store: None })];
     if no_qemu {
-        rows.push(Probed { device: board::QEMU_BOARD.into(), result: Err("not started (--no-qemu)".into()) });
+        rows.push(Probed { device: board::QEMU_BOARD.into(), result: Err("not started (--no-qemu)".into()), info: None });
     } else if let Some(why) = emulated::qemu_missing() {
-        rows.push(Probed { device: board::QEMU_BOARD.into(), result: Err(why) });
+        rows.push(Probed { device: board::QEMU_BOARD.into(), result: Err(why), info: None });
     } else {
         rows.push(discover(&Target::Qemu { store: None }));
     }
@@ -89,7 +110,7 @@ pub fn run(args: Args) -> Result<()> {
                 rows.push(discover(&Target::Serial { path: p.port_name, baud, key, board: None }));
             }
         }
-        Err(e) => rows.push(Probed { device: "serial ports".into(), result: Err(e.to_string()) }),
+        Err(e) => rows.push(Probed { device: "serial ports".into(), result: Err(e.to_string()), info: None }),
     }
     let mut serial_boards = Vec::new();
     for b in target::known_boards() {
@@ -105,6 +126,7 @@ pub fn run(args: Args) -> Result<()> {
                     rows.push(Probed {
                         device: label,
                         result: Err(format!("listens on all interfaces; probe it with --addr HOST:{port}")),
+                        info: None,
                     });
                     continue;
                 }
@@ -117,8 +139,9 @@ pub fn run(args: Args) -> Result<()> {
                     Ok(None) => rows.push(Probed {
                         device: label,
                         result: Err(format!("not probed: TCP needs the key (--key-file or ${})", board::KEY_ENV)),
+                        info: None,
                     }),
-                    Err(e) => rows.push(Probed { device: label, result: Err(e.to_string()) }),
+                    Err(e) => rows.push(Probed { device: label, result: Err(e.to_string()), info: None }),
                 }
             }
             _ => serial_boards.push(b.name),
@@ -127,7 +150,7 @@ pub fn run(args: Args) -> Result<()> {
     if args.board.is_some() || args.port.is_some() || args.addr.is_some() {
         match Target::from_options(&args.into()) {
             Ok(t) => rows.push(discover(&t)),
-            Err(e) => rows.push(Probed { device: "requested device".into(), result: Err(e.to_string()) }),
+            Err(e) => rows.push(Probed { device: "requested device".into(), result: Err(e.to_string()), info: None }),
         }
     }
     let width = rows.iter().map(|r| r.device.len()).max().unwrap_or(6).max(6);
@@ -154,6 +177,23 @@ pub fn run(args: Args) -> Result<()> {
                 "{:width$}  {:16}  {:8}  {:>5}  {:>9}  {:16}  {:fp$}  {why}",
                 r.device, "-", "-", "-", "-", "-", "-"
             ),
+        }
+    }
+    // What each board that answered has: runtimes (with onnxruntime's
+    // execution providers) and its accelerator.
+    for r in &rows {
+        match &r.info {
+            Some(Ok(info)) => {
+                println!("\n{}:", r.device);
+                for line in text::runtimes(&info.runtimes).lines() {
+                    println!("  runtime      {line}");
+                }
+                if let Some(a) = &info.accelerator {
+                    println!("  accelerator  {}", accelerator_line(a));
+                }
+            }
+            Some(Err(why)) => println!("\n{}: no device information: {why}", r.device),
+            None => {}
         }
     }
     if !serial_boards.is_empty() {
