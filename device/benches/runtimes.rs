@@ -18,11 +18,6 @@ use rba_device::runtime::{LoadedModel, OrtSetup, Prepared, Runtime};
 use rba_protocol::RuntimeRequest;
 use rba_testkit::bench::*;
 
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 struct Arm {
     variant: usize,
     runtime: &'static str,

@@ -10,22 +10,8 @@
 
 use std::time::Instant;
 
-use rba_host::compact::surgery::{replace_spans, Span, Translator};
-use rba_host::model::cost::total_macs;
-use rba_host::model::run::{input_shape, tensor_shapes, Runner};
-use rba_host::onnx::graph::GraphIndex;
-use rba_host::onnx::OnnxModel;
+use rba_host::model::run::{input_shape, Runner};
 use rba_testkit::bench::*;
-
-fn macs(model: &OnnxModel) -> u64 {
-    let index = GraphIndex::new(model.graph()).unwrap();
-    total_macs(model.graph(), &index, &tensor_shapes(model, 1).unwrap())
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
 
 fn main() {
     if !run_as_bench("compacted") {
@@ -41,21 +27,7 @@ fn main() {
     for spec in &specs {
         let model = load(spec);
         let name = label(spec);
-        let blocks = model.blocks.blocks.len();
-        let mut variants = vec![("original".to_string(), model.onnx.clone())];
-        for k in [1usize, 2, 4].into_iter().filter(|&k| k < blocks) {
-            // k consecutive blocks in the middle of the model, one translator.
-            let start = (blocks - k) / 2;
-            let span = Span::new(start, start + k);
-            let d = model.blocks.blocks[start].features().unwrap();
-            let mut weight = vec![0f32; d * d];
-            for i in 0..d {
-                weight[i * d + i] = 1.0;
-            }
-            let slim = replace_spans(&model.onnx, &model.blocks, &[(span, Translator::Linear { weight, bias: None })])
-                .unwrap();
-            variants.push((format!("{k} block(s) removed (span {span})"), slim));
-        }
+        let variants = compacted_variants(&model);
         let runners: Vec<Runner> = variants.iter().map(|(_, m)| Runner::new(m, batch, &[]).unwrap()).collect();
         let input = random_batch(&input_shape(&model.onnx, batch).unwrap(), 7);
         // Warm-up, then rounds interleaved across the variants so drift hits all alike.

@@ -153,6 +153,12 @@ pub fn tract_threads(threads: usize) {
     set_default_executor(if threads > 1 { Executor::multithread(threads) } else { Executor::SingleThread });
 }
 
+/// The median of `v` (sorted in place).
+pub fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
 /// MACs per image of `model` at batch 1 (the host's cost model).
 pub fn macs(model: &OnnxModel) -> u64 {
     use rba_host::model::cost::total_macs;

@@ -420,7 +420,6 @@ fn available_providers() -> Vec<String> {
     check::<ep::CUDA>(&mut list);
     check::<ep::XNNPACK>(&mut list);
     check::<ep::ACL>(&mut list);
-    check::<ep::ArmNN>(&mut list);
     check::<ep::OpenVINO>(&mut list);
     check::<ep::OneDNN>(&mut list);
     check::<ep::QNN>(&mut list);

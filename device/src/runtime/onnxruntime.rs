@@ -187,7 +187,7 @@ fn end_profiling(state: &mut State) {
     let Some(dir) = state.profile_dir.take() else { return };
     let nodes = state.session.end_profiling().map_err(|e| format!("cannot end onnxruntime's profiling: {e}")).and_then(
         |file| {
-            let path = if Path::new(&file).is_absolute() { file.into() } else { dir.path().join(&file) };
+            let path = if Path::new(&file).is_absolute() { std::path::PathBuf::from(&file) } else { dir.path().join(&file) };
             let json = std::fs::read_to_string(&path)
                 .or_else(|_| std::fs::read_to_string(&file))
                 .map_err(|e| format!("cannot read onnxruntime's profile {file}: {e}"))?;

@@ -1054,7 +1054,7 @@ fn device_section(d: &DeviceReport) -> String {
         });
         let _ = write!(
             rows,
-            "<tr><td>{}</td><td title=\"{}\">{}</td><td>{}</td><td>{}</td><td>{}{cache}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td title=\"{}\">{}</td><td>{}</td><td>{}{cache}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             escape(&r.model),
             escape(rt.library.as_deref().unwrap_or("")),
             escape(&rt.version),
