@@ -91,8 +91,9 @@ fn main() {
                 a.samples.push(t.elapsed().as_secs_f64());
             }
         }
+        let medians: Vec<f64> = arms.iter_mut().map(|a| median(&mut a.samples)).collect();
         let med = |v: usize, r: &str| -> Option<f64> {
-            arms.iter_mut().find(|a| a.variant == v && a.runtime == r).map(|a| median(&mut a.samples))
+            arms.iter().zip(&medians).find(|(a, _)| a.variant == v && a.runtime == r).map(|(_, m)| *m)
         };
         let report = |r: &str| arms.iter().find(|a| a.runtime == r).map(|a| a.model.report().clone());
         if let Some(rep) = report("onnxruntime") {
