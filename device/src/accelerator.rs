@@ -223,7 +223,10 @@ mod tests {
     #[test]
     fn nvpmodel_texts() {
         assert_eq!(parse_nvpmodel_query("NV Power Mode: 15W\n0\n").as_deref(), Some("15W (mode 0)"));
-        assert_eq!(parse_nvpmodel_query("NVPM WARN: fan mode is not set!\nNV Power Mode: MAXN\n").as_deref(), Some("MAXN"));
+        assert_eq!(
+            parse_nvpmodel_query("NVPM WARN: fan mode is not set!\nNV Power Mode: MAXN\n").as_deref(),
+            Some("MAXN")
+        );
         assert_eq!(parse_nvpmodel_query("garbage"), None);
         let (modes, default) = parse_nvpmodel_conf(CONF);
         assert_eq!(modes, [(0, "15W".to_string()), (1, "7W".to_string()), (2, "MAXN_SUPER".to_string())]);

@@ -239,7 +239,8 @@ mod tests {
     #[test]
     fn from_a_profile() {
         assert!(!Sensors::for_profile(None).use_vcgencmd);
-        let profile = SensorProfile { thermal_zone: Some("/t".into()), throttle: None, vcgencmd: true, nvpmodel: false };
+        let profile =
+            SensorProfile { thermal_zone: Some("/t".into()), throttle: None, vcgencmd: true, nvpmodel: false };
         let s = Sensors::for_profile(Some(&profile));
         assert_eq!((s.thermal_zone.as_deref(), s.use_vcgencmd), (Some(Path::new("/t")), true));
     }

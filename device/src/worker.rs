@@ -155,6 +155,8 @@ struct Request {
     task: Task,
 }
 
+// One request per worker process; boxing the job would only complicate matching.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Serialize, Deserialize)]
 enum Task {
     /// Answer [`Event::Alive`] and exit.
@@ -176,7 +178,10 @@ enum Task {
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Serialize, Deserialize)]
 enum Event {
-    Alive { nonce: u64, build: String },
+    Alive {
+        nonce: u64,
+        build: String,
+    },
     Progress(Progress),
     Done(Result<JobOutput, RemoteError>),
     /// The library's version and providers, or why it did not load.
@@ -290,7 +295,9 @@ pub fn worker_main() -> i32 {
         }
         Task::Probe { library } => {
             let _ = limit_core();
-            let version = library.file_name().and_then(|n| crate::runtime::library::Version::from_file_name(&n.to_string_lossy()));
+            let version = library
+                .file_name()
+                .and_then(|n| crate::runtime::library::Version::from_file_name(&n.to_string_lossy()));
             let found = crate::runtime::library::Found { path: library, origin: "the daemon".into(), version };
             let answer = crate::runtime::library::load(&found)
                 .map(|l| (l.version.clone(), l.providers.clone()))
@@ -581,11 +588,9 @@ pub fn probe(program: &Path, library: &Path) -> Result<(String, Vec<String>), St
             let why = status.map_or_else(|| "vanished".to_string(), |s| death_message(s, &tail, 0));
             Err(format!("loading {} in a worker process: the worker {why}", library.display()))
         }
-        Err(RecvTimeoutError::Timeout) => Err(format!(
-            "loading {} took more than {} s",
-            library.display(),
-            SELF_TEST_TIMEOUT.as_secs()
-        )),
+        Err(RecvTimeoutError::Timeout) => {
+            Err(format!("loading {} took more than {} s", library.display(), SELF_TEST_TIMEOUT.as_secs()))
+        }
     }
 }
 

@@ -163,7 +163,9 @@ fn static_bombs_are_refused(isolation: &str) {
         assert_eq!(r.samples_ns.len(), 3);
         assert!(p.is_running());
     }
-    let e = c.evaluate(&EvalRequest { model: "lin".into(), bundle: "b".into(), threads: None, runtime: None }, no_progress).unwrap();
+    let e = c
+        .evaluate(&EvalRequest { model: "lin".into(), bundle: "b".into(), threads: None, runtime: None }, no_progress)
+        .unwrap();
     assert_eq!(e.top1_accuracy, Some(1.0));
     let hwm = status(&p, "VmHWM");
     eprintln!(

@@ -214,7 +214,8 @@ fn a_missing_library_a_non_library_and_a_too_old_one_each_say_so() {
     std::fs::create_dir_all(&old).unwrap();
     std::fs::write(old.join("libonnxruntime.so.1.16.3"), b"\x7fELF as old as 1.16").unwrap();
     let missing = libs.path().join("nowhere");
-    let cases: [(PathBuf, Box<dyn Fn(&str) -> bool>); 3] = [
+    type Check = Box<dyn Fn(&str) -> bool>;
+    let cases: [(PathBuf, Check); 3] = [
         (
             missing.clone(),
             Box::new(move |m: &str| {

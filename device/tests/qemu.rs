@@ -55,7 +55,9 @@ fn benchmark_and_evaluate_on_the_emulated_board() {
     let exact: Vec<[f32; 3]> = samples.iter().map(|x| small_linear_eval(x)).collect();
     let b = linear_bundle(&samples, Some(vec![0, 1, 1, 0]), Some(exact));
     c.upload(ArtifactKind::EvalBundle, "b", &b, |_| {}).unwrap();
-    let e = c.evaluate(&EvalRequest { model: "lin".into(), bundle: "b".into(), threads: None, runtime: None }, no_progress).unwrap();
+    let e = c
+        .evaluate(&EvalRequest { model: "lin".into(), bundle: "b".into(), threads: None, runtime: None }, no_progress)
+        .unwrap();
     assert_eq!((e.samples, e.top1_accuracy, e.top1_agreement), (4, Some(0.75), Some(1.0)));
     assert!(e.max_abs_diff.unwrap() < 1e-5, "{:?}", e.max_abs_diff);
     assert!((e.mean_cosine.unwrap() - 1.0).abs() < 1e-6);
@@ -82,8 +84,7 @@ fn onnxruntime_on_the_emulated_board() {
         return;
     }
     let lib = rba_testkit::onnxruntime::aarch64_library();
-    if !rba_testkit::external::require("onnxruntime on the emulated qemu-aarch64 board", lib.as_ref().err().cloned())
-    {
+    if !rba_testkit::external::require("onnxruntime on the emulated qemu-aarch64 board", lib.as_ref().err().cloned()) {
         return;
     }
     let lib = lib.unwrap();

@@ -90,7 +90,10 @@ fn upload_benchmark_evaluate_compare() {
     let b = linear_bundle(&samples, Some(labels), Some(expected.clone()));
     c.upload(ArtifactKind::EvalBundle, "digits", &b, |_| {}).unwrap();
     let e = c
-        .evaluate(&EvalRequest { model: "lin.onnx".into(), bundle: "digits".into(), threads: None, runtime: None }, no_progress)
+        .evaluate(
+            &EvalRequest { model: "lin.onnx".into(), bundle: "digits".into(), threads: None, runtime: None },
+            no_progress,
+        )
         .unwrap();
     assert_eq!(e.samples, 4);
     assert_eq!(e.top1_accuracy, Some(0.75));

@@ -329,7 +329,10 @@ fn cli_compares_runtimes_and_reports_providers() {
     let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     let results = v["benchmark"]["results"].as_array().unwrap();
     assert_eq!(results.len(), 2);
-    assert_eq!((results[0]["runtime"]["runtime"].as_str(), results[1]["runtime"]["runtime"].as_str()), (Some("tract"), Some("onnxruntime")));
+    assert_eq!(
+        (results[0]["runtime"]["runtime"].as_str(), results[1]["runtime"]["runtime"].as_str()),
+        (Some("tract"), Some("onnxruntime"))
+    );
     assert_eq!(results[1]["runtime"]["nodes"][0]["provider"], "CPUExecutionProvider");
     let evals = v["evaluation"]["results"].as_array().unwrap();
     assert_eq!(evals.len(), 2);
@@ -348,7 +351,10 @@ fn cli_compares_runtimes_and_reports_providers() {
     assert!(!out.status.success(), "{stderr}");
     assert!(stderr.contains("the cuda execution provider did not register (policy strict): "), "{stderr}");
     // Providers without onnxruntime are a usage error.
-    let out = rba().args(["bench", "demo:resnet", "--board", "local", "--runtime", "tract", "--ep", "cuda"]).output().unwrap();
+    let out = rba()
+        .args(["bench", "demo:resnet", "--board", "local", "--runtime", "tract", "--ep", "cuda"])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("tract runs on the CPU"));
     // rba devices: the local board's runtimes.

@@ -355,7 +355,10 @@ mod tests {
         let p = BoardProfile::parse(&text, Path::new("x.toml")).unwrap();
         let o = &p.onnxruntime;
         assert_eq!(o.library.as_deref(), Some(Path::new("/opt/ort/lib")));
-        assert_eq!(o.execution_providers, [ExecutionProvider::TensorRt, ExecutionProvider::Cuda, ExecutionProvider::Cpu]);
+        assert_eq!(
+            o.execution_providers,
+            [ExecutionProvider::TensorRt, ExecutionProvider::Cuda, ExecutionProvider::Cpu]
+        );
         assert_eq!(o.policy, EpPolicy::Strict);
         assert!(o.tensorrt.fp16 && o.tensorrt.engine_cache && !o.tensorrt.timing_cache);
         for bad in [

@@ -23,7 +23,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 
-
 /// The ONNX Runtime API rba-device is built against (`ort`'s `api-17`).
 pub const API_MINOR: u32 = 17;
 
@@ -273,7 +272,7 @@ pub fn parse_ldconfig(text: &str) -> Vec<PathBuf> {
     text.lines()
         .filter_map(|l| {
             let (name, path) = l.split_once("=>")?;
-            let name = name.trim().split_whitespace().next()?;
+            let name = name.split_whitespace().next()?;
             let ours = name == STEM || name.strip_prefix(STEM).is_some_and(|r| r.starts_with('.'));
             ours.then(|| PathBuf::from(path.trim()))
         })
@@ -365,7 +364,9 @@ pub fn load(found: &Found) -> Result<Arc<Loaded>, LibraryError> {
     found.check_version()?;
     let path = found.path.display().to_string();
     let builder = ort::init_from(&found.path).map_err(|e| match e {
-        ort::LoadDynamicError::Dlopen { error, .. } => LibraryError::Load { path: path.clone(), reason: error.to_string() },
+        ort::LoadDynamicError::Dlopen { error, .. } => {
+            LibraryError::Load { path: path.clone(), reason: error.to_string() }
+        }
         ort::LoadDynamicError::MissingApi { .. } => LibraryError::NotOrt { path: path.clone() },
         ort::LoadDynamicError::BadVersion { version_str, .. } => {
             LibraryError::TooOld { path: path.clone(), found: version_str }
@@ -377,12 +378,10 @@ pub fn load(found: &Found) -> Result<Arc<Loaded>, LibraryError> {
         .map(|v| v.to_string())
         .or_else(|| Version::from_build_info(ort::info()).map(|v| v.to_string()))
         .unwrap_or_else(|| format!("1.{API_MINOR} or newer"));
-    let environment = builder
-        .with_name("rba-device")
-        .with_telemetry(false)
-        .with_logger(Arc::new(ort_log))
-        .build()
-        .map_err(|e| LibraryError::Environment { path: path.clone(), version: version.clone(), reason: e.to_string() })?;
+    let environment =
+        builder.with_name("rba-device").with_telemetry(false).with_logger(Arc::new(ort_log)).build().map_err(|e| {
+            LibraryError::Environment { path: path.clone(), version: version.clone(), reason: e.to_string() }
+        })?;
     let providers = available_providers();
     log::debug!("onnxruntime {version} loaded from {path}; providers: {}", providers.join(", "));
     let loaded = Arc::new(Loaded { path: found.path.clone(), version, environment, providers });
@@ -497,7 +496,10 @@ mod tests {
         // A link: followed to its file and version.
         let s = Search { profile: Some(lib.join("libonnxruntime.so")), env: Some("/nowhere".into()), ..empty_search() };
         let f = locate(&s).unwrap();
-        assert_eq!((f.path.file_name().unwrap().to_str(), f.version), (Some("libonnxruntime.so.1.20.1"), Version::parse("1.20.1")));
+        assert_eq!(
+            (f.path.file_name().unwrap().to_str(), f.version),
+            (Some("libonnxruntime.so.1.20.1"), Version::parse("1.20.1"))
+        );
         assert!(f.origin.contains("board profile"));
         // An explicit path that holds none stops the search.
         let s = Search { env: Some(d.path().join("missing")), system: vec![lib.clone()], ..empty_search() };
@@ -515,7 +517,11 @@ mod tests {
         let sys = d.path().join("sys");
         std::fs::create_dir_all(&sys).unwrap();
         std::fs::write(sys.join("libonnxruntime.so.1.17.3"), b"x").unwrap();
-        let s = Search { python_roots: vec![root.clone()], system: vec![d.path().join("none"), sys.clone()], ..empty_search() };
+        let s = Search {
+            python_roots: vec![root.clone()],
+            system: vec![d.path().join("none"), sys.clone()],
+            ..empty_search()
+        };
         let f = locate(&s).unwrap();
         assert_eq!(f.version, Version::parse("1.17.3"), "an empty capi folder is passed over");
         assert_eq!(f.origin, sys.display().to_string());
@@ -523,7 +529,8 @@ mod tests {
         let f = locate(&s).unwrap();
         assert_eq!((f.version, f.origin.as_str()), (Version::parse("1.20.0"), "a python onnxruntime package"));
         // Nothing anywhere: every place is named.
-        let s = Search { python_roots: vec![d.path().join("nope")], system: vec![d.path().join("none")], ..empty_search() };
+        let s =
+            Search { python_roots: vec![d.path().join("nope")], system: vec![d.path().join("none")], ..empty_search() };
         let e = locate(&s).unwrap_err();
         let text = e.to_string();
         assert!(text.starts_with("no ONNX Runtime library found"), "{text}");

@@ -156,8 +156,7 @@ impl Runtime {
             );
         }
         let graph = proto.graph.as_ref().ok_or_else(|| load_err("the model has no graph".into()))?;
-        let inputs =
-            declared_inputs(graph, batch.max(1)).map_err(|e| RuntimeError::Unsupported(e.to_string()))?;
+        let inputs = declared_inputs(graph, batch.max(1)).map_err(|e| RuntimeError::Unsupported(e.to_string()))?;
         if inputs.is_empty() {
             return Err(RuntimeError::Unsupported("the model has no inputs".into()));
         }

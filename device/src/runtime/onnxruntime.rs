@@ -113,7 +113,9 @@ pub(crate) fn load(
     let engines = trt.filter(|_| setup.profile.tensorrt.engine_cache).map(|_| cache.engines.clone());
     if let Some(t) = trt {
         let want = |key: &str| t.options.iter().any(|(k, v)| k == key && v == "1");
-        for (on, dir) in [(want("trt_engine_cache_enable"), &cache.engines), (want("trt_timing_cache_enable"), &cache.timing)] {
+        for (on, dir) in
+            [(want("trt_engine_cache_enable"), &cache.engines), (want("trt_timing_cache_enable"), &cache.timing)]
+        {
             if on {
                 std::fs::create_dir_all(dir).map_err(|e| {
                     RuntimeError::OrtLoad(format!("cannot create TensorRT's cache folder in the store: {e}"))
@@ -187,7 +189,8 @@ fn end_profiling(state: &mut State) {
     let Some(dir) = state.profile_dir.take() else { return };
     let nodes = state.session.end_profiling().map_err(|e| format!("cannot end onnxruntime's profiling: {e}")).and_then(
         |file| {
-            let path = if Path::new(&file).is_absolute() { std::path::PathBuf::from(&file) } else { dir.path().join(&file) };
+            let path =
+                if Path::new(&file).is_absolute() { std::path::PathBuf::from(&file) } else { dir.path().join(&file) };
             let json = std::fs::read_to_string(&path)
                 .or_else(|_| std::fs::read_to_string(&file))
                 .map_err(|e| format!("cannot read onnxruntime's profile {file}: {e}"))?;

@@ -223,7 +223,10 @@ mod tests {
         assert_eq!(p.policy, EpPolicy::Fallback);
         // The profile's policy applies when the request names none.
         let strict = OnnxRuntimeProfile { policy: EpPolicy::Strict, ..OnnxRuntimeProfile::default() };
-        assert_eq!(plan(&RuntimeRequest::onnxruntime(vec![], None), &strict, &[], 1, &cache()).policy, EpPolicy::Strict);
+        assert_eq!(
+            plan(&RuntimeRequest::onnxruntime(vec![], None), &strict, &[], 1, &cache()).policy,
+            EpPolicy::Strict
+        );
         let req = RuntimeRequest::onnxruntime(vec![], Some(EpPolicy::Fallback));
         assert_eq!(plan(&req, &strict, &[], 1, &cache()).policy, EpPolicy::Fallback);
     }

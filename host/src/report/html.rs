@@ -1449,7 +1449,10 @@ pub(crate) mod tests {
     fn the_device_section_shows_runtime_providers_and_nodes() {
         let page = merged_page(None, None, Some(&runtime_compare_report()));
         assert!(page.contains("<th>runtime</th><th>execution providers</th><th>nodes per provider</th>"), "{page}");
-        assert!(page.contains("<td>vit-digits</td><td title=\"\">tract-onnx 0.23</td><td>-</td><td>tract 311</td>"), "{page}");
+        assert!(
+            page.contains("<td>vit-digits</td><td title=\"\">tract-onnx 0.23</td><td>-</td><td>tract 311</td>"),
+            "{page}"
+        );
         assert!(
             page.contains(
                 "<td title=\"/x/libonnxruntime.so.1.32.0\">onnxruntime 1.32.0</td><td><s title=\"CUDA execution \

@@ -133,7 +133,20 @@ pub fn bench(report: &BenchReport) -> String {
     let rt_width = report.results.iter().map(|r| r.runtime.label().len()).max().unwrap_or(7).max(7);
     out.push_str(&format!(
         "{:width$}  {:rt_width$}  {:>5}  {:>9}  {:>9}  {:>9}  {:>9}  {:>9}  {:>9}  {:>9}  {:>9}  {:>9}  {:>9}  {:>3}\n",
-        "model", "runtime", "runs", "load", "first", "min", "p50", "p90", "p99", "max", "mean", "std", "peak RSS", "thr"
+        "model",
+        "runtime",
+        "runs",
+        "load",
+        "first",
+        "min",
+        "p50",
+        "p90",
+        "p99",
+        "max",
+        "mean",
+        "std",
+        "peak RSS",
+        "thr"
     ));
     for r in &report.results {
         let s = &r.stats;
@@ -422,7 +435,8 @@ mod tests {
         assert!(text.contains("runtime  vit-digits: tract-onnx 0.23; nodes: tract 311"), "{text}");
         assert!(text.contains("speedup of vit-digits (onnxruntime) over vit-digits (tract) 2.000x"), "{text}");
         // tract alone: no runtime lines.
-        let tract_only = crate::board::BenchReport { results: d.benchmark.results[..1].to_vec(), ab: None, ..d.benchmark };
+        let tract_only =
+            crate::board::BenchReport { results: d.benchmark.results[..1].to_vec(), ab: None, ..d.benchmark };
         assert!(!bench(&tract_only).contains("runtime  "), "{}", bench(&tract_only));
     }
 

@@ -90,16 +90,16 @@ fn runtime_kind() -> impl Strategy<Value = RuntimeKind> {
 }
 
 fn runtime_request() -> impl Strategy<Value = RuntimeRequest> {
-    (runtime_kind(), vec(ep(), 0..4), option::of(ep_policy()))
-        .prop_map(|(runtime, eps, policy)| RuntimeRequest { runtime, eps, policy })
+    (runtime_kind(), vec(ep(), 0..4), option::of(ep_policy())).prop_map(|(runtime, eps, policy)| RuntimeRequest {
+        runtime,
+        eps,
+        policy,
+    })
 }
 
 fn runtime_report() -> impl Strategy<Value = RuntimeReport> {
-    let outcome = (s(), vec((s(), s()), 0..3), option::of(s())).prop_map(|(ep, options, error)| EpOutcome {
-        ep,
-        options,
-        error,
-    });
+    let outcome =
+        (s(), vec((s(), s()), 0..3), option::of(s())).prop_map(|(ep, options, error)| EpOutcome { ep, options, error });
     let nodes = (s(), any::<u32>()).prop_map(|(provider, nodes)| ProviderNodes { provider, nodes });
     let cache = (any::<u32>(), any::<u32>(), any::<bool>(), any::<bool>()).prop_map(
         |(engines_before, engines_after, hit, timing_cache)| EngineCache {
@@ -115,33 +115,25 @@ fn runtime_report() -> impl Strategy<Value = RuntimeReport> {
         (any::<u64>(), any::<u64>(), option::of(cache), vec(s(), 0..2)),
     )
         .prop_map(
-            |(
-                (runtime, version, library, policy),
-                (eps, nodes),
-                (session_ns, first_run_ns, engine_cache, notes),
-            )| RuntimeReport {
-                runtime,
-                version,
-                library,
-                policy,
-                eps,
-                nodes,
-                session_ns,
-                first_run_ns,
-                engine_cache,
-                notes,
+            |((runtime, version, library, policy), (eps, nodes), (session_ns, first_run_ns, engine_cache, notes))| {
+                RuntimeReport {
+                    runtime,
+                    version,
+                    library,
+                    policy,
+                    eps,
+                    nodes,
+                    session_ns,
+                    first_run_ns,
+                    engine_cache,
+                    notes,
+                }
             },
         )
 }
 
 fn runtime_info() -> impl Strategy<Value = RuntimeInfo> {
-    (
-        runtime_kind(),
-        (option::of(s()), option::of(s()), option::of(s())),
-        vec(s(), 0..3),
-        vec(ep(), 0..3),
-        ep_policy(),
-    )
+    (runtime_kind(), (option::of(s()), option::of(s()), option::of(s())), vec(s(), 0..3), vec(ep(), 0..3), ep_policy())
         .prop_map(|(runtime, (version, library, problem), providers, default_eps, default_policy)| RuntimeInfo {
             runtime,
             version,
@@ -154,14 +146,15 @@ fn runtime_info() -> impl Strategy<Value = RuntimeInfo> {
 }
 
 fn accelerator() -> impl Strategy<Value = AcceleratorInfo> {
-    (option::of(s()), option::of(s()), option::of(any::<u64>()), option::of(any::<u64>()), option::of(f32s()))
-        .prop_map(|(model, power_mode, gpu_freq_hz, gpu_max_freq_hz, gpu_load_pct)| AcceleratorInfo {
+    (option::of(s()), option::of(s()), option::of(any::<u64>()), option::of(any::<u64>()), option::of(f32s())).prop_map(
+        |(model, power_mode, gpu_freq_hz, gpu_max_freq_hz, gpu_load_pct)| AcceleratorInfo {
             model,
             power_mode,
             gpu_freq_hz,
             gpu_max_freq_hz,
             gpu_load_pct,
-        })
+        },
+    )
 }
 
 fn bench_result() -> impl Strategy<Value = BenchmarkResult> {

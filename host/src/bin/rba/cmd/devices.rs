@@ -94,7 +94,11 @@ pub fn run(args: Args) -> Result<()> {
     let (args, no_qemu) = (&args.link, args.no_qemu);
     let mut rows = vec![discover(&Target::Local { store: None })];
     if no_qemu {
-        rows.push(Probed { device: board::QEMU_BOARD.into(), result: Err("not started (--no-qemu)".into()), info: None });
+        rows.push(Probed {
+            device: board::QEMU_BOARD.into(),
+            result: Err("not started (--no-qemu)".into()),
+            info: None,
+        });
     } else if let Some(why) = emulated::qemu_missing() {
         rows.push(Probed { device: board::QEMU_BOARD.into(), result: Err(why), info: None });
     } else {
