@@ -14,6 +14,7 @@ use rba_protocol::serial::{open_serial, SerialError, SerialLink};
 use rba_protocol::{Identity, PreSharedKey, ServerConfig, SessionEnd};
 
 use crate::daemon::{Daemon, DaemonConfig};
+use crate::gate::Limits;
 use crate::limits::MemoryBudget;
 use crate::measure::Caps;
 use crate::sensors::{self, Sensors};
@@ -50,6 +51,9 @@ pub struct InProcessOptions {
     pub isolation: Isolation,
     /// What the tensors of a job's model may take.
     pub memory_budget: MemoryBudget,
+    /// What TCP peers are allowed (deadlines, waiting connections,
+    /// backoff); the daemon's defaults.
+    pub limits: Limits,
 }
 
 impl Default for InProcessOptions {
@@ -68,6 +72,7 @@ impl Default for InProcessOptions {
             caps: Caps::default(),
             isolation: Isolation::Thread,
             memory_budget: MemoryBudget::default(),
+            limits: Limits::default(),
         }
     }
 }
@@ -163,10 +168,11 @@ pub fn spawn_in_process(options: InProcessOptions, link: InProcessLink) -> Resul
         InProcessLink::Memory(links) => Opened::Memory(links),
     };
     let stop = shutdown.clone();
+    let limits = options.limits;
     let thread = std::thread::Builder::new()
         .name("rba-in-process-board".into())
         .spawn(move || {
-            let mut server = Server { handler: &mut daemon, config: server_config, shutdown: stop, idle: None };
+            let mut server = Server { handler: &mut daemon, config: server_config, shutdown: stop, limits };
             let sessions = match link {
                 Opened::Serial { port, path, baud } => {
                     server.serve_opened_serial(port, &path, baud).map(|()| Vec::new())

@@ -121,6 +121,10 @@ pub enum ClientError {
     Frame(#[from] FrameError),
     #[error("protocol violation: {0}")]
     Unexpected(String),
+    /// The device refuses connections from this address for a while after
+    /// failed authentications from it (PROTOCOL.md 4.8).
+    #[error("the device refuses connections from this address for now, after failed authentications from it; try again later")]
+    RetryLater,
     #[error("upload gave up after {attempts} attempt(s): {last}")]
     RetriesExhausted { attempts: u32, last: Box<ClientError> },
 }
@@ -164,6 +168,7 @@ impl From<ConnectError> for ClientError {
                 ClientHandshakeError::Refused(Status::Busy) => ClientError::Remote(RemoteError::Busy),
                 ClientHandshakeError::Refused(Status::KeyRequired) => ClientError::Remote(RemoteError::AuthRequired),
                 ClientHandshakeError::Refused(Status::NoKey) => ClientError::DeviceHasNoKey,
+                ClientHandshakeError::Refused(Status::RetryLater) => ClientError::RetryLater,
                 ClientHandshakeError::Refused(s) => ClientError::Unexpected(format!("the device refused: {s:?}")),
                 ClientHandshakeError::VersionMismatch { supported, requested } => {
                     ClientError::Remote(RemoteError::VersionMismatch { supported, requested })

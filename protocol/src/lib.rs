@@ -71,7 +71,7 @@ pub use client::{Client, ClientConfig, ClientError, Session, UploadProgress};
 #[cfg(feature = "std")]
 pub use secure::{fingerprint, Identity};
 #[cfg(feature = "std")]
-pub use server::{serve, serve_tcp, DeviceHandler, Job, ServerConfig, ServerError, SessionEnd};
+pub use server::{serve, serve_proved, serve_tcp, DeviceHandler, Job, ServerConfig, ServerError, SessionEnd};
 
 /// Version of the wire format. Peers must agree exactly.
 pub const PROTOCOL_VERSION: u16 = 2;

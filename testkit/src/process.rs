@@ -107,8 +107,13 @@ impl DeviceProcess {
 
     /// `rba-device serve --tcp 127.0.0.1:<random>` with [`KEY`], storing in `dir`.
     pub fn tcp(dir: &Path) -> DeviceProcess {
+        DeviceProcess::tcp_with(dir, &[])
+    }
+
+    /// [`DeviceProcess::tcp`] with more arguments (e.g. `--handshake-timeout 2`).
+    pub fn tcp_with(dir: &Path, args: &[&str]) -> DeviceProcess {
         let mut cmd = DeviceProcess::native(&["serve", "--tcp", "127.0.0.1:0"], dir);
-        cmd.env("RBA_DEVICE_KEY", KEY);
+        cmd.args(args).env("RBA_DEVICE_KEY", KEY);
         DeviceProcess::start(cmd)
     }
 
@@ -147,10 +152,10 @@ impl DeviceProcess {
             let (started, ended) = {
                 let lines = self.lines.lock().unwrap();
                 let count = |needles: &[&str]| lines.iter().filter(|l| needles.iter().any(|n| l.contains(n))).count();
-                (
-                    count(&[": session started"]),
-                    count(&[": session ended", ": session failed", ": authentication failed"]),
-                )
+                // Connections that never became a session (refused, failed
+                // authentication) are not counted: only authenticated hosts
+                // start one.
+                (count(&[": session started"]), count(&[": session ended", ": session failed"]))
             };
             if started == ended {
                 return;
@@ -166,10 +171,24 @@ impl DeviceProcess {
 
     /// A `kB` field of `/proc/<pid>/status` (`VmRSS`, `VmHWM`), in bytes.
     pub fn status_bytes(&self, field: &str) -> u64 {
+        self.status_value(field) * 1024
+    }
+
+    /// The number in a field of `/proc/<pid>/status` (`Threads`, or a `kB` field).
+    pub fn status_value(&self, field: &str) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
         let line = status.lines().find(|l| l.starts_with(&format!("{field}:"))).unwrap();
-        let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
-        kib * 1024
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+
+    /// The daemon's threads now.
+    pub fn threads(&self) -> u64 {
+        self.status_value("Threads")
+    }
+
+    /// The stderr lines containing `needle`.
+    pub fn count_lines(&self, needle: &str) -> usize {
+        self.lines.lock().unwrap().iter().filter(|l| l.contains(needle)).count()
     }
 
     /// Still running (not exited, not a zombie)?

@@ -123,6 +123,10 @@ fn describe_client_error(e: &ClientError) -> String {
         ClientError::Remote(RemoteError::Busy) => {
             "the device is busy with another host; try again when it is done".into()
         }
+        ClientError::RetryLater => "the device refuses connections from this address for a while, after failed \
+             authentications from it (a wrong key, here or on another host behind the same address); try again \
+             later"
+            .into(),
         ClientError::DeviceHasNoKey => "the device has no pre-shared key configured, so it cannot prove it is the \
              device you mean: refusing it (give the device the key: rba-device serve --key-file FILE; or, on a \
              serial link you trust, drop --key-file)"

@@ -175,7 +175,8 @@ impl Device {
         };
         // A TCP daemon serves one host at a time and answers Busy until it
         // has noticed that the previous host (often this same user's last
-        // command) left: give it a moment before reporting it.
+        // command) left: give it a moment before reporting it. Likewise a
+        // short backoff after failed authentications from this address.
         let mut busy_retries = if quick { 2 } else { 10 };
         // Boards reached over a link are pinned on first use; the ones rba
         // starts itself get a fresh identity every time.
@@ -195,7 +196,7 @@ impl Device {
         }
         let client = loop {
             match connector.connect() {
-                Err(ClientError::Remote(RemoteError::Busy)) if busy_retries > 0 => {
+                Err(ClientError::Remote(RemoteError::Busy) | ClientError::RetryLater) if busy_retries > 0 => {
                     busy_retries -= 1;
                     std::thread::sleep(Duration::from_millis(200));
                 }
