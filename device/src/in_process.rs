@@ -14,7 +14,7 @@ use rba_protocol::serial::{open_serial, SerialError, SerialLink};
 use rba_protocol::{Identity, PreSharedKey, ServerConfig, SessionEnd};
 
 use crate::daemon::{Daemon, DaemonConfig};
-use crate::gate::Limits;
+use crate::admission::Limits;
 use crate::limits::MemoryBudget;
 use crate::measure::Caps;
 use crate::sensors::{self, Sensors};

@@ -14,7 +14,7 @@
 //! - [`store`]: the artifact directory (staged uploads, atomic publish, quota).
 //! - [`serve`]: serving sessions over TCP, serial and in-memory links, until
 //!   shutdown.
-//! - [`gate`]: where TCP connections wait until their host proved the key
+//! - [`admission`]: where TCP connections wait until their host proved the key
 //!   (one thread): deadlines, the cap on waiting connections, per-address
 //!   backoff, rate-limited logging.
 //! - [`in_process`]: the one entry for running a daemon inside another
@@ -43,8 +43,8 @@
 //! # }
 //! ```
 
+pub mod admission;
 pub mod daemon;
-pub mod gate;
 pub mod in_process;
 pub mod job;
 pub mod limits;

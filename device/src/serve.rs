@@ -2,7 +2,7 @@
 //! in-memory links, until shutdown. A session that ends (the host left, the
 //! link broke) is followed by the next one.
 //!
-//! On TCP, connections wait at the [`gate`](crate::gate) (one thread,
+//! On TCP, connections wait in [`admission`](crate::admission) (one thread,
 //! non-blocking sockets) until their host has proved the key; only then
 //! do they reach the session, on the caller's thread.
 
@@ -16,7 +16,7 @@ use rba_protocol::mem::MemLink;
 use rba_protocol::serial::{open_serial, SerialError, SerialLink};
 use rba_protocol::{serve, serve_proved, DeviceHandler, Identity, ServerConfig, SessionEnd};
 
-use crate::gate::{Admitted, Gate, Limits};
+use crate::admission::{Admission, Admitted, Limits};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -106,7 +106,7 @@ impl<H: DeviceHandler> Server<'_, H> {
         self.config.identity.clone().ok_or_else(|| ServeError::Identity("no identity".into()))
     }
 
-    /// The session of a host the gate admitted (it proved the key): the
+    /// The session of a host admission let through (it proved the key): the
     /// idle, record and write timeouts of [`Server::limits`] apply.
     fn serve_admitted(&mut self, a: Admitted) -> Result<SessionEnd, ServeError> {
         let Admitted { stream, channel, unsent, .. } = a;
@@ -132,7 +132,7 @@ impl<H: DeviceHandler> Server<'_, H> {
     }
 
     /// Accepts connections until shutdown and serves one host at a time.
-    /// Connections wait at the gate (one thread) until their host proved
+    /// Connections wait in admission (one thread) until their host proved
     /// the key; a host that does so while another is served gets `Busy`.
     pub fn serve_listener(&mut self, listener: TcpListener) -> Result<(), ServeError> {
         let Some(key) = self.config.key.clone() else {
@@ -140,11 +140,12 @@ impl<H: DeviceHandler> Server<'_, H> {
         };
         let identity = self.ensure_identity()?;
         listener.set_nonblocking(true)?;
-        // Capacity 1: the gate admits a host only while no session runs.
+        // Capacity 1: admission lets a host through only while no session runs.
         let (tx, rx) = mpsc::sync_channel::<Admitted>(1);
         let in_session = Arc::new(AtomicBool::new(false));
-        let gate = Gate::new(identity, key, self.limits.clone(), in_session.clone(), self.shutdown.clone(), tx);
-        let gate = std::thread::Builder::new().name("rba-gate".into()).spawn(move || gate.run(&listener))?;
+        let admission = Admission::new(identity, key, self.limits.clone(), in_session.clone(), self.shutdown.clone(), tx);
+        let admission =
+            std::thread::Builder::new().name("rba-admission".into()).spawn(move || admission.run(&listener))?;
         while !self.shutdown.load(Ordering::SeqCst) {
             match rx.recv_timeout(POLL) {
                 Ok(admitted) => {
@@ -170,7 +171,7 @@ impl<H: DeviceHandler> Server<'_, H> {
             }
         }
         drop(rx);
-        let _ = gate.join();
+        let _ = admission.join();
         Ok(())
     }
 

@@ -17,7 +17,7 @@ use rba_testkit::net::{hello, tcp_config};
 use rba_testkit::process::DeviceProcess;
 use rba_testkit::test_key;
 
-/// The daemon's threads, whatever connects: main, the gate, a session's
+/// The daemon's threads, whatever connects: main, admission, a session's
 /// reader, with room to spare (the issue measured 556 for 1500 connections).
 const MAX_THREADS: u64 = 16;
 /// Memory a hostile network may add to an idle daemon's.

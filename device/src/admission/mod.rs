@@ -1,4 +1,4 @@
-//! The gate of a TCP daemon: every connection waits here, on one thread
+//! Admission of TCP connections: every connection waits here, on one thread
 //! with non-blocking sockets, until its host has completed the handshake
 //! and proved the key with its first record; only then is it handed to
 //! the session (PROTOCOL.md 4.8). So an unauthenticated peer never holds
@@ -124,8 +124,8 @@ struct Closing {
     shut: bool,
 }
 
-/// The gate's thread state.
-pub struct Gate {
+/// The admission thread's state.
+pub struct Admission {
     identity: Identity,
     key: PreSharedKey,
     limits: Limits,
@@ -147,7 +147,7 @@ enum Next {
     Done,
 }
 
-impl Gate {
+impl Admission {
     pub fn new(
         identity: Identity,
         key: PreSharedKey,
@@ -155,10 +155,10 @@ impl Gate {
         in_session: Arc<AtomicBool>,
         shutdown: Arc<AtomicBool>,
         admit: mpsc::SyncSender<Admitted>,
-    ) -> Gate {
+    ) -> Admission {
         let backoff = Backoff::new(limits.backoff.clone());
         let log = RateLog::new(limits.log_limit, limits.log_window);
-        Gate {
+        Admission {
             identity,
             key,
             limits,
