@@ -32,6 +32,19 @@ pub fn device_binary() -> PathBuf {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
         cmd.current_dir(crate::workspace()).args(["build", "--quiet", "--workspace", "--all-targets"]);
+        // `cargo test` describes the test's package in these; ring's build
+        // script tracks some, so inheriting them would rebuild ring and
+        // everything above it here, and again at the next plain build.
+        for (name, _) in std::env::vars_os() {
+            let n = name.to_string_lossy();
+            if n.starts_with("CARGO_PKG_")
+                || n.starts_with("CARGO_MANIFEST_")
+                || n == "CARGO_CRATE_NAME"
+                || n == "CARGO_PRIMARY_PACKAGE"
+            {
+                cmd.env_remove(&name);
+            }
+        }
         if profile_dir.file_name().is_some_and(|n| n == "release") {
             cmd.arg("--release");
         }
