@@ -13,8 +13,8 @@ use rba_protocol::mem::MemLink;
 use rba_protocol::serial::{open_serial, SerialError, SerialLink};
 use rba_protocol::{Identity, PreSharedKey, ServerConfig, SessionEnd};
 
-use crate::daemon::{Daemon, DaemonConfig};
 use crate::admission::Limits;
+use crate::daemon::{Daemon, DaemonConfig};
 use crate::limits::MemoryBudget;
 use crate::measure::Caps;
 use crate::sensors::{self, Sensors};

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use rba_device::daemon::UNPROFILED;
 use rba_device::admission::{BackoffPolicy, Limits};
+use rba_device::daemon::UNPROFILED;
 use rba_device::limits::MemoryBudget;
 use rba_device::sensors::{self, Sensors};
 use rba_device::serve::{ServeError, Server};

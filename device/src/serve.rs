@@ -143,7 +143,8 @@ impl<H: DeviceHandler> Server<'_, H> {
         // Capacity 1: admission lets a host through only while no session runs.
         let (tx, rx) = mpsc::sync_channel::<Admitted>(1);
         let in_session = Arc::new(AtomicBool::new(false));
-        let admission = Admission::new(identity, key, self.limits.clone(), in_session.clone(), self.shutdown.clone(), tx);
+        let admission =
+            Admission::new(identity, key, self.limits.clone(), in_session.clone(), self.shutdown.clone(), tx);
         let admission =
             std::thread::Builder::new().name("rba-admission".into()).spawn(move || admission.run(&listener))?;
         while !self.shutdown.load(Ordering::SeqCst) {

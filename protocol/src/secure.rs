@@ -1745,9 +1745,7 @@ mod tests {
         // The host holds another key: the device's side completes, the
         // host's first record does not decrypt.
         let (c, hello) = ClientHandshake::start(Some(&key(1))).unwrap();
-        let Outcome::Established(s) = ServerHandshake::new(&id, Some(&key(2))).feed(&hello).outcome else {
-            panic!()
-        };
+        let Outcome::Established(s) = ServerHandshake::new(&id, Some(&key(2))).feed(&hello).outcome else { panic!() };
         drop(c);
         // What a host with key 1 would send: a record under other keys.
         let (other, _, _) = pair(Some(&key(1)), 4096);

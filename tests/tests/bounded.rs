@@ -183,9 +183,7 @@ impl KeyedPeer {
             let n = match self.reader.read(&mut buf) {
                 Ok(0) => return None,
                 Ok(n) => n,
-                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
-                    continue
-                }
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => continue,
                 Err(_) => return None,
             };
             let mut got = None;
@@ -355,8 +353,7 @@ fn a_peer_that_never_reads_is_dropped_at_the_write_timeout() {
         let started = Instant::now();
         let mut requests = 0u64;
         while started.elapsed() < Duration::from_secs(20) && requests < 2_000_000 {
-            let batch: Vec<u8> =
-                (0..1000).flat_map(|_| peer.record(Request::Ping { nonce: requests }).1).collect();
+            let batch: Vec<u8> = (0..1000).flat_map(|_| peer.record(Request::Ping { nonce: requests }).1).collect();
             if peer.sock.write_all(&batch).is_err() {
                 break;
             }
@@ -369,11 +366,7 @@ fn a_peer_that_never_reads_is_dropped_at_the_write_timeout() {
         drop(c);
         eprintln!("the host was served {took:?} after the peer stopped reading");
         assert!(took < SERVED_WITHIN);
-        assert!(
-            device.wait_for("the host read nothing", Duration::from_secs(2)).is_some(),
-            "{}",
-            device.stderr()
-        );
+        assert!(device.wait_for("the host read nothing", Duration::from_secs(2)).is_some(), "{}", device.stderr());
         drop(peer);
     });
     assert_bounded(&device, idle, threads);

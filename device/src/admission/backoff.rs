@@ -143,12 +143,7 @@ mod tests {
     use std::net::{Ipv4Addr, Ipv6Addr};
 
     fn policy() -> BackoffPolicy {
-        BackoffPolicy {
-            free_failures: 2,
-            initial: Duration::from_secs(1),
-            max: Duration::from_secs(8),
-            max_peers: 4,
-        }
+        BackoffPolicy { free_failures: 2, initial: Duration::from_secs(1), max: Duration::from_secs(8), max_peers: 4 }
     }
 
     fn v4(last: u8) -> IpAddr {
@@ -159,8 +154,7 @@ mod tests {
     fn free_failures_then_doubling_up_to_the_maximum() {
         let mut b = Backoff::new(policy());
         let t = Instant::now();
-        let delays: Vec<Option<u64>> =
-            (0..8).map(|_| b.failed(v4(1), t).1.map(|d| d.as_secs())).collect();
+        let delays: Vec<Option<u64>> = (0..8).map(|_| b.failed(v4(1), t).1.map(|d| d.as_secs())).collect();
         assert_eq!(delays, [None, None, Some(1), Some(2), Some(4), Some(8), Some(8), Some(8)]);
         assert_eq!(b.refused(v4(1), t), Some(Duration::from_secs(8)));
         assert_eq!(b.refused(v4(1), t + Duration::from_secs(8)), None);

@@ -25,8 +25,16 @@ pub enum Kind {
     Accept,
 }
 
-const KINDS: [Kind; 8] =
-    [Kind::AuthFailed, Kind::Refused, Kind::Timeout, Kind::Closed, Kind::Evicted, Kind::Busy, Kind::Backoff, Kind::Accept];
+const KINDS: [Kind; 8] = [
+    Kind::AuthFailed,
+    Kind::Refused,
+    Kind::Timeout,
+    Kind::Closed,
+    Kind::Evicted,
+    Kind::Busy,
+    Kind::Backoff,
+    Kind::Accept,
+];
 
 impl Kind {
     fn index(self) -> usize {
