@@ -72,7 +72,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve one host at a time over a serial link or TCP, until SIGTERM.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Print what the board reports about itself (JSON).
     Info(InfoArgs),
     /// Run one job for a serving daemon (internal: the daemon starts it, with
@@ -414,7 +414,7 @@ fn main() {
     init_logging();
     let cli = Cli::parse();
     let r = match cli.command {
-        Command::Serve(a) => serve(a),
+        Command::Serve(a) => serve(*a),
         Command::Info(a) => info(a),
         Command::Worker => std::process::exit(rba_device::worker::worker_main()),
         Command::Keygen(a) => keygen(a),

@@ -102,7 +102,7 @@ const SWEEP: Duration = Duration::from_secs(10);
 
 enum State {
     Handshake(Box<ServerHandshake>),
-    Proof(FirstRecord),
+    Proof(Box<FirstRecord>),
 }
 
 /// A connection waiting for its handshake.
@@ -344,7 +344,7 @@ impl Admission {
                         if flush(&mut c.stream, &mut c.out).is_err() {
                             return Next::Done;
                         }
-                        c.state = State::Proof(channel.await_first_record());
+                        c.state = State::Proof(Box::new(channel.await_first_record()));
                         // The bytes after message 1 may hold the record already.
                         self.feed(c, &[])
                     }
