@@ -374,7 +374,7 @@ impl Stats {
         let mut yc = Moments::new(k);
         yc.rows = n;
         yc.sq_norm = self.y.sq_norm - n * my.iter().map(|v| v * v).sum::<f64>();
-        let cc = Cross { xy: Mat::from_fn(d, k, |i, j| self.xy.xy[(i, j)] - n * mx[i] * my[j]) };
+        let cc = Cross::from_mat(Mat::from_fn(d, k, |i, j| self.xy.xy[(i, j)] - n * mx[i] * my[j]));
         let f = fit::fit(FitKind::Ridge { relative_lambda }, &xc, &yc, &cc)?;
         let lambda = relative_lambda * (0..d).map(|i| xc.gram[(i, i)]).sum::<f64>() / d as f64;
         let bias = (0..k).map(|j| my[j] - (0..d).map(|i| mx[i] * f.weight[(i, j)]).sum::<f64>()).collect();
