@@ -99,6 +99,23 @@ fn shape_of(m: &Mat<f64>) -> String {
 /// Adds the pairs `(b, b_res)` into `(a, a_res)` element-wise; a `0 x 0`
 /// residue counts as zeros.
 fn add_mat(a: &mut Mat<f64>, a_res: &mut Mat<f64>, b: &Mat<f64>, b_res: &Mat<f64>) {
+    let has_res = |m: &Mat<f64>, r: &Mat<f64>| r.nrows() == m.nrows() && r.ncols() == m.ncols();
+    if !has_res(a, a_res) && !has_res(b, b_res) {
+        // Neither was ever summed into (a fold target's Gram): keep the
+        // residue unallocated unless the addition itself rounds.
+        let mut res = Mat::<f64>::zeros(a.nrows(), a.ncols());
+        let mut rounded = false;
+        for j in 0..a.ncols() {
+            for ((h, l), &v) in a.col_as_slice_mut(j).iter_mut().zip(res.col_as_slice_mut(j)).zip(b.col_as_slice(j)) {
+                compensated::add_pair(h, l, v, 0.0);
+                rounded |= *l != 0.0;
+            }
+        }
+        if rounded {
+            *a_res = res;
+        }
+        return;
+    }
     if a_res.nrows() != a.nrows() || a_res.ncols() != a.ncols() {
         *a_res = Mat::zeros(a.nrows(), a.ncols());
     }

@@ -42,6 +42,10 @@ pub struct Calibration {
 pub struct DataUsed {
     pub source: String,
     pub images: usize,
+    /// Held-out images left out because the model's probe head was fitted
+    /// on them (`rba.probe`); absent when none were.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub excluded_seen_by_probe: Option<usize>,
 }
 
 /// The full report: the record plus every verified candidate.

@@ -7,11 +7,14 @@ use clap::builder::{PossibleValuesParser, TypedValueParser};
 use rba_host::calibrate::{self, CaptureOptions};
 use rba_host::compact::surgery::Span;
 use rba_host::compact::{self, Budget, CompactError, HeldOut, TranslatorKind};
+use rba_host::data::Dataset;
+use rba_host::fit::probe::{self, HeadSeen};
+use rba_host::onnx::OnnxModel;
 use rba_host::onnx::{write_atomically, DataPlacement};
 use rba_host::report::compaction::{self, Calibration, CompactionReport, DataUsed};
 use rba_host::report::text;
 
-use crate::args::{calibrate, Calibrated, CalibrationArgs};
+use crate::args::{calibrate, Calibrated, CalibrationArgs, StatsArgs};
 use crate::progress::Terminal;
 
 #[derive(clap::Args)]
@@ -51,6 +54,8 @@ pub struct Args {
     /// instead of on the original model's activations.
     #[arg(long)]
     sequential: bool,
+    #[command(flatten)]
+    stats: StatsArgs,
 }
 
 /// `--translator`'s values, listed in `--help`.
@@ -86,12 +91,69 @@ fn warn_if_too_few(budget: &Budget, held: &HeldOut) {
     }
 }
 
+/// A probed model (`rba.probe`) whose head was fitted on images of the
+/// held-out data would verify every candidate on images it learnt: its
+/// held-out accuracy is inflated (~100%) and cannot rank candidates. The
+/// images the record names are left out (with a note); a record that does
+/// not name them (older rba) only gets a warning.
+fn without_images_the_head_saw(
+    model: &OnnxModel,
+    name: &str,
+    held_out: Dataset,
+) -> anyhow::Result<(Dataset, Option<usize>)> {
+    match probe::seen_by_head(model, &held_out) {
+        HeadSeen::Nothing => Ok((held_out, None)),
+        HeadSeen::Unknown { data } => {
+            eprintln!(
+                "warning: the probe head of {name} was fitted on {} and {} (rba.probe), the same data source as the \
+                 held-out images ({}); if they overlap, held-out accuracy is inflated (~100%) and cannot rank \
+                 candidates. Re-probe with this rba (it records which images the head saw, and compact leaves them \
+                 out), or verify on other data",
+                data.train,
+                data.val,
+                held_out.name()
+            );
+            Ok((held_out, None))
+        }
+        HeadSeen::Images { data, seen } => {
+            let total = held_out.len();
+            eprintln!(
+                "warning: the probe head of {name} was fitted on {} of the {total} held-out images of {} \
+                 (rba.probe: train {} ({} images), validation {} ({} images)); its accuracy on them is inflated \
+                 (~100%) and cannot rank candidates",
+                seen.len(),
+                held_out.name(),
+                data.train,
+                data.train_images,
+                data.val,
+                data.val_images
+            );
+            let kept = held_out.without(&seen);
+            if kept.is_empty() {
+                anyhow::bail!(
+                    "all {total} held-out images of {} were used to fit the probe head of {name}; verify on images it \
+                     did not see: other --data, or probe with fewer --val-samples or another --holdout",
+                    held_out.name()
+                );
+            }
+            eprintln!(
+                "note: left out the {} held-out images the probe head saw; verifying on the remaining {}",
+                seen.len(),
+                kept.len()
+            );
+            Ok((kept, Some(seen.len())))
+        }
+    }
+}
+
 pub fn run(args: Args) -> anyhow::Result<()> {
     let budget = args.budget()?;
     let c = &args.calibration;
     let (batch, seed, threads) = (c.batch, c.seed, c.threads);
     let fold = matches!(args.translator, TranslatorKind::Folded | TranslatorKind::Auto);
-    let Calibrated { model, pre, stats, calibration, held_out } = calibrate(c, args.max_span, fold)?;
+    let Calibrated { model, pre, stats, calibration, held_out } =
+        calibrate(c, args.max_span, fold, args.stats.stats.as_deref())?;
+    let (held_out, excluded) = without_images_the_head_saw(&model.onnx, &c.model, held_out)?;
     let held_out = held_out.subset(Some(args.held_out_samples), Some(seed));
     let (inputs, labels) = held_out.load_all(&pre)?;
     let held = HeldOut::new(&model.onnx, inputs, labels, batch)?;
@@ -122,7 +184,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         &args.out,
         &selection,
         Calibration { source: calibration.name().to_string(), images: stats.images, fitted_on: fitted_on.into() },
-        DataUsed { source: held_out.name().to_string(), images: held.len() },
+        DataUsed { source: held_out.name().to_string(), images: held.len(), excluded_seen_by_probe: excluded },
     )?;
     let mut slim = selection.model.clone();
     slim.set_metadata(compaction::METADATA_KEY, serde_json::to_string(&report.compaction)?);

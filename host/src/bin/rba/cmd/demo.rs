@@ -79,7 +79,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         preprocess: PreprocessArgs::default(),
     };
     let fold = matches!(args.translator, TranslatorKind::Folded | TranslatorKind::Auto);
-    let Calibrated { model, pre, stats, calibration: calibration_set, held_out } = calibrate(&calibration, 3, fold)?;
+    let Calibrated { model, pre, stats, calibration: calibration_set, held_out } =
+        calibrate(&calibration, 3, fold, None)?;
     print!("{}", text::inspection(&inspect::inspect(&model)));
 
     step(2, "analyze: score every block and span on 500 calibration digits");
@@ -102,7 +103,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             images: stats.images,
             fitted_on: compaction::FITTED_ON_ORIGINAL.into(),
         },
-        DataUsed { source: held_out.name().to_string(), images: held.len() },
+        DataUsed { source: held_out.name().to_string(), images: held.len(), excluded_seen_by_probe: None },
     )?;
     let mut slim = selection.model.clone();
     slim.set_metadata(compaction::METADATA_KEY, serde_json::to_string(&compaction.compaction)?);
