@@ -14,6 +14,7 @@
 //! 20+P    32    SHA-256 of the payload
 //! ```
 
+use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -23,7 +24,6 @@ use super::shard::Shard;
 use super::Statistics;
 use crate::data::{Dataset, Holdout, Preprocess};
 use crate::model::Model;
-use crate::onnx::write_atomically;
 
 /// The first 8 bytes of every statistics file.
 pub const MAGIC: [u8; 8] = *b"RBASTATS";
@@ -154,6 +154,40 @@ pub enum StatsFileError {
     Decode { path: String, reason: String },
     #[error("{0}")]
     Mismatch(String),
+}
+
+/// A reader or writer that hashes (and counts) what passes through.
+struct Hashing<T> {
+    inner: T,
+    hasher: Sha256,
+    bytes: u64,
+}
+
+impl<T> Hashing<T> {
+    fn new(inner: T) -> Self {
+        Hashing { inner, hasher: Sha256::new(), bytes: 0 }
+    }
+}
+
+impl<W: Write> Write for Hashing<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+impl<R: Read> Read for Hashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
 }
 
 /// Lower-case hex SHA-256 of the model's bytes as loaded.
@@ -302,57 +336,91 @@ pub struct Needs {
 }
 
 impl StatsFile {
+    /// Writes the file's bytes (see the module docs) to `out`, streaming the
+    /// payload (no second copy of the statistics in memory); returns the
+    /// number of bytes written.
+    pub fn write_to<W: Write + Seek>(&self, mut out: W) -> std::io::Result<u64> {
+        out.write_all(&MAGIC)?;
+        out.write_all(&FORMAT_VERSION.to_le_bytes())?;
+        out.write_all(&[0u8; 8])?;
+        let mut body = BufWriter::with_capacity(1 << 20, Hashing::new(&mut out));
+        postcard::to_io(self, &mut body).map_err(std::io::Error::other)?;
+        body.flush()?;
+        let hashing = body.into_inner().map_err(|e| e.into_error())?;
+        let (payload, digest) = (hashing.bytes, hashing.hasher.finalize());
+        out.write_all(&digest)?;
+        out.seek(SeekFrom::Start(12))?;
+        out.write_all(&payload.to_le_bytes())?;
+        out.seek(SeekFrom::End(0))?;
+        Ok(PREFIX_BYTES as u64 + payload + CHECKSUM_BYTES as u64)
+    }
+
     /// The file's bytes (see the module docs).
     pub fn to_bytes(&self) -> Result<Vec<u8>, String> {
-        let mut buf = Vec::with_capacity(PREFIX_BYTES + 1024);
-        buf.extend_from_slice(&MAGIC);
-        buf.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
-        buf.extend_from_slice(&[0u8; 8]);
-        let mut buf = postcard::to_extend(self, buf).map_err(|e| e.to_string())?;
-        let payload = (buf.len() - PREFIX_BYTES) as u64;
-        buf[12..PREFIX_BYTES].copy_from_slice(&payload.to_le_bytes());
-        let digest = Sha256::digest(&buf[PREFIX_BYTES..]);
-        buf.extend_from_slice(&digest);
-        Ok(buf)
+        let mut buf = std::io::Cursor::new(Vec::new());
+        self.write_to(&mut buf).map_err(|e| e.to_string())?;
+        Ok(buf.into_inner())
     }
 
-    /// Writes the file (to a temporary file, then renamed); returns its size.
+    /// Writes the file (to a temporary file in the same folder, then
+    /// renamed, so a failure never leaves a partial file); returns its size.
     pub fn write(&self, path: &Path) -> Result<u64, StatsFileError> {
-        let shown = path.display().to_string();
-        let bytes = self.to_bytes().map_err(|reason| StatsFileError::Write { path: shown.clone(), reason })?;
-        write_atomically(path, &bytes).map_err(|e| StatsFileError::Write { path: shown, reason: e.to_string() })?;
-        Ok(bytes.len() as u64)
+        let err = |e: std::io::Error| StatsFileError::Write { path: path.display().to_string(), reason: e.to_string() };
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        let mut builder = tempfile::Builder::new();
+        #[cfg(unix)]
+        builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644));
+        let mut tmp = builder.tempfile_in(dir).map_err(err)?;
+        let size = self.write_to(tmp.as_file_mut()).map_err(err)?;
+        tmp.as_file().sync_all().map_err(err)?;
+        tmp.persist(path).map_err(|e| err(e.error))?;
+        Ok(size)
     }
 
-    /// Reads and verifies a file: magic, version, length, checksum, payload.
+    /// Reads and verifies a file: magic, version, length, checksum, payload
+    /// (streamed: no second copy of the statistics in memory).
     pub fn read(path: &Path) -> Result<StatsFile, StatsFileError> {
         let shown = path.display().to_string();
-        let bytes = std::fs::read(path).map_err(|source| StatsFileError::Read { path: shown.clone(), source })?;
-        Self::from_bytes(&bytes, &shown)
+        let io = |source| StatsFileError::Read { path: shown.clone(), source };
+        let file = std::fs::File::open(path).map_err(io)?;
+        let len = file.metadata().map_err(io)?.len();
+        Self::read_from(file, len, &shown)
     }
 
     /// Decodes a file's bytes; `origin` names it in errors.
     pub fn from_bytes(bytes: &[u8], origin: &str) -> Result<StatsFile, StatsFileError> {
+        Self::read_from(bytes, bytes.len() as u64, origin)
+    }
+
+    /// Decodes `found` bytes from `input`; `origin` names them in errors.
+    fn read_from(mut input: impl Read, found: u64, origin: &str) -> Result<StatsFile, StatsFileError> {
         let path = origin.to_string();
-        let found = bytes.len() as u64;
-        if bytes.len() < MAGIC.len() || bytes[..MAGIC.len()] != MAGIC {
+        let io = |source| StatsFileError::Read { path: path.clone(), source };
+        let mut prefix = [0u8; PREFIX_BYTES];
+        let have = (found as usize).min(PREFIX_BYTES);
+        input.read_exact(&mut prefix[..have]).map_err(io)?;
+        let prefix = &prefix[..have];
+        if prefix.len() < MAGIC.len() || prefix[..MAGIC.len()] != MAGIC {
             // A prefix of the magic is a truncated file, anything else is not ours.
-            if !bytes.is_empty() && MAGIC.starts_with(bytes) {
+            if !prefix.is_empty() && MAGIC.starts_with(prefix) {
                 return Err(StatsFileError::Truncated { path, expected: PREFIX_BYTES as u64, found });
             }
             return Err(StatsFileError::NotStats { path });
         }
-        if bytes.len() < PREFIX_BYTES {
+        if prefix.len() < PREFIX_BYTES {
             return Err(StatsFileError::Truncated { path, expected: PREFIX_BYTES as u64, found });
         }
         let mut word = [0u8; 4];
-        word.copy_from_slice(&bytes[8..12]);
+        word.copy_from_slice(&prefix[8..12]);
         let version = u32::from_le_bytes(word);
         if version != FORMAT_VERSION {
             return Err(StatsFileError::Version { path, found: version });
         }
         let mut len = [0u8; 8];
-        len.copy_from_slice(&bytes[12..PREFIX_BYTES]);
+        len.copy_from_slice(&prefix[12..PREFIX_BYTES]);
         let payload = u64::from_le_bytes(len);
         let expected = payload.saturating_add((PREFIX_BYTES + CHECKSUM_BYTES) as u64);
         if found < expected {
@@ -361,17 +429,28 @@ impl StatsFile {
         if found > expected {
             return Err(StatsFileError::Trailing { path, expected, found, extra: found - expected });
         }
-        let end = PREFIX_BYTES + payload as usize;
-        let (body, stored) = (&bytes[PREFIX_BYTES..end], &bytes[end..]);
-        let digest = Sha256::digest(body);
+        // Decode while hashing; the checksum is judged first, so damage
+        // reads as damage even where it also breaks the decoding.
+        let mut body = BufReader::with_capacity(1 << 20, Hashing::new((&mut input).take(payload)));
+        let mut scratch = vec![0u8; 1 << 16];
+        let decoded = postcard::from_io::<StatsFile, _>((&mut body, &mut scratch)).map(|(f, _)| f);
+        let left = std::io::copy(&mut body, &mut std::io::sink()).map_err(io)?;
+        let hashing = body.into_inner();
+        let digest = hashing.hasher.finalize();
+        let mut stored = [0u8; CHECKSUM_BYTES];
+        input.read_exact(&mut stored).map_err(io)?;
         if digest.as_slice() != stored {
             return Err(StatsFileError::Checksum {
                 path,
-                expected: rba_protocol::hex(stored),
+                expected: rba_protocol::hex(&stored),
                 found: rba_protocol::hex(&digest),
             });
         }
-        postcard::from_bytes(body).map_err(|e| StatsFileError::Decode { path, reason: e.to_string() })
+        let file = decoded.map_err(|e| StatsFileError::Decode { path: path.clone(), reason: e.to_string() })?;
+        if left > 0 {
+            return Err(StatsFileError::Decode { path, reason: format!("{left} bytes follow the statistics") });
+        }
+        Ok(file)
     }
 
     /// Checks that the file serves a command on `expected`'s model,
