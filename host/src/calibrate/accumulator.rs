@@ -210,17 +210,21 @@ impl Accumulator {
             let (x, y) = (&all[span.start].tokens, &all[span.end].tokens);
             span.cross.update(x, y, par);
             let d = self.stats.boundaries[span.start].tokens.dim();
-            let r = &mut span.residue;
+            // Plain sums over the group's rows, each added once with its
+            // rounding error: the terms depend on the group only.
+            let (mut cos, mut angle, mut dist) = (0f64, 0f64, 0f64);
             for (a, b) in x.chunks_exact(d).zip(y.chunks_exact(d)) {
                 let (c, dd) = cosine_and_distance(a, b);
-                compensated::add(&mut span.cosine_sum, &mut r.cosine_sum, c);
-                compensated::add(&mut span.angle_sum, &mut r.angle_sum, c.acos() / std::f64::consts::PI);
-                compensated::add(&mut span.token_dist_sq, &mut r.token_dist_sq, dd);
+                cos += c;
+                angle += c.acos() / std::f64::consts::PI;
+                dist += dd;
             }
-            let (u, w) = (&all[span.start].images, &all[span.end].images);
-            for (a, b) in u.chunks_exact(d).zip(w.chunks_exact(d)) {
-                compensated::add(&mut span.image_dist_sq, &mut r.image_dist_sq, dist_sq(a, b));
-            }
+            let image_dist = dist_sq(&all[span.start].images, &all[span.end].images);
+            let r = &mut span.residue;
+            compensated::add(&mut span.cosine_sum, &mut r.cosine_sum, cos);
+            compensated::add(&mut span.angle_sum, &mut r.angle_sum, angle);
+            compensated::add(&mut span.token_dist_sq, &mut r.token_dist_sq, dist);
+            compensated::add(&mut span.image_dist_sq, &mut r.image_dist_sq, image_dist);
         }
         let n = self.stats.boundaries.len();
         for (k, branch) in self.stats.branches.iter_mut().enumerate() {
@@ -241,9 +245,8 @@ impl Accumulator {
                 if let Some(sum) = self.stats.sample_cosine_sum[k].as_mut() {
                     let res = &mut self.stats.sample_cosine_residue[k];
                     let per = (all[i].tokens.len() / images.max(1)).max(1);
-                    for (a, b) in all[i].tokens.chunks_exact(per).zip(all[j].tokens.chunks_exact(per)) {
-                        compensated::add(sum, res, cosine(a, b));
-                    }
+                    let pairs = all[i].tokens.chunks_exact(per).zip(all[j].tokens.chunks_exact(per));
+                    compensated::add(sum, res, pairs.map(|(a, b)| cosine(a, b)).sum());
                 }
             }
         }

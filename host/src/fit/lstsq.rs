@@ -64,24 +64,46 @@ pub struct ShapeMismatch {
 /// near 1e-6 relative.
 pub const PRODUCT_ROWS: usize = 64;
 
-/// Adds `a^T b` (f32 products over row chunks of [`PRODUCT_ROWS`], each
-/// added with its rounding error into `(acc, residue)`).
+/// Adds `a^T b` into `(acc, residue)`: f32 products over row chunks of
+/// [`PRODUCT_ROWS`], summed in f64 in chunk order, and that sum added with
+/// its rounding error (see [`compensated`]). The result depends only on the
+/// rows given in this call, not on what was added before: a capture that
+/// always passes the same rows together (a group of images) gets the same
+/// terms however its images are split into shards.
 fn add_product(acc: &mut Mat<f64>, residue: &mut Mat<f64>, a: MatRef<'_, f32>, b: MatRef<'_, f32>, par: Par) {
     if residue.nrows() != acc.nrows() || residue.ncols() != acc.ncols() {
         *residue = Mat::zeros(acc.nrows(), acc.ncols());
     }
     let mut chunk = Mat::<f32>::zeros(a.ncols(), b.ncols());
     let rows = a.nrows();
+    let single = rows <= PRODUCT_ROWS;
+    // Plain f64 sums over the chunks of this call (one TwoSum per element
+    // per call, not per chunk: it would cost a sixth of a capture).
+    let mut total = if single { Mat::<f64>::zeros(0, 0) } else { Mat::<f64>::zeros(acc.nrows(), acc.ncols()) };
     for start in (0..rows).step_by(PRODUCT_ROWS) {
         let n = PRODUCT_ROWS.min(rows - start);
         let (ac, bc) = (a.subrows(start, n), b.subrows(start, n));
         matmul(&mut chunk, Accum::Replace, ac.transpose(), bc, 1.0f32, par);
+        if single {
+            break;
+        }
         // Column slices rather than `acc[(i, j)]`: no per-element bounds
         // checks, and the loop vectorises (it was 30% of a ViT-S capture).
-        for j in 0..acc.ncols() {
-            let values = acc.col_as_slice_mut(j).iter_mut().zip(residue.col_as_slice_mut(j));
+        for j in 0..total.ncols() {
+            for (s, &v) in total.col_as_slice_mut(j).iter_mut().zip(chunk.col_as_slice(j)) {
+                *s += v as f64;
+            }
+        }
+    }
+    for j in 0..acc.ncols() {
+        let values = acc.col_as_slice_mut(j).iter_mut().zip(residue.col_as_slice_mut(j));
+        if single {
             for ((s, r), &v) in values.zip(chunk.col_as_slice(j)) {
                 compensated::add(s, r, v as f64);
+            }
+        } else {
+            for ((s, r), &v) in values.zip(total.col_as_slice(j)) {
+                compensated::add(s, r, v);
             }
         }
     }
@@ -171,13 +193,19 @@ impl Moments {
         if self.residue.sum.len() != d {
             self.residue.sum = vec![0.0; d];
         }
+        // Plain sums over these rows, then added with their rounding error
+        // (as in `add_product`: the terms depend on this call's rows only).
+        let (mut sum, mut sq) = (vec![0f64; d], 0f64);
         for row in y.chunks_exact(d) {
-            for ((s, r), &v) in self.sum.iter_mut().zip(self.residue.sum.iter_mut()).zip(row) {
-                compensated::add(s, r, v as f64);
+            for (s, &v) in sum.iter_mut().zip(row) {
+                *s += v as f64;
             }
-            let sq = row.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>();
-            compensated::add(&mut self.sq_norm, &mut self.residue.sq_norm, sq);
+            sq += row.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>();
         }
+        for ((s, r), v) in self.sum.iter_mut().zip(self.residue.sum.iter_mut()).zip(sum) {
+            compensated::add(s, r, v);
+        }
+        compensated::add(&mut self.sq_norm, &mut self.residue.sq_norm, sq);
         self.rows += (y.len() / d.max(1)) as f64;
     }
 
