@@ -100,7 +100,7 @@ mod tests {
             (v, r)
         };
         // Four interleaved "shards", each summed separately, then merged in reverse.
-        let mut parts = vec![(0.0, 0.0); 4];
+        let mut parts = [(0.0, 0.0); 4];
         for (i, &x) in t.iter().enumerate() {
             let p = &mut parts[i % 4];
             add(&mut p.0, &mut p.1, x);
