@@ -1,9 +1,10 @@
 //! Statistics files benchmark, through the `rba` binary, every figure
 //! against a baseline measured in the same run:
-//! - `analyze` + `compact` on the demo ViT with one capture (`rba calibrate`
-//!   once, then `--stats`) against the two captures they make on their own
-//!   (3 interleaved rounds, best of each), and whether both write the same
-//!   compacted model;
+//! - `analyze` + `compact` with one capture (`rba calibrate` once, then
+//!   `--stats`) against the two captures they make on their own, and
+//!   whether both write the same compacted model (demo ViT: 3 interleaved
+//!   rounds, best of each; ViT-S: one round, `--spans 1..2` on 16 held-out
+//!   images, a timing figure: its first output is not a classifier's);
 //! - four `rba calibrate --shard I/4` processes at once (one thread each)
 //!   against the one-shot capture, the time `rba stats merge` takes, and
 //!   whether the merged statistics equal the one-shot ones (every sum,
@@ -52,31 +53,44 @@ fn p(path: &Path) -> &str {
     path.to_str().unwrap()
 }
 
-/// analyze + compact with two captures vs one capture and two `--stats`.
-fn one_capture_vs_two(dir: &Path, threads: &str) {
-    let stats = dir.join("demo.bin");
-    let data = ["demo:vit", "--data", "demo", "--threads", threads];
-    let compact = ["--remove", "2", "--translator", "folded"];
-    let (mut two, mut one, mut calibrate) = (f64::INFINITY, f64::INFINITY, f64::INFINITY);
-    let (a_two, c_two) = (dir.join("analysis-two"), dir.join("two.onnx"));
-    let (a_one, c_one) = (dir.join("analysis-one"), dir.join("one.onnx"));
-    for _round in 0..3 {
+/// analyze + compact with two captures vs one capture and two `--stats`:
+/// `calibration` the model and calibration flags, `calibrate` what `rba
+/// calibrate` adds (e.g. `--no-fold` when the translator needs none),
+/// `compact` the budget and translator.
+fn one_capture_vs_two(
+    dir: &Path,
+    name: &str,
+    calibration: &[&str],
+    calibrate: &[&str],
+    compact: &[&str],
+    threads: &str,
+    rounds: usize,
+) {
+    let stats = dir.join(format!("{name}.bin"));
+    let data = [calibration, &["--threads", threads]].concat();
+    let (mut two, mut one, mut cal) = (f64::INFINITY, f64::INFINITY, f64::INFINITY);
+    let (a_two, c_two) = (dir.join(format!("{name}-analysis-two")), dir.join(format!("{name}-two.onnx")));
+    let (a_one, c_one) = (dir.join(format!("{name}-analysis-one")), dir.join(format!("{name}-one.onnx")));
+    for _round in 0..rounds {
         let t = timed(&[&["analyze"][..], &data, &["--out", p(&a_two)]].concat())
-            + timed(&[&["compact"][..], &data, &compact, &["--out", p(&c_two)]].concat());
+            + timed(&[&["compact"][..], &data, compact, &["--out", p(&c_two)]].concat());
         two = two.min(t);
-        let c = timed(&[&["calibrate"][..], &data, &["--out", p(&stats)]].concat());
+        let c = timed(&[&["calibrate"][..], &data, calibrate, &["--out", p(&stats)]].concat());
         let t = c
             + timed(&[&["analyze"][..], &data, &["--stats", p(&stats), "--out", p(&a_one)]].concat())
-            + timed(&[&["compact"][..], &data, &compact, &["--stats", p(&stats), "--out", p(&c_one)]].concat());
-        calibrate = calibrate.min(c);
+            + timed(&[&["compact"][..], &data, compact, &["--stats", p(&stats), "--out", p(&c_one)]].concat());
+        cal = cal.min(c);
         one = one.min(t);
     }
     let same = std::fs::read(&c_one).unwrap() == std::fs::read(&c_two).unwrap();
-    println!(
-        "demo ViT: analyze + compact, 500 images, best of 3 interleaved rounds; rba calibrate alone {calibrate:.2} s"
-    );
+    let how = if rounds > 1 { format!("best of {rounds} interleaved rounds") } else { "one round".into() };
+    println!("{name}: analyze + compact ({}), {how}; rba calibrate alone {cal:.2} s", compact.join(" "));
+    let images = calibration.iter().position(|a| *a == "--samples").map_or("500", |k| calibration[k + 1]);
     row(
-        "analyze + compact demo ViT (500 images, --remove 2 --translator folded): calibrate once, then --stats twice, vs two captures (speedup)",
+        &format!(
+            "analyze + compact {name} ({images} images, {}): calibrate once, then --stats twice, vs two captures (speedup)",
+            compact.join(" ")
+        ),
         &format!("{one:.2} s"),
         &format!("{two:.2} s"),
         two / one,
@@ -84,7 +98,7 @@ fn one_capture_vs_two(dir: &Path, threads: &str) {
         None,
     );
     row(
-        "same: the compacted models of both ways are the same bytes",
+        &format!("same, {name}: the compacted models of both ways are the same bytes"),
         if same { "same bytes" } else { "differ" },
         "-",
         f64::from(u8::from(same)),
@@ -167,12 +181,16 @@ fn main() {
     }
     let threads = threads().to_string();
     let dir = tempfile::tempdir().unwrap();
-    one_capture_vs_two(dir.path(), &threads);
-    shards(dir.path(), "demo ViT", &["demo:vit", "--data", "demo"], &threads, 3);
+    let demo = ["demo:vit", "--data", "demo"];
+    one_capture_vs_two(dir.path(), "demo ViT", &demo, &[], &["--remove", "2", "--translator", "folded"], &threads, 3);
+    shards(dir.path(), "demo ViT", &demo, &threads, 3);
     if let Ok(extra) = std::env::var("RBA_BENCH_MODELS") {
         for model in extra.split(',').filter(|s| !s.is_empty()) {
             let calibration =
                 [model, "--data", "demo", "--size", "224", "--scale", "1/16", "--samples", "64", "--batch", "8"];
+            // A timing figure: the model's first output stands in for logits.
+            let compact = ["--spans", "1..2", "--translator", "linear", "--held-out-samples", "16"];
+            one_capture_vs_two(dir.path(), &label(model), &calibration, &["--no-fold"], &compact, &threads, 1);
             shards(dir.path(), &label(model), &calibration, &threads, 1);
         }
     }

@@ -709,6 +709,73 @@ mod tests {
         assert!(matches!(err, StatsFileError::NotStats { .. }), "{err}");
     }
 
+    /// The encoding of version 1, pinned: if this digest changes, the
+    /// payload's types changed; bump FORMAT_VERSION, update host/STATS.md
+    /// and this digest.
+    #[test]
+    fn format_version_1_is_pinned() {
+        use crate::calibrate::statistics::{BoundaryStats, BranchStats, FoldTarget, SpanResidue, SpanStats};
+        use crate::fit::{Cross, Moments};
+        use crate::model::blocks::FeatureLayout;
+        // A hand-built file of two boundaries with D = 2, one span, one fold site.
+        let moments = |k: f64| {
+            let mut m = Moments::new(2);
+            m.update(&[k as f32, 1.0, 2.0, -k as f32], faer::Par::Seq);
+            m
+        };
+        let cross = |k: f32| {
+            let mut c = Cross::new(2, 2);
+            c.update(&[k, 1.0], &[0.5, k], faer::Par::Seq);
+            c
+        };
+        let boundary = |name: &str, k: f64| BoundaryStats {
+            name: name.into(),
+            shape: vec![1, 3, 2],
+            layout: FeatureLayout::Last,
+            tokens: moments(k),
+            images: moments(k + 1.0),
+        };
+        let statistics = Statistics {
+            images: 2,
+            boundaries: vec![boundary("a", 1.0), boundary("b", 2.0)],
+            spans: vec![SpanStats {
+                start: 0,
+                end: 1,
+                cross: cross(3.0),
+                cosine_sum: 1.5,
+                angle_sum: 0.25,
+                token_dist_sq: 7.0,
+                image_dist_sq: 3.0,
+                residue: SpanResidue { cosine_sum: 1e-17, ..Default::default() },
+            }],
+            image_cross: vec![cross(4.0)],
+            sample_cosine_sum: vec![Some(1.75)],
+            sample_cosine_residue: vec![0.0],
+            branches: vec![BranchStats {
+                boundary: 1,
+                tensor: "m".into(),
+                moments: moments(5.0),
+                targets: vec![FoldTarget { end: 1, moments: moments(6.0), cross: cross(7.0) }],
+            }],
+        };
+        let mut provenance =
+            provenance(&crate::model::Model::new(crate::demo::DemoModel::Vit.load().unwrap(), None).unwrap());
+        provenance.tool = "rba test".into();
+        provenance.model.sha256 = "3ae0".repeat(16);
+        provenance.boundaries = vec!["a".into(), "b".into()];
+        provenance.fold_sites = Some(vec![FoldSite { boundary: 1, branch: "m".into() }]);
+        provenance.shards = Shards { count: 4, indices: vec![1, 3] };
+        let file = StatsFile { provenance, statistics };
+        let bytes = file.to_bytes().unwrap();
+        assert_eq!(&bytes[..12], b"RBASTATS\x01\x00\x00\x00");
+        assert_eq!(u64::from_le_bytes(bytes[12..20].try_into().unwrap()), bytes.len() as u64 - 52);
+        let digest = rba_protocol::hex(&Sha256::digest(&bytes));
+        assert_eq!(digest, "4ce0249a79980673777470e18fe0d501113bfd24c0e3099c05e090502f50d7ed", "{} bytes", bytes.len());
+        let back = StatsFile::from_bytes(&bytes, "pinned.bin").unwrap();
+        assert_eq!(back.to_bytes().unwrap(), bytes);
+        assert_eq!(back.statistics.spans[0].residue.cosine_sum, 1e-17);
+    }
+
     #[test]
     fn a_file_for_another_capture_says_what_differs() {
         let file = small_file();

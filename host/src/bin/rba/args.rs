@@ -142,9 +142,6 @@ pub struct Prepared {
     /// The whole calibration set (after the split and `--samples`).
     pub calibration: Dataset,
     pub held_out: Dataset,
-    /// What a statistics file captured from this set records (one-shot;
-    /// `max_span`, `fold_sites` and `shards` filled in by the caller).
-    pub provenance: Provenance,
 }
 
 /// Loads the model and splits the data, as every calibrating command does.
@@ -153,19 +150,25 @@ pub fn prepare(args: &CalibrationArgs) -> anyhow::Result<Prepared> {
     let pre = Preprocess::for_model(&(&args.preprocess).into(), &model.onnx)?;
     let (calibration, held_out) = Dataset::open(&args.data)?.calibration_split(args.holdout, args.seed)?;
     let calibration = calibration.subset(Some(args.samples), Some(args.seed));
-    let provenance = Provenance {
+    Ok(Prepared { model, pre, calibration, held_out })
+}
+
+/// What a statistics file captured from `prepared` records: a one-shot
+/// capture; `max_span`, `fold_sites` and `shards` are the caller's to set.
+pub fn provenance(args: &CalibrationArgs, prepared: &Prepared) -> anyhow::Result<Provenance> {
+    let Prepared { model, pre, calibration, .. } = prepared;
+    Ok(Provenance {
         tool: file::tool(),
-        model: ModelId { name: args.model.clone(), sha256: file::model_sha256(&model) },
+        model: ModelId { name: args.model.clone(), sha256: file::model_sha256(model) },
         boundaries: model.blocks.boundaries.clone(),
         max_span: 0,
         fold_sites: None,
         preprocess: pre.clone(),
-        data: DataId::new(&args.data, &calibration, args.holdout, args.seed, args.samples),
+        data: DataId::new(&args.data, calibration, args.holdout, args.seed, args.samples),
         batch: args.batch,
-        group_images: calibrate::group_images(&model, args.batch)?,
+        group_images: calibrate::group_images(model, args.batch)?,
         shards: Shards::one(Shard::WHOLE),
-    };
-    Ok(Prepared { model, pre, calibration, held_out, provenance })
+    })
 }
 
 /// A model with its calibration statistics, and the held-out data left over.
@@ -186,11 +189,13 @@ pub fn calibrate(
     fold: bool,
     stats: Option<&std::path::Path>,
 ) -> anyhow::Result<Calibrated> {
-    let Prepared { model, pre, calibration, held_out, provenance } = prepare(args)?;
+    let prepared = prepare(args)?;
     let stats = match stats {
         Some(path) => {
+            let provenance = provenance(args, &prepared)?;
+            let model = &prepared.model;
             let shown = path.display().to_string();
-            let needs = Needs { max_span, fold_sites: fold.then(|| Provenance::fold_sites(&model)) };
+            let needs = Needs { max_span, fold_sites: fold.then(|| Provenance::fold_sites(model)) };
             let file = StatsFile::read(path)?;
             let note = file.provenance.summary(file.statistics.images);
             let stats = file.statistics_for(&shown, &provenance, &needs)?;
@@ -198,11 +203,13 @@ pub fn calibrate(
             stats
         }
         None => {
+            let Prepared { model, pre, calibration, .. } = &prepared;
             let options = CaptureOptions { batch: args.batch, max_span, threads: args.threads, fold };
-            let batches = calibration.batches(&pre, args.batch).map(|b| b.map(|(x, _labels)| x));
-            calibrate::capture(&model, batches, Some(calibration.len()), &options, &Terminal::stderr())?
+            let batches = calibration.batches(pre, args.batch).map(|b| b.map(|(x, _labels)| x));
+            calibrate::capture(model, batches, Some(calibration.len()), &options, &Terminal::stderr())?
         }
     };
+    let Prepared { model, pre, calibration, held_out } = prepared;
     Ok(Calibrated { model, pre, stats, calibration, held_out })
 }
 

@@ -9,7 +9,7 @@ use rba_host::calibrate::shard::{Shard, ShardSpec};
 use rba_host::calibrate::{self, CaptureOptions};
 use rba_host::report::text::format_bytes;
 
-use crate::args::{prepare, CalibrationArgs, Prepared};
+use crate::args::{prepare, provenance, CalibrationArgs, Prepared};
 use crate::progress::Terminal;
 
 #[derive(clap::Args)]
@@ -54,7 +54,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if args.shards.is_some() && args.shard != Some(ShardSpec::Auto) {
         anyhow::bail!("--shards N only goes with --shard auto (with --shard I/N the count is N)");
     }
-    let Prepared { model, pre, calibration, provenance, .. } = prepare(c)?;
+    let prepared = prepare(c)?;
+    let provenance = provenance(c, &prepared)?;
+    let Prepared { model, pre, calibration, .. } = prepared;
     let options = CaptureOptions { batch: c.batch, max_span: args.max_span, threads: c.threads, fold: !args.no_fold };
     let positions = shard.positions(calibration.len(), provenance.group_images);
     let part = calibration.select(&positions)?;
