@@ -4,6 +4,9 @@
 
 use serde::Serialize;
 
+use tract_linalg::multithread::{multithread_tract_scope, Executor};
+
+use super::tail::{BoundaryCache, CacheOptions};
 use super::CompactError;
 use crate::model::run::{argmax_rows, nd, predict, Runner};
 use crate::model::Model;
@@ -15,6 +18,9 @@ pub struct HeldOut {
     pub labels: Option<Vec<usize>>,
     pub reference: nd::Array2<f32>,
     pub batch: usize,
+    /// The original model's boundary activations on these images, for
+    /// tail-only selection ([`HeldOut::with_boundaries`]).
+    pub cache: Option<BoundaryCache>,
 }
 
 /// How a model does on the held-out data.
@@ -51,7 +57,25 @@ impl HeldOut {
         batch: usize,
     ) -> Result<Self, CompactError> {
         let reference = predict(original, &inputs, batch)?;
-        Ok(Self { inputs, labels, reference, batch })
+        Ok(Self { inputs, labels, reference, batch, cache: None })
+    }
+
+    /// Like [`HeldOut::new`], and keeps the original model's boundary
+    /// activations from the same pass (in memory within `options.budget`,
+    /// else in a temporary file) so that selection can run candidates' tails
+    /// only. The pass runs tract's matrix products on `threads` threads.
+    pub fn with_boundaries(
+        original: &Model,
+        inputs: nd::ArrayD<f32>,
+        labels: Option<Vec<usize>>,
+        batch: usize,
+        options: &CacheOptions,
+        threads: usize,
+    ) -> Result<Self, CompactError> {
+        let executor = if threads > 1 { Executor::multithread(threads) } else { Executor::SingleThread };
+        let (reference, cache) =
+            multithread_tract_scope(executor, || super::tail::capture(original, &inputs, batch, options))?;
+        Ok(Self { inputs, labels, reference, batch, cache: Some(cache) })
     }
 
     pub fn measure(&self, model: &OnnxModel) -> Result<Quality, CompactError> {
