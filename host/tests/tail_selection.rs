@@ -254,7 +254,7 @@ fn f16_cache_and_a_spilled_cache_measure_like_the_f32_one() {
     };
     let (exact, from_file, from_f16) = (tail(&s.held), tail(&spilled), tail(&half));
     let mut worst_cosine = 0f64;
-    let mut flips = 0;
+    let (mut flips, mut worst_images) = (0, 0f64);
     for ((a, b), c) in exact.iter().zip(&from_file).zip(&from_f16) {
         let (Some(a), Some(b), Some(c)) = (a, b, c) else { continue };
         // The spill file holds the same f32 values.
@@ -262,7 +262,13 @@ fn f16_cache_and_a_spilled_cache_measure_like_the_f32_one() {
         assert_eq!(a.output_cosine, b.output_cosine);
         worst_cosine = worst_cosine.max((a.output_cosine - c.output_cosine).abs());
         flips += (a.agreement != c.agreement) as usize;
+        worst_images = worst_images.max((a.agreement - c.agreement).abs() * s.held.len() as f64);
     }
-    eprintln!("f16 cache: largest output-cosine change {worst_cosine:e}, {flips} candidates with another agreement");
+    eprintln!(
+        "f16 cache: largest output-cosine change {worst_cosine:e}; {flips} of {} candidates with another agreement, \
+         by at most {worst_images:.0} of {} images",
+        all.len(),
+        s.held.len()
+    );
     assert!(worst_cosine < 1e-3, "{worst_cosine}");
 }
