@@ -272,3 +272,35 @@ fn f16_cache_and_a_spilled_cache_measure_like_the_f32_one() {
     );
     assert!(worst_cosine < 1e-3, "{worst_cosine}");
 }
+
+/// A token model whose later part reads the original input's shape (as ViT
+/// exports do for reshapes): the tails get the captured `Shape(x)` value and
+/// still measure like whole models, without falling back.
+#[test]
+fn tails_that_read_the_input_shape_get_it_captured() {
+    use rba_host::onnx::build::node;
+    use rba_testkit::models::token_model;
+    use rba_testkit::tensors::random_input;
+    let mut onnx = token_model(&[1, 2, 3, 4], 5, 8, Some(16));
+    let g = onnx.graph_mut();
+    // After block 3: a no-op Reshape of b2.out to Shape(x).
+    for n in g.node.iter_mut() {
+        for i in n.input.iter_mut().filter(|i| *i == "b2.out") {
+            *i = "b2.re".into();
+        }
+    }
+    let at = g.node.iter().position(|n| n.output.iter().any(|o| o == "b2.out")).expect("block 3") + 1;
+    g.node.insert(at, node("Shape", "x/shape", &["x"], &["x.shape"]));
+    g.node.insert(at + 1, node("Reshape", "b2/re", &["b2.out", "x.shape"], &["b2.re"]));
+    let model = Model::new(onnx, None).expect("blocks");
+    let calib = random_input(&[64, 5, 8], 1);
+    let options = CaptureOptions { batch: 16, max_span: 2, threads: 1, fold: true };
+    let stats = capture(&model, [Ok::<_, String>(calib)], Some(64), &options, &Silent).expect("capture");
+    let held = HeldOut::with_boundaries(&model, random_input(&[40, 5, 8], 2), None, 16, &CacheOptions::default(), 2)
+        .expect("held-out");
+    let info = &held.cache.as_ref().expect("cache").info;
+    assert_eq!(info.constants, ["x.shape"], "{info:?}");
+    let s = Setup { model, stats, held };
+    let two = [vec![(Span::new(0, 1), TranslatorKind::Linear), (Span::new(2, 4), TranslatorKind::Affine)]];
+    tail_equals_full(&s, &two);
+}

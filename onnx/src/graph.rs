@@ -319,3 +319,55 @@ pub fn tail_after(
     }
     Ok(Tail { graph: tail, needs })
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::build::{f32_tensor, f32_value_info, node, Dim};
+
+    /// x -> Relu -> Relu = b -> Reshape(b, Shape(x)) -> + k -> y, with k
+    /// from a Constant node: the part after b reads Shape(x) from before it.
+    fn graph() -> GraphProto {
+        let dims = [Dim::Named("n".into()), Dim::Fixed(4)];
+        let mut k = node("Constant", "k", &[], &["k"]);
+        k.attribute.push(crate::proto::AttributeProto {
+            name: Some("value".into()),
+            r#type: Some(crate::proto::attribute_proto::AttributeType::Tensor as i32),
+            t: Some(f32_tensor("kv", &[4], &[1.0, 2.0, 3.0, 4.0])),
+            ..Default::default()
+        });
+        GraphProto {
+            input: vec![f32_value_info("x", &dims)],
+            output: vec![f32_value_info("y", &dims)],
+            node: vec![
+                node("Relu", "r1", &["x"], &["a"]),
+                node("Relu", "r2", &["a"], &["b"]),
+                node("Shape", "shape", &["x"], &["s"]),
+                node("Reshape", "reshape", &["b", "s"], &["c"]),
+                k,
+                node("Add", "add", &["c", "k"], &["y"]),
+            ],
+            initializer: vec![f32_tensor("unused", &[2], &[0.0, 0.0])],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_tail_keeps_what_follows_the_cut_and_constants_and_names_what_it_needs() {
+        let g = graph();
+        let input = f32_value_info("b", &[Dim::Named("n".into()), Dim::Fixed(4)]);
+        let tail = tail_after(&g, "b", input.clone()).unwrap();
+        let names: Vec<&str> = tail.graph.node.iter().map(|n| n.name()).collect();
+        assert_eq!(names, ["reshape", "k", "add"]);
+        assert_eq!(tail.needs, ["s"], "Shape(x) is computed before the cut");
+        assert_eq!(tail.graph.input, [input]);
+        assert!(tail.graph.initializer.is_empty(), "unused initializers are pruned");
+        // At the input itself, the tail is the whole graph.
+        let whole = tail_after(&g, "x", f32_value_info("x", &[Dim::Named("n".into()), Dim::Fixed(4)])).unwrap();
+        assert_eq!(whole.graph.node.len(), 6);
+        assert!(whole.needs.is_empty());
+        assert!(tail_after(&g, "nope", f32_value_info("nope", &[])).is_err());
+        assert!(tail_after(&g, "b", f32_value_info("other", &[])).is_err());
+    }
+}

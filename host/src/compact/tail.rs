@@ -341,9 +341,18 @@ pub fn capture(
     Ok((reference, cache))
 }
 
-/// A computed tensor as an ONNX initializer (f32, f64, i64, i32, bool).
+/// A computed tensor as an ONNX initializer (f32, f64, i64 or a concrete
+/// shape dimension, i32, bool).
 fn tensor_proto(name: &str, v: &TValue) -> Option<TensorProto> {
     let dims: Vec<i64> = v.shape().iter().map(|&d| d as i64).collect();
+    // tract computes shapes as symbolic dimensions; concrete ones are int64.
+    let cast;
+    let v = if v.datum_type() == DatumType::TDim {
+        cast = v.cast_to::<i64>().ok()?;
+        &*cast
+    } else {
+        &**v
+    };
     let (data_type, raw): (DataType, Vec<u8>) = match v.datum_type() {
         DatumType::F32 => (DataType::Float, v.to_plain_array_view::<f32>().ok()?.iter().flat_map(|x| x.to_le_bytes()).collect()),
         DatumType::F64 => (DataType::Double, v.to_plain_array_view::<f64>().ok()?.iter().flat_map(|x| x.to_le_bytes()).collect()),
