@@ -11,7 +11,10 @@
 //! batch 50, as `rba compact --data demo`); `RBA_BENCH_MODELS=vit_s.onnx`
 //! adds a larger model, measured on noise images
 //! (`RBA_BENCH_SELECTION_CALIBRATION`, default 64, and
-//! `RBA_BENCH_SELECTION_HELD_OUT`, default 32, images; batch 8).
+//! `RBA_BENCH_SELECTION_HELD_OUT`, default 32, images; batch 8), twice: as
+//! exported, and as the issue measured it, its backbone with a linear
+//! probe head (cut after the last block, CLS token, 10 classes, seeded
+//! weights as `rba probe` would append).
 //! `RBA_BENCH_THREADS` sets `--threads` (default: all cores). As in the
 //! CLI, `--selection full` runs tract on one thread (today's path), tail
 //! selection runs candidates on all threads.
@@ -25,6 +28,7 @@ use rba_host::compact::{
     select, Budget, CacheOptions, HeldOut, SelectOptions, Selection, SelectionMode, TranslatorKind,
 };
 use rba_host::data::{Dataset, Holdout, Preprocess, PreprocessOptions};
+use rba_host::fit::probe::{append_head, cut, FeatureShape, Pooling};
 use rba_host::model::run::{input_shape, nd};
 use rba_host::model::Model;
 use rba_host::progress::Silent;
@@ -92,6 +96,18 @@ fn run(
     (t.elapsed().as_secs_f64(), pass, sel)
 }
 
+/// The model's backbone (up to its last block) with a linear probe head on
+/// the CLS token: 10 classes, seeded weights.
+fn with_probe_head(model: &Model) -> Model {
+    let last = model.blocks.boundaries.last().unwrap();
+    let shape = &model.shapes[last];
+    let (tokens, dim) = (shape[1], shape[2]);
+    let backbone = cut(&model.onnx, last).unwrap();
+    let w: Vec<f32> = random_batch(&[dim * 10], 11).iter().map(|v| (v - 0.5) * 0.2).collect();
+    let head = append_head(&backbone, last, FeatureShape::Tokens { tokens, dim }, Pooling::Cls, &w, &[0.0; 10], 10);
+    Model::new(head.unwrap(), None).unwrap()
+}
+
 fn main() {
     if !run_as_bench("selection") {
         return;
@@ -101,10 +117,18 @@ fn main() {
     if let Ok(extra) = std::env::var("RBA_BENCH_MODELS") {
         specs.extend(extra.split(',').filter(|s| !s.is_empty()).map(str::to_string));
     }
+    let mut models: Vec<(String, String, Model)> = Vec::new();
     for spec in &specs {
         let model = load(spec);
-        let name = label(spec);
-        let (stats, inputs, labels, batch) = data(spec, &model, threads);
+        let probed = (spec != "demo:vit").then(|| with_probe_head(&model));
+        models.push((spec.clone(), label(spec), model));
+        if let Some(m) = probed {
+            models.push((spec.clone(), format!("{} + probe head", label(spec)), m));
+        }
+    }
+    for (spec, name, model) in &models {
+        let (spec, name, model) = (spec.as_str(), name.as_str(), model);
+        let (stats, inputs, labels, batch) = data(spec, model, threads);
         let images = inputs.shape()[0];
         // Tail first, then full; on the demo ViT a second round each, best kept.
         let rounds = if spec == "demo:vit" { 2 } else { 1 };
@@ -112,9 +136,9 @@ fn main() {
         let mut chosen = None;
         let mut runs = (0, 0);
         for _ in 0..rounds {
-            let (t, pass, a) = run(&model, &stats, &inputs, &labels, batch, SelectionMode::Tail, threads);
+            let (t, pass, a) = run(model, &stats, &inputs, &labels, batch, SelectionMode::Tail, threads);
             println!("{name}: tail selection {t:.2} s (held-out pass with the cache {pass:.2} s), {:?}", a.verification);
-            let (f, pass, b) = run(&model, &stats, &inputs, &labels, batch, SelectionMode::Full, threads);
+            let (f, pass, b) = run(model, &stats, &inputs, &labels, batch, SelectionMode::Full, threads);
             println!("{name}: full selection {f:.2} s (held-out pass {pass:.2} s), {} runs", b.verification.runs);
             let key = |s: &Selection| s.replacements.iter().map(|r| (r.span, r.translator)).collect::<Vec<_>>();
             assert_eq!(key(&a), key(&b), "{name}: tail and full selection must choose alike");
