@@ -26,7 +26,8 @@ fn linear_blocks_are_replaced_exactly_from_streamed_statistics() {
     let held = HeldOut::with_boundaries(&model, random_input(&[32, 5, 8], 2), None, 16, &CacheOptions::default(), 1)
         .expect("held-out");
     let budget = Budget::Spans(vec![Span::new(1, 3)]);
-    let sel = select(&model, &stats, &held, &budget, TranslatorKind::Linear, &SelectOptions::default(), &Silent).expect("select");
+    let sel = select(&model, &stats, &held, &budget, TranslatorKind::Linear, &SelectOptions::default(), &Silent)
+        .expect("select");
     assert_eq!(sel.replacements.len(), 1);
     assert!(sel.replacements[0].fit_residual < 1e-6, "a linear block is fitted exactly");
     let x = random_input(&[8, 5, 8], 3);
@@ -43,12 +44,23 @@ fn impossible_budget_writes_nothing_and_says_the_best() {
             .expect("capture");
     let held = HeldOut::new(&model.onnx, random_input(&[16, 5, 8], 2), None, 16).expect("held-out");
     // The metric would have to rise by 50 points.
-    let err = select(&model, &stats, &held, &Budget::MaxDrop(-0.5), TranslatorKind::Linear, &SelectOptions::default(), &Silent).unwrap_err();
+    let err = select(
+        &model,
+        &stats,
+        &held,
+        &Budget::MaxDrop(-0.5),
+        TranslatorKind::Linear,
+        &SelectOptions::default(),
+        &Silent,
+    )
+    .unwrap_err();
     assert!(
         err.to_string().starts_with("no block can be removed within the budget; the best single removal reaches"),
         "{err}"
     );
-    let err = select(&model, &stats, &held, &Budget::Remove(5), TranslatorKind::Linear, &SelectOptions::default(), &Silent).unwrap_err();
+    let err =
+        select(&model, &stats, &held, &Budget::Remove(5), TranslatorKind::Linear, &SelectOptions::default(), &Silent)
+            .unwrap_err();
     assert!(err.to_string().contains("only 3 of the requested 5 blocks"), "{err}");
 }
 
@@ -67,7 +79,9 @@ fn demo_vit_two_blocks_fold_away_with_a_small_verified_drop() {
     let (inputs, labels) = held_out.load_all(&pre).expect("held-out images");
     assert_eq!(inputs.shape()[0], 300, "the validation digits");
     let held = HeldOut::with_boundaries(&model, inputs, labels, 50, &CacheOptions::default(), 2).expect("held-out");
-    let sel = select(&model, &stats, &held, &Budget::Remove(2), TranslatorKind::Folded, &SelectOptions::default(), &Silent).expect("select");
+    let sel =
+        select(&model, &stats, &held, &Budget::Remove(2), TranslatorKind::Folded, &SelectOptions::default(), &Silent)
+            .expect("select");
     // Selection's contract is on the held-out split it measured.
     assert!(sel.baseline.metric() - sel.result.metric() <= 0.01, "{:?} -> {:?}", sel.baseline, sel.result);
     // Block 1 has no block before it to fold into: never a candidate.

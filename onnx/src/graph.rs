@@ -248,11 +248,7 @@ pub struct Tail {
 /// the boundary tensor as the tail's graph input; it must carry the
 /// boundary's name. Fails when `boundary` is neither produced by a node nor
 /// a graph input, or is not read on the way to an output.
-pub fn tail_after(
-    graph: &GraphProto,
-    boundary: &str,
-    input: super::proto::ValueInfoProto,
-) -> Result<Tail, String> {
+pub fn tail_after(graph: &GraphProto, boundary: &str, input: super::proto::ValueInfoProto) -> Result<Tail, String> {
     if input.name() != boundary {
         return Err(format!("the tail's input is named '{}', not '{boundary}'", input.name()));
     }

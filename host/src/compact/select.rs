@@ -5,7 +5,9 @@
 use super::evaluate::{quality, HeldOut, Quality};
 use super::surgery::{check_spans, Span};
 use super::verify::{Candidate, SelectOptions, Step, Verifier};
-use super::{build, fit_span, spans_of, Budget, CompactError, ModelCost, Replacement, Selection, TranslatorKind, Trial};
+use super::{
+    build, fit_span, spans_of, Budget, CompactError, ModelCost, Replacement, Selection, TranslatorKind, Trial,
+};
 use crate::calibrate::scores::SpanScore;
 use crate::calibrate::Statistics;
 use crate::model::blocks::Block;
@@ -266,7 +268,10 @@ fn resolve(
     }
     let (m, r) = build(model, stats, &chosen)?;
     let q = verifier.measure(std::slice::from_ref(&chosen))?.pop().flatten().ok_or_else(|| {
-        CompactError::Budget(format!("the chosen spans {:?} cannot be built", chosen.iter().map(|c| c.0).collect::<Vec<_>>()))
+        CompactError::Budget(format!(
+            "the chosen spans {:?} cannot be built",
+            chosen.iter().map(|c| c.0).collect::<Vec<_>>()
+        ))
     })?;
     Ok((m, r, q))
 }

@@ -82,7 +82,9 @@ enum Store {
     F32(Vec<f32>),
     F16(Vec<f16>),
     /// In the spill file, from this byte offset, f16 or f32 values.
-    File { offset: u64 },
+    File {
+        offset: u64,
+    },
 }
 
 struct Cached {
@@ -354,10 +356,18 @@ fn tensor_proto(name: &str, v: &TValue) -> Option<TensorProto> {
         &**v
     };
     let (data_type, raw): (DataType, Vec<u8>) = match v.datum_type() {
-        DatumType::F32 => (DataType::Float, v.to_plain_array_view::<f32>().ok()?.iter().flat_map(|x| x.to_le_bytes()).collect()),
-        DatumType::F64 => (DataType::Double, v.to_plain_array_view::<f64>().ok()?.iter().flat_map(|x| x.to_le_bytes()).collect()),
-        DatumType::I64 => (DataType::Int64, v.to_plain_array_view::<i64>().ok()?.iter().flat_map(|x| x.to_le_bytes()).collect()),
-        DatumType::I32 => (DataType::Int32, v.to_plain_array_view::<i32>().ok()?.iter().flat_map(|x| x.to_le_bytes()).collect()),
+        DatumType::F32 => {
+            (DataType::Float, v.to_plain_array_view::<f32>().ok()?.iter().flat_map(|x| x.to_le_bytes()).collect())
+        }
+        DatumType::F64 => {
+            (DataType::Double, v.to_plain_array_view::<f64>().ok()?.iter().flat_map(|x| x.to_le_bytes()).collect())
+        }
+        DatumType::I64 => {
+            (DataType::Int64, v.to_plain_array_view::<i64>().ok()?.iter().flat_map(|x| x.to_le_bytes()).collect())
+        }
+        DatumType::I32 => {
+            (DataType::Int32, v.to_plain_array_view::<i32>().ok()?.iter().flat_map(|x| x.to_le_bytes()).collect())
+        }
         DatumType::Bool => (DataType::Bool, v.to_plain_array_view::<bool>().ok()?.iter().map(|&b| b as u8).collect()),
         _ => return None,
     };

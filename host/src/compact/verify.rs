@@ -90,6 +90,9 @@ pub struct Verification {
     pub cache: Option<CacheInfo>,
 }
 
+/// One candidate's measurement: `None` when it cannot be built.
+type Measured = Result<Option<Quality>, CompactError>;
+
 /// A candidate: spans with their translators (`Auto` resolved).
 pub type Candidate = Vec<(Span, TranslatorKind)>;
 
@@ -200,7 +203,7 @@ impl<'a> Verifier<'a> {
         let task = self.progress.task("verify", Some(todo.len() as u64), Unit::Steps);
         let next = AtomicUsize::new(0);
         let failed = AtomicBool::new(false);
-        let done: Mutex<Vec<(usize, Result<Option<Quality>, CompactError>)>> = Mutex::new(Vec::new());
+        let done: Mutex<Vec<(usize, Measured)>> = Mutex::new(Vec::new());
         std::thread::scope(|scope| {
             for _ in 0..workers {
                 scope.spawn(|| {

@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use rba_host::calibrate::{self, CaptureOptions};
 use rba_host::compact::surgery::Span;
-use rba_host::compact::{self, Budget, CacheOptions, CompactError, HeldOut, SelectOptions, SelectionMode, TranslatorKind};
+use rba_host::compact::{
+    self, Budget, CacheOptions, CompactError, HeldOut, SelectOptions, SelectionMode, TranslatorKind,
+};
 use rba_host::onnx::{write_atomically, DataPlacement};
 use rba_host::report::compaction::{self, Calibration, CompactionReport, DataUsed};
 use rba_host::report::text;
@@ -146,8 +148,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     warn_if_too_few(&budget, &held);
     let progress = Terminal::stderr();
-    let options =
-        SelectOptions { mode: args.selection, threads, verify_top: args.verify_top.map(|k| k as usize) };
+    let options = SelectOptions { mode: args.selection, threads, verify_top: args.verify_top.map(|k| k as usize) };
     let mut selection = compact::select(&model, &stats, &held, &budget, args.translator, &options, &progress)?;
     let mut fitted_on = compaction::FITTED_ON_ORIGINAL;
     if args.sequential {
