@@ -185,3 +185,19 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     println!("wrote {} and {}", args.out.display(), report_path.display());
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::parse_bytes;
+
+    #[test]
+    fn cache_budgets_parse_with_units() {
+        assert_eq!(parse_bytes("1500"), Ok(1500));
+        assert_eq!(parse_bytes("512M"), Ok(512 << 20));
+        assert_eq!(parse_bytes("4g"), Ok(4 << 30));
+        assert_eq!(parse_bytes("1.5K"), Ok(1536));
+        assert!(parse_bytes("12X").is_err());
+        assert!(parse_bytes("lots").is_err());
+        assert!(parse_bytes("-1G").is_err());
+    }
+}
