@@ -21,6 +21,8 @@ pub struct HeldOut {
     /// The original model's boundary activations on these images, for
     /// tail-only selection ([`HeldOut::with_boundaries`]).
     pub cache: Option<BoundaryCache>,
+    /// Why there is no cache although one was asked for.
+    pub no_cache: Option<String>,
 }
 
 /// How a model does on the held-out data.
@@ -57,7 +59,7 @@ impl HeldOut {
         batch: usize,
     ) -> Result<Self, CompactError> {
         let reference = predict(original, &inputs, batch)?;
-        Ok(Self { inputs, labels, reference, batch, cache: None })
+        Ok(Self { inputs, labels, reference, batch, cache: None, no_cache: None })
     }
 
     /// Like [`HeldOut::new`], and keeps the original model's boundary
@@ -73,9 +75,13 @@ impl HeldOut {
         threads: usize,
     ) -> Result<Self, CompactError> {
         let executor = if threads > 1 { Executor::multithread(threads) } else { Executor::SingleThread };
-        let (reference, cache) =
-            multithread_tract_scope(executor, || super::tail::capture(original, &inputs, batch, options))?;
-        Ok(Self { inputs, labels, reference, batch, cache: Some(cache) })
+        match multithread_tract_scope(executor, || super::tail::capture(original, &inputs, batch, options)) {
+            Ok((reference, cache)) => Ok(Self { inputs, labels, reference, batch, cache: Some(cache), no_cache: None }),
+            // Whatever stops the capture (a boundary tract cannot expose, a
+            // spill file that cannot be written), selection still works
+            // on whole models; a model that cannot run fails here too.
+            Err(e) => Ok(Self { no_cache: Some(e.to_string()), ..Self::new(&original.onnx, inputs, labels, batch)? }),
+        }
     }
 
     pub fn measure(&self, model: &OnnxModel) -> Result<Quality, CompactError> {

@@ -129,7 +129,10 @@ impl<'a> Verifier<'a> {
         progress: &'a dyn Progress,
     ) -> Self {
         if options.mode == SelectionMode::Tail && held.cache.is_none() {
-            progress.note("tail-only selection needs the held-out boundary activations; measuring whole models");
+            let why = held.no_cache.as_deref().unwrap_or("they were not captured");
+            progress.note(&format!(
+                "tail-only selection needs the held-out boundary activations ({why}); measuring whole models"
+            ));
         }
         Self {
             model,
