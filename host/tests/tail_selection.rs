@@ -14,7 +14,7 @@ use rba_host::compact::{
 };
 use rba_host::data::{Dataset, Holdout, Preprocess, PreprocessOptions};
 use rba_host::demo::DemoModel;
-use rba_host::model::run::predict;
+use rba_host::model::run::{argmax_rows, predict};
 use rba_host::model::Model;
 use rba_host::progress::Silent;
 
@@ -156,6 +156,12 @@ fn a_tail_runs_only_the_part_after_the_changed_boundary() {
     let b = predict(&m, &s.held.inputs, s.held.batch).expect("whole model");
     let diff = a.iter().zip(b.iter()).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
     assert!(diff < 1e-4, "max |tail - whole| = {diff}");
+    // The reference outputs of the capture pass (boundaries exposed, tract
+    // on 2 threads) are those of a plain pass (`--selection full`'s).
+    let plain = HeldOut::new(&s.model.onnx, s.held.inputs.clone(), None, s.held.batch).expect("plain pass");
+    let diff = plain.reference.iter().zip(s.held.reference.iter()).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+    assert!(diff < 1e-5, "reference outputs differ by {diff}");
+    assert_eq!(argmax_rows(&plain.reference), argmax_rows(&s.held.reference));
     // A folded span rewrites the block before it: its tail starts one earlier.
     assert_eq!(changed_from(&[(Span::new(8, 9), TranslatorKind::Folded)]), 7);
     assert_eq!(
