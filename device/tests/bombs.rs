@@ -57,7 +57,7 @@ fn client(p: &DeviceProcess) -> Client<std::net::TcpStream> {
         request_timeout: Duration::from_secs(10),
         job_idle_timeout: Duration::from_secs(120),
         max_retries: 1,
-        ..ClientConfig::tcp(PreSharedKey::new(KEY.as_bytes()))
+        ..ClientConfig::tcp(rba_testkit::test_key())
     };
     Client::connect_tcp(p.tcp_addr(), config).unwrap()
 }
