@@ -11,13 +11,15 @@ use std::thread::JoinHandle;
 
 use rba_protocol::mem::MemLink;
 use rba_protocol::serial::{open_serial, SerialError, SerialLink};
-use rba_protocol::{PreSharedKey, ServerConfig, SessionEnd};
+use rba_protocol::{Identity, PreSharedKey, ServerConfig, SessionEnd};
 
 use crate::daemon::{Daemon, DaemonConfig};
+use crate::limits::MemoryBudget;
 use crate::measure::Caps;
 use crate::sensors::{self, Sensors};
 use crate::serve::{ServeError, Server};
 use crate::store::{Store, StoreError};
+use crate::worker::Isolation;
 
 /// The board name of an in-process daemon unless the options say otherwise.
 pub const LOCAL_BOARD: &str = "local";
@@ -34,15 +36,26 @@ pub struct InProcessOptions {
     pub board_name: String,
     /// Inference threads when a request does not say.
     pub threads: u32,
-    /// When set, the host must prove it holds this key.
+    /// When set, the host must prove it holds this key (`Noise_NXpsk2`);
+    /// without, sessions are keyless (`Noise_NX`), which TCP refuses.
     pub key: Option<PreSharedKey>,
+    /// The board's long-term key; `None`: a fresh one for this board (the
+    /// host's `local` board: nothing to pin across runs).
+    pub identity: Option<Identity>,
     pub sensors: Sensors,
     pub caps: Caps,
+    /// Where jobs run. A worker process needs an executable with the
+    /// `worker` subcommand (`rba-device`): the host's process has none, so
+    /// its local board runs jobs on the board's thread.
+    pub isolation: Isolation,
+    /// What the tensors of a job's model may take.
+    pub memory_budget: MemoryBudget,
 }
 
 impl Default for InProcessOptions {
     /// The host's `local` board: a temporary store of 4 GiB, all cores, no
-    /// key, sensors without `vcgencmd`.
+    /// key, sensors without `vcgencmd`, jobs on the board's thread, half the
+    /// available memory per job.
     fn default() -> Self {
         InProcessOptions {
             store_dir: None,
@@ -50,8 +63,11 @@ impl Default for InProcessOptions {
             board_name: LOCAL_BOARD.into(),
             threads: sensors::cores(),
             key: None,
+            identity: None,
             sensors: Sensors::for_profile(None),
             caps: Caps::default(),
+            isolation: Isolation::Thread,
+            memory_budget: MemoryBudget::default(),
         }
     }
 }
@@ -130,9 +146,17 @@ pub fn spawn_in_process(options: InProcessOptions, link: InProcessLink) -> Resul
         caps: options.caps,
         sensors: options.sensors,
         shutdown: shutdown.clone(),
+        isolation: options.isolation,
+        memory_budget: options.memory_budget,
+        max_threads: sensors::cores(),
     };
     let mut daemon = Daemon::new(store, config);
-    let server_config = ServerConfig { key: options.key, max_upload: options.quota, ..ServerConfig::default() };
+    let server_config = ServerConfig {
+        key: options.key,
+        identity: options.identity,
+        max_upload: options.quota,
+        ..ServerConfig::default()
+    };
     let link = match link {
         InProcessLink::Serial { path, baud } => Opened::Serial { port: open_serial(&path, baud)?, path, baud },
         InProcessLink::Tcp(listener) => Opened::Tcp(listener),

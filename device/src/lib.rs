@@ -2,6 +2,10 @@
 //!
 //! - [`daemon`]: the protocol's `DeviceHandler`: [`Daemon`] and its
 //!   [`DaemonConfig`]; benchmark, compare and evaluation jobs.
+//! - [`job`]: one job, wherever it runs (a daemon thread or a worker).
+//! - [`worker`]: jobs in worker processes (`rba-device worker`), their
+//!   memory limit, and what a worker's death means.
+//! - [`limits`]: the memory budget of a job.
 //! - [`runtime`]: tract loading (through rba-onnx) and running with a
 //!   concrete batch, on a chosen number of threads.
 //! - [`measure`]: warm-up and measured phases, interleaved A/B runs.
@@ -38,12 +42,15 @@
 
 pub mod daemon;
 pub mod in_process;
+pub mod job;
+pub mod limits;
 pub mod measure;
 pub mod metrics;
 pub mod runtime;
 pub mod sensors;
 pub mod serve;
 pub mod store;
+pub mod worker;
 
 pub use daemon::{Daemon, DaemonConfig};
 pub use in_process::{spawn_in_process, Finished, InProcessBoard, InProcessError, InProcessLink, InProcessOptions};

@@ -10,12 +10,14 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use rba_device::daemon::UNPROFILED;
+use rba_device::limits::MemoryBudget;
 use rba_device::sensors::{self, Sensors};
 use rba_device::serve::{ServeError, Server};
 use rba_device::store::Store;
+use rba_device::worker::{Isolation, IsolationMode};
 use rba_device::{Daemon, DaemonConfig};
 use rba_protocol::boards::{self, BoardProfile, LinkKind};
-use rba_protocol::keys::load_key;
+use rba_protocol::keys::{self, load_key};
 use rba_protocol::ServerConfig;
 
 /// Prints log records to stderr as `rba-device: <message>` (journald adds
@@ -72,6 +74,36 @@ enum Command {
     Serve(ServeArgs),
     /// Print what the board reports about itself (JSON).
     Info(InfoArgs),
+    /// Run one job for a serving daemon (internal: the daemon starts it, with
+    /// the job on stdin).
+    #[command(hide = true, name = "worker")]
+    Worker,
+    /// Write a new random pre-shared key (64 hex digits, mode 0600) for
+    /// `serve --key-file` and the host's `--key-file`.
+    Keygen(KeygenArgs),
+    /// Print the fingerprint of this device's identity (the key hosts pin),
+    /// creating the identity if the store has none yet.
+    Identity(IdentityArgs),
+}
+
+#[derive(clap::Args)]
+struct KeygenArgs {
+    /// Where to write the key; an existing file is never overwritten.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(clap::Args)]
+struct IdentityArgs {
+    /// Store directory holding identity.key (default: the profile's model_dir, else ./rba-device-store).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Board profile whose model_dir is the store.
+    #[arg(long)]
+    board: Option<String>,
+    /// Extra directory to look for board profiles in (first).
+    #[arg(long)]
+    boards_dir: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -119,7 +151,45 @@ struct ServeArgs {
     /// Close a TCP session after this many seconds without a request (0: never).
     #[arg(long, default_value_t = 600)]
     idle_timeout: u64,
+    #[command(flatten)]
+    jobs: JobArgs,
 }
+
+// ---- Jobs: memory budget and isolation (models that cannot kill the daemon).
+
+#[derive(clap::Args)]
+struct JobArgs {
+    /// Memory the tensors of a job's model may take: bytes, 512MiB, 1.5GiB, or a
+    /// percentage of the memory available when the job starts (default: the profile's
+    /// memory_budget_bytes, else 50%).
+    #[arg(long, value_name = "SIZE|PERCENT")]
+    memory_budget: Option<MemoryBudget>,
+    /// Where jobs run: a worker process per job (a model that exhausts memory or crashes
+    /// the runtime ends only its job), or a thread of the daemon.
+    #[arg(long, value_enum, default_value_t = IsolationMode::Process)]
+    isolation: IsolationMode,
+}
+
+impl JobArgs {
+    /// The budget, the isolation (checked by starting a worker) and the
+    /// most threads a job gets, logged.
+    fn configure(&self, board: Option<&BoardProfile>, config: &mut DaemonConfig) {
+        config.memory_budget = self
+            .memory_budget
+            .or(board.and_then(|b| b.memory_budget_bytes).map(MemoryBudget::Bytes))
+            .unwrap_or_default();
+        config.isolation = Isolation::resolve(self.isolation);
+        config.max_threads = sensors::cores();
+        log::info!(
+            "memory budget per job: {} (now {}); at most {} threads per job",
+            config.memory_budget,
+            rba_onnx::budget::human_bytes(config.memory_budget.bytes(&config.sensors)),
+            config.max_threads
+        );
+    }
+}
+
+// ---- end of job arguments.
 
 fn find_board(name: &str, extra: Option<PathBuf>) -> Result<BoardProfile> {
     Ok(boards::find(name, &boards::lookup_dirs(extra.as_deref()))?)
@@ -153,15 +223,17 @@ fn serve(args: ServeArgs) -> Result<()> {
     if let Some((staged, len)) = store.staged() {
         log::info!("resumable upload of '{}': {len} of {} bytes staged", staged.name, staged.size);
     }
+    let identity = load_identity(&dir)?;
     let threads = args.threads.or(board.as_ref().map(|b| b.threads)).unwrap_or_else(sensors::cores);
-    let key = load_key(args.key_file.as_deref(), std::env::var(KEY_ENV).ok())?;
-    let config = DaemonConfig {
+    let key = load_key(args.key_file.as_deref(), KEY_ENV, std::env::var(KEY_ENV).ok())?;
+    let mut config = DaemonConfig {
         board: board.as_ref().map_or_else(|| UNPROFILED.to_string(), |b| b.name.clone()),
         default_threads: threads,
         sensors: sensors_for(board.as_ref()),
         shutdown: shutdown.clone(),
         ..DaemonConfig::default()
     };
+    args.jobs.configure(board.as_ref(), &mut config);
     let mut daemon = Daemon::new(store, config);
     // Link: the command line, else the profile's default.
     let (serial, tcp) = match (&args.serial, &args.tcp, &board) {
@@ -173,7 +245,8 @@ fn serve(args: ServeArgs) -> Result<()> {
         },
         (None, None, None) => bail!("no link: pass --serial PATH, --tcp ADDR or --board NAME"),
     };
-    let server_config = |key| ServerConfig { key, max_upload: quota, ..ServerConfig::default() };
+    let server_config =
+        |key| ServerConfig { key, identity: Some(identity.clone()), max_upload: quota, ..ServerConfig::default() };
     let idle = (args.idle_timeout > 0).then(|| Duration::from_secs(args.idle_timeout));
     if let Some(addr) = tcp {
         let Some(key) = key else {
@@ -191,6 +264,36 @@ fn serve(args: ServeArgs) -> Result<()> {
         bail!("the board profile names no link address");
     }
     log::info!("shut down");
+    Ok(())
+}
+
+/// The device's long-term key from `dir/identity.key`, created at first
+/// start; refused when its group or others can read it.
+fn load_identity(dir: &std::path::Path) -> Result<rba_protocol::Identity> {
+    let (identity, created) = keys::load_or_create_identity(dir)?;
+    let path = keys::identity_path(dir);
+    if created {
+        log::info!("created the device identity {} ({})", path.display(), identity.fingerprint());
+    } else {
+        log::info!("device identity {} ({})", identity.fingerprint(), path.display());
+    }
+    Ok(identity)
+}
+
+fn keygen(args: KeygenArgs) -> Result<()> {
+    keys::write_new_key(&args.out)?;
+    log::info!("wrote a new pre-shared key to {} (mode 0600)", args.out.display());
+    Ok(())
+}
+
+fn identity(args: IdentityArgs) -> Result<()> {
+    let board = args.board.as_deref().map(|b| find_board(b, args.boards_dir)).transpose()?;
+    let dir = args
+        .dir
+        .or_else(|| board.as_ref().map(|b| b.model_dir.clone()))
+        .unwrap_or_else(|| PathBuf::from("rba-device-store"));
+    let (identity, _) = keys::load_or_create_identity(&dir)?;
+    writeln!(std::io::stdout().lock(), "{}", identity.fingerprint())?;
     Ok(())
 }
 
@@ -225,6 +328,9 @@ fn main() {
     let r = match cli.command {
         Command::Serve(a) => serve(a),
         Command::Info(a) => info(a),
+        Command::Worker => std::process::exit(rba_device::worker::worker_main()),
+        Command::Keygen(a) => keygen(a),
+        Command::Identity(a) => identity(a),
     };
     if let Err(e) = r {
         log::error!("{e:#}");

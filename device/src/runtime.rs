@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use prost::Message;
+use rba_onnx::budget::{self, BudgetError};
 use rba_onnx::inputs::{declared_inputs, InputSpec};
 use rba_onnx::proto::ModelProto;
 use rba_onnx::tract::{inference_model, into_plan, to_f32_array, Plan};
@@ -30,6 +31,9 @@ pub enum RuntimeError {
     Shape(String),
     #[error("inference failed: {0}")]
     Run(String),
+    /// The model declares more memory than the job may use.
+    #[error(transparent)]
+    Budget(#[from] BudgetError),
 }
 
 impl From<RuntimeError> for RemoteError {
@@ -37,6 +41,7 @@ impl From<RuntimeError> for RemoteError {
         match e {
             RuntimeError::Load(_) | RuntimeError::Run(_) => RemoteError::Runtime(e.to_string()),
             RuntimeError::Unsupported(m) => RemoteError::Unsupported(m),
+            RuntimeError::Budget(b) => RemoteError::Unsupported(b.to_string()),
             RuntimeError::Shape(_) => RemoteError::BadRequest(e.to_string()),
         }
     }
@@ -58,15 +63,35 @@ pub struct LoadedModel {
 
 /// Parses, types and optimizes a model for `batch` samples per run (used
 /// where the first input axis is symbolic). Decoded without rba-onnx's
-/// structural validation: whatever tract runs, the board runs.
+/// structural validation: whatever tract runs, the board runs. No memory
+/// check: jobs load through [`load_within`].
 pub fn load(bytes: &[u8], batch: usize) -> Result<LoadedModel, RuntimeError> {
     let proto = ModelProto::decode(bytes).map_err(load_err)?;
+    load_proto(&proto, batch)
+}
+
+/// [`load`], after checking that the tensors the model declares for
+/// `batch` fit `budget` bytes ([`rba_onnx::budget::check`]): a model that
+/// would have tract allocate more is refused before tract sees it.
+pub fn load_within(bytes: &[u8], batch: usize, budget: u64) -> Result<LoadedModel, RuntimeError> {
+    let proto = ModelProto::decode(bytes).map_err(load_err)?;
+    let footprint = budget::check(&proto, batch as u64, budget)?;
+    log::debug!(
+        "{} tensors sized, {} resident and generated (budget {})",
+        footprint.tensors.len(),
+        budget::human_bytes(footprint.total_bytes),
+        budget::human_bytes(budget)
+    );
+    load_proto(&proto, batch)
+}
+
+fn load_proto(proto: &ModelProto, batch: usize) -> Result<LoadedModel, RuntimeError> {
     let graph = proto.graph.as_ref().ok_or_else(|| RuntimeError::Load("the model has no graph".into()))?;
     let inputs = declared_inputs(graph, batch.max(1)).map_err(|e| RuntimeError::Unsupported(e.to_string()))?;
     if inputs.is_empty() {
         return Err(RuntimeError::Unsupported("the model has no inputs".into()));
     }
-    let model = inference_model(&proto, &inputs).map_err(load_err)?;
+    let model = inference_model(proto, &inputs).map_err(load_err)?;
     // tract's inputs follow the graph's (non-initializer) inputs.
     let mut ordered = Vec::with_capacity(inputs.len());
     for outlet in model.input_outlets().map_err(load_err)? {
@@ -159,15 +184,24 @@ impl LoadedModel {
     }
 }
 
-/// Thread pools for tract's matrix products, one per thread count.
-#[derive(Default)]
+/// Thread pools for tract's matrix products, one per thread count, made
+/// on first use and kept: at most one pool per count from 2 to `max`, so
+/// at most 2 + 3 + ... + `max` threads however many jobs ran.
 pub struct Executors {
+    max: u32,
     pools: Mutex<HashMap<u32, Executor>>,
 }
 
 impl Executors {
-    /// Runs `f` with tract using `threads` threads on this thread.
+    /// Pools of at most `max` threads (the cores); larger requests get `max`.
+    pub fn new(max: u32) -> Executors {
+        Executors { max: max.max(1), pools: Mutex::new(HashMap::new()) }
+    }
+
+    /// Runs `f` with tract using `threads` threads (at most the maximum) on
+    /// this thread.
     pub fn scope<R>(&self, threads: u32, f: impl FnOnce() -> R) -> R {
+        let threads = threads.min(self.max);
         if threads <= 1 {
             return multithread_tract_scope(Executor::SingleThread, f);
         }
@@ -176,5 +210,29 @@ impl Executors {
             pools.entry(threads).or_insert_with(|| Executor::multithread(threads as usize)).clone()
         };
         multithread_tract_scope(exec, f)
+    }
+
+    /// Pools made so far.
+    pub fn pools(&self) -> usize {
+        self.pools.lock().map_or(0, |p| p.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pools_are_bounded_by_the_maximum() {
+        let ex = Executors::new(2);
+        for threads in [1, 2, 3, 8, 64, 2, 64] {
+            ex.scope(threads, || ());
+        }
+        assert_eq!(ex.pools(), 1, "one pool, of 2 threads, for every request above 1");
+        let ex = Executors::new(4);
+        for threads in [64, 3, 2, 4, 1, 100] {
+            ex.scope(threads, || ());
+        }
+        assert_eq!(ex.pools(), 3, "counts 2, 3 and 4");
     }
 }

@@ -8,12 +8,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use rba_protocol::frame::FrameDecoder;
 use rba_protocol::mem::MemLink;
+use rba_protocol::secure::{Outcome, ServerHandshake};
 use rba_protocol::serial::{open_serial, SerialError, SerialLink};
-use rba_protocol::{
-    encode_frame, serve, DeviceHandler, Envelope, Message, RemoteError, Response, ServerConfig, SessionEnd,
-};
+use rba_protocol::{serve, DeviceHandler, Identity, ServerConfig, SessionEnd};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -27,6 +25,10 @@ pub enum ServeError {
     },
     #[error("link error: {0}")]
     Io(#[from] io::Error),
+    #[error("TCP needs a pre-shared key")]
+    KeyRequired,
+    #[error("{0}")]
+    Identity(String),
 }
 
 /// Read timeout of a TCP session's reader, and how often the accept loop
@@ -68,7 +70,9 @@ impl<R: Read> Read for Guarded<R> {
     }
 }
 
-/// Serves the sessions of one link.
+/// Serves the sessions of one link. Give `config.identity` the device's
+/// long-term key (one is made up per session otherwise, and hosts cannot
+/// pin the device).
 pub struct Server<'a, H: DeviceHandler> {
     pub handler: &'a mut H,
     pub config: ServerConfig,
@@ -83,19 +87,55 @@ impl<H: DeviceHandler> Server<'_, H> {
         R: Read + Send + 'static,
         W: Write + Send + 'static,
     {
-        let reader = Guarded { inner: reader, stop: self.shutdown.clone(), idle, last: Instant::now() };
-        serve(self.handler, &self.config, reader, writer).map_err(|rba_protocol::ServerError::Io(e)| ServeError::Io(e))
+        self.session_with(reader, writer, idle, self.config.allow_restart)
     }
 
-    /// One session over a TCP connection.
+    fn session_with<R, W>(
+        &mut self,
+        reader: R,
+        writer: W,
+        idle: Option<Duration>,
+        allow_restart: bool,
+    ) -> Result<SessionEnd, ServeError>
+    where
+        R: Read + Send + 'static,
+        W: Write + Send + 'static,
+    {
+        let reader = Guarded { inner: reader, stop: self.shutdown.clone(), idle, last: Instant::now() };
+        let config = ServerConfig { allow_restart, ..self.config.clone() };
+        serve(self.handler, &config, reader, writer).map_err(|e| match e {
+            rba_protocol::ServerError::Io(e) => ServeError::Io(e),
+            rba_protocol::ServerError::Identity(e) => ServeError::Identity(e.to_string()),
+        })
+    }
+
+    /// The identity sessions use (made once here if the config has none,
+    /// so all sessions of this server share it).
+    fn ensure_identity(&mut self) -> Result<Identity, ServeError> {
+        if self.config.identity.is_none() {
+            self.config.identity = Some(Identity::generate().map_err(|e| ServeError::Identity(e.to_string()))?);
+        }
+        self.config.identity.clone().ok_or_else(|| ServeError::Identity("no identity".into()))
+    }
+
+    /// One session over a TCP connection (keyed only; a handshake preamble
+    /// inside the session is an integrity failure, not a restart).
     pub fn serve_stream(&mut self, stream: TcpStream) -> Result<SessionEnd, ServeError> {
+        if self.config.key.is_none() {
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+            return Err(ServeError::KeyRequired);
+        }
+        self.ensure_identity()?;
         stream.set_nonblocking(false)?;
         stream.set_nodelay(true)?;
         stream.set_read_timeout(Some(POLL))?;
         let reader = stream.try_clone()?;
         let writer = stream.try_clone()?;
         let idle = self.idle;
-        let r = self.session(reader, writer, idle);
+        let r = self.session_with(reader, writer, idle, false);
+        if matches!(r, Ok(SessionEnd::Integrity)) {
+            linger(&stream);
+        }
         let _ = stream.shutdown(std::net::Shutdown::Both);
         r
     }
@@ -103,6 +143,10 @@ impl<H: DeviceHandler> Server<'_, H> {
     /// Accepts connections until shutdown, serving one at a time; a host
     /// that connects while another is served gets `Error(Busy)`.
     pub fn serve_listener(&mut self, listener: TcpListener) -> Result<(), ServeError> {
+        if self.config.key.is_none() {
+            return Err(ServeError::KeyRequired);
+        }
+        let identity = self.ensure_identity()?;
         listener.set_nonblocking(true)?;
         let (tx, rx) = mpsc::channel::<(TcpStream, String)>();
         let in_session = Arc::new(AtomicBool::new(false));
@@ -115,9 +159,10 @@ impl<H: DeviceHandler> Server<'_, H> {
                         Ok((stream, peer)) => {
                             if in_session.swap(true, Ordering::SeqCst) {
                                 log::info!("{peer}: busy with another host, refusing");
+                                let identity = identity.clone();
                                 let _ = std::thread::Builder::new()
                                     .name("rba-busy".into())
-                                    .spawn(move || refuse_busy(stream));
+                                    .spawn(move || refuse_busy(stream, &identity));
                             } else if tx.send((stream, peer.to_string())).is_err() {
                                 return;
                             }
@@ -140,6 +185,10 @@ impl<H: DeviceHandler> Server<'_, H> {
                     match self.serve_stream(stream) {
                         Ok(SessionEnd::Closed) => log::info!("{peer}: session ended"),
                         Ok(SessionEnd::AuthFailed) => log::info!("{peer}: authentication failed, disconnected"),
+                        Ok(SessionEnd::Integrity) => {
+                            log::info!("{peer}: session failed: a record failed authentication (tampered link)")
+                        }
+                        Ok(SessionEnd::Refused) => log::info!("{peer}: session failed: handshake refused"),
                         Err(e) => log::info!("{peer}: session failed: {e}"),
                     }
                     in_session.store(false, Ordering::SeqCst);
@@ -165,6 +214,7 @@ impl<H: DeviceHandler> Server<'_, H> {
     /// [`open_serial`] (so an in-process board reports open errors before
     /// its thread starts, and the host never writes to an unopened port).
     pub fn serve_opened_serial(&mut self, port: SerialLink, path: &str, baud: u32) -> Result<(), ServeError> {
+        self.ensure_identity()?;
         let mut port = Some(port);
         log::info!("serving on {path} at {baud} baud");
         let mut last_error = String::new();
@@ -190,8 +240,8 @@ impl<H: DeviceHandler> Server<'_, H> {
             };
             let (reader, writer) =
                 p.split().map_err(|e| SerialError::Open { path: path.into(), reason: e.to_string() })?;
-            match self.session(reader, writer, None) {
-                Ok(_) => log::info!("{path}: session ended"),
+            match self.session_with(reader, writer, None, true) {
+                Ok(end) => log::info!("{path}: session ended ({end:?})"),
                 Err(e) => log::info!("{path}: session failed: {e}"),
             }
             std::thread::sleep(Duration::from_millis(100));
@@ -202,6 +252,7 @@ impl<H: DeviceHandler> Server<'_, H> {
     /// Serves each memory link received, one session after another, until
     /// the sender is dropped or shutdown; returns how each session ended.
     pub fn serve_memory(&mut self, links: mpsc::Receiver<MemLink>) -> Result<Vec<SessionEnd>, ServeError> {
+        self.ensure_identity()?;
         let mut ends = Vec::new();
         while !self.shutdown.load(Ordering::SeqCst) {
             match links.recv_timeout(POLL) {
@@ -218,30 +269,46 @@ impl<H: DeviceHandler> Server<'_, H> {
     }
 }
 
-/// Answers the first request of a host that came while another is
-/// served with `Error(Busy)`, then closes.
-fn refuse_busy(mut stream: TcpStream) {
-    let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let mut decoder = FrameDecoder::new(4096);
-    let mut buf = [0u8; 4096];
-    let mut id = None;
-    while id.is_none() && Instant::now() < deadline {
-        match stream.read(&mut buf) {
+/// After telling the host why the session ends: closes the sending side
+/// and drains what the host still sends for a moment, so that closing does
+/// not reset the connection (a reset can discard the notice unread).
+fn linger(stream: &TcpStream) {
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(100)));
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let mut buf = [0u8; 16 * 1024];
+    let mut s = stream;
+    while Instant::now() < deadline {
+        match s.read(&mut buf) {
             Ok(0) => return,
-            Ok(n) => decoder.feed(&buf[..n], |r| {
-                if let Ok(Envelope { id: i, msg: Message::Request(_) }) = r {
-                    id.get_or_insert(i);
-                }
-            }),
+            Ok(_) => {}
             Err(e) if matches!(e.kind(), io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock) => {}
             Err(_) => return,
         }
     }
-    if let Some(id) = id {
-        let env = Envelope { id, msg: Message::Response(Response::Error(RemoteError::Busy)) };
-        if let Ok(frame) = encode_frame(&env, 4096) {
-            let _ = stream.write_all(&frame);
+}
+
+/// Answers the handshake of a host that came while another is served
+/// with `Busy` (a version-1 host: with `VersionMismatch`), then closes.
+fn refuse_busy(mut stream: TcpStream, identity: &Identity) {
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut handshake = ServerHandshake::busy(identity);
+    let mut buf = [0u8; 4096];
+    while Instant::now() < deadline {
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                let fed = handshake.feed(&buf[..n]);
+                if !fed.reply.is_empty() {
+                    let _ = stream.write_all(&fed.reply);
+                }
+                if !matches!(fed.outcome, Outcome::Pending) {
+                    break;
+                }
+            }
+            Err(e) if matches!(e.kind(), io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock) => {}
+            Err(_) => break,
         }
     }
     let _ = stream.shutdown(std::net::Shutdown::Both);

@@ -12,7 +12,11 @@
 //! unverified artifact, whatever happens to the process. The staging survives
 //! restarts: an upload of the same kind, name, size and digest resumes from
 //! the staged length. Names are validated again here (no paths), and a quota
-//! bounds the bytes held (published plus staged).
+//! bounds the bytes held (published plus staged), as does the file system's
+//! free space.
+//!
+//! Errors name artifacts ("cannot read model 'x'"), never file system paths:
+//! they reach the host.
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
@@ -35,6 +39,8 @@ pub enum StoreError {
     NotFound { kind: &'static str, name: String },
     #[error("quota exceeded: {size} bytes do not fit, {available} of {quota} bytes are free")]
     Quota { size: u64, available: u64, quota: u64 },
+    #[error("the disk is full: {size} bytes do not fit, {available} bytes are free")]
+    DiskFull { size: u64, available: u64 },
     #[error("no upload is staged")]
     NoUpload,
     #[error("{context}: {source}")]
@@ -51,6 +57,7 @@ impl From<StoreError> for RemoteError {
             StoreError::InvalidName(n) => RemoteError::InvalidName(n),
             StoreError::NotFound { name, .. } => RemoteError::NotFound(name),
             StoreError::Quota { size, available, .. } => RemoteError::TooLarge { size, max: available },
+            StoreError::DiskFull { size, available } => RemoteError::TooLarge { size, max: available },
             StoreError::NoUpload => RemoteError::NoUpload,
             e @ StoreError::Io { .. } => RemoteError::Storage(e.to_string()),
         }
@@ -68,6 +75,13 @@ pub fn kind_label(kind: ArtifactKind) -> &'static str {
         ArtifactKind::EvalBundle => "eval bundle",
     }
 }
+
+/// "model 'x'", as errors name an artifact.
+fn artifact(kind: ArtifactKind, name: &str) -> String {
+    format!("{} '{name}'", kind_label(kind))
+}
+
+const STAGED: &str = "the staged upload";
 
 /// What is staged, persisted next to the staged bytes so that a restarted
 /// daemon can resume the upload.
@@ -127,7 +141,7 @@ impl Store {
         let root = root.into();
         for d in ["models", "bundles", "staging"] {
             let p = root.join(d);
-            fs::create_dir_all(&p).map_err(io_err(format!("cannot create {}", p.display())))?;
+            fs::create_dir_all(&p).map_err(io_err(format!("cannot create the store's {d} directory")))?;
         }
         let mut store = Store { root, quota, staged: None, digests: HashMap::new() };
         store.recover()?;
@@ -173,7 +187,7 @@ impl Store {
 
     pub fn read(&self, kind: ArtifactKind, name: &str) -> Result<Vec<u8>, StoreError> {
         let p = self.existing(kind, name)?;
-        fs::read(&p).map_err(io_err(format!("cannot read {}", p.display())))
+        fs::read(&p).map_err(io_err(format!("cannot read {}", artifact(kind, name))))
     }
 
     /// Keeps a staged upload whose sidecar and data agree; removes
@@ -194,7 +208,7 @@ impl Store {
             _ => {}
         }
         let keep: &[&str] = if self.staged.is_some() { &[PART, SIDECAR] } else { &[] };
-        let entries = fs::read_dir(&staging).map_err(io_err(format!("cannot list {}", staging.display())))?;
+        let entries = fs::read_dir(&staging).map_err(io_err("cannot list the staging directory"))?;
         for e in entries.flatten() {
             let name = e.file_name();
             if !keep.iter().any(|k| name == *k) {
@@ -220,8 +234,19 @@ impl Store {
         total + self.staged_len()
     }
 
+    /// Bytes that can still be stored: the quota left, or the file
+    /// system's free space (for an unprivileged user) where that is smaller.
     pub fn free(&self) -> u64 {
-        self.quota.saturating_sub(self.used())
+        let quota_left = self.quota.saturating_sub(self.used());
+        self.disk_available().map_or(quota_left, |disk| disk.min(quota_left))
+    }
+
+    /// Free bytes of the file system holding the store, for an
+    /// unprivileged user (`statvfs`: available blocks times fragment size).
+    pub fn disk_available(&self) -> Option<u64> {
+        let st = nix::sys::statvfs::statvfs(&self.root).ok()?;
+        let bytes = u128::from(st.blocks_available()) * u128::from(st.fragment_size());
+        Some(u64::try_from(bytes).unwrap_or(u64::MAX))
     }
 
     fn staged_len(&self) -> u64 {
@@ -262,6 +287,10 @@ impl Store {
         if target.size > available {
             return Err(StoreError::Quota { size: target.size, available, quota: self.quota });
         }
+        // The replaced artifact stays on disk until the commit's rename.
+        if let Some(disk) = self.disk_available().filter(|&d| target.size > d) {
+            return Err(StoreError::DiskFull { size: target.size, available: disk });
+        }
         let staging = self.staging();
         let sidecar = Sidecar::of(target);
         let json = serde_json::to_vec(&sidecar).map_err(|e| StoreError::Io {
@@ -272,7 +301,7 @@ impl Store {
         // in between leaves a sidecar without data, which `recover` drops.
         write_atomic(&staging.join(SIDECAR), &json)?;
         let part = staging.join(PART);
-        File::create(&part).map_err(io_err(format!("cannot create {}", part.display())))?;
+        File::create(&part).map_err(io_err(format!("cannot create {STAGED}")))?;
         self.staged = Some(Staged { sidecar, sha256: target.sha256, file: None });
         Ok(0)
     }
@@ -288,16 +317,13 @@ impl Store {
             });
         }
         if staged.file.is_none() {
-            let f = OpenOptions::new()
-                .write(true)
-                .open(&part)
-                .map_err(io_err(format!("cannot open {}", part.display())))?;
+            let f = OpenOptions::new().write(true).open(&part).map_err(io_err(format!("cannot open {STAGED}")))?;
             staged.file = Some(f);
         }
         let Some(f) = staged.file.as_mut() else {
             return Err(StoreError::NoUpload);
         };
-        let ctx = || format!("cannot write {}", part.display());
+        let ctx = || format!("cannot write {STAGED}");
         // Drop anything past `offset` (a torn tail after a crash).
         let len = f.metadata().map_err(io_err(ctx()))?.len();
         if len != offset {
@@ -313,7 +339,7 @@ impl Store {
             return Err(StoreError::NoUpload);
         }
         let part = self.staging().join(PART);
-        let ctx = || format!("cannot read {}", part.display());
+        let ctx = || format!("cannot read {STAGED}");
         let mut f = File::open(&part).map_err(io_err(ctx()))?;
         f.seek(SeekFrom::Start(offset)).map_err(io_err(ctx()))?;
         let mut n = 0;
@@ -337,14 +363,15 @@ impl Store {
         let result = (|| {
             let f = match staged.file {
                 Some(f) => f,
-                None => File::open(&part).map_err(io_err(format!("cannot open {}", part.display())))?,
+                None => File::open(&part).map_err(io_err(format!("cannot open {STAGED}")))?,
             };
-            f.sync_all().map_err(io_err(format!("cannot sync {}", part.display())))?;
-            let size = f.metadata().map_err(io_err(format!("cannot stat {}", part.display())))?.len();
+            f.sync_all().map_err(io_err(format!("cannot sync {STAGED}")))?;
+            let size = f.metadata().map_err(io_err(format!("cannot stat {STAGED}")))?.len();
             drop(f);
             let kind = staged.sidecar.kind;
             let dest = self.path(kind, &staged.sidecar.name)?;
-            fs::rename(&part, &dest).map_err(io_err(format!("cannot publish {}", dest.display())))?;
+            fs::rename(&part, &dest)
+                .map_err(io_err(format!("cannot publish {}", artifact(kind, &staged.sidecar.name))))?;
             sync_dir(&self.dir(kind));
             let _ = fs::remove_file(staging.join(SIDECAR));
             sync_dir(&staging);
@@ -367,7 +394,7 @@ impl Store {
             match fs::remove_file(&p) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(io_err(format!("cannot remove {}", p.display()))(e)),
+                Err(e) => return Err(io_err(format!("cannot remove staging/{f}"))(e)),
             }
         }
         Ok(())
@@ -381,7 +408,7 @@ impl Store {
                 continue;
             }
             let dir = self.dir(k);
-            let entries = fs::read_dir(&dir).map_err(io_err(format!("cannot list {}", dir.display())))?;
+            let entries = fs::read_dir(&dir).map_err(io_err(format!("cannot list the {}s", kind_label(k))))?;
             let mut names: Vec<String> = entries
                 .flatten()
                 .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
@@ -403,7 +430,7 @@ impl Store {
     /// the file's size and modification time are unchanged).
     pub fn info(&mut self, kind: ArtifactKind, name: &str) -> Result<ArtifactInfo, StoreError> {
         let path = self.existing(kind, name)?;
-        let meta = fs::metadata(&path).map_err(io_err(format!("cannot stat {}", path.display())))?;
+        let meta = fs::metadata(&path).map_err(io_err(format!("cannot stat {}", artifact(kind, name))))?;
         let (size, modified) = (meta.len(), meta.modified().ok());
         let key = (kind, name.to_string());
         if let Some(c) = self.digests.get(&key) {
@@ -411,7 +438,7 @@ impl Store {
                 return Ok(ArtifactInfo { kind, name: name.into(), size, sha256: c.sha256 });
             }
         }
-        let sha256 = file_sha256(&path)?;
+        let sha256 = file_sha256(&path, &artifact(kind, name))?;
         self.digests.insert(key, Cached { size, modified, sha256 });
         Ok(ArtifactInfo { kind, name: name.into(), size, sha256 })
     }
@@ -427,7 +454,7 @@ impl Store {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 Err(StoreError::NotFound { kind: kind_label(kind), name: name.to_string() })
             }
-            Err(e) => Err(io_err(format!("cannot delete {}", path.display()))(e)),
+            Err(e) => Err(io_err(format!("cannot delete {}", artifact(kind, name)))(e)),
         }
     }
 
@@ -441,8 +468,9 @@ impl Store {
     }
 }
 
-pub fn file_sha256(path: &Path) -> Result<Sha256Digest, StoreError> {
-    let ctx = || format!("cannot read {}", path.display());
+/// SHA-256 of a file; errors name it `label` (an artifact, not a path).
+pub fn file_sha256(path: &Path, label: &str) -> Result<Sha256Digest, StoreError> {
+    let ctx = || format!("cannot read {label}");
     let mut f = File::open(path).map_err(io_err(ctx()))?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 256 * 1024];
@@ -460,11 +488,11 @@ pub fn file_sha256(path: &Path) -> Result<Sha256Digest, StoreError> {
 /// Writes a small file atomically: temp file, fsync, rename.
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     let tmp = path.with_extension("tmp");
-    let ctx = || format!("cannot write {}", tmp.display());
+    let ctx = || "cannot write the upload record".to_string();
     let mut f = File::create(&tmp).map_err(io_err(ctx()))?;
     f.write_all(bytes).map_err(io_err(ctx()))?;
     f.sync_all().map_err(io_err(ctx()))?;
-    fs::rename(&tmp, path).map_err(io_err(format!("cannot rename to {}", path.display())))
+    fs::rename(&tmp, path).map_err(io_err(ctx()))
 }
 
 /// Makes a rename durable (best effort: not every file system supports it).
@@ -582,5 +610,37 @@ mod tests {
         assert!(matches!(s.existing(ArtifactKind::Model, "nope"), Err(StoreError::NotFound { .. })));
         let e: RemoteError = StoreError::Quota { size: 5, available: 4, quota: 9 }.into();
         assert_eq!(e, RemoteError::TooLarge { size: 5, max: 4 });
+    }
+
+    #[test]
+    fn free_space_is_the_quota_left_or_the_disk_whichever_is_smaller() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path(), 100).unwrap();
+        assert_eq!(s.free(), 100, "a 100-byte quota on a disk with more room");
+        let disk = s.disk_available().expect("statvfs works on the test's file system");
+        assert!(disk > 0);
+        let s = Store::open(dir.path(), u64::MAX).unwrap();
+        assert_eq!(s.free(), s.disk_available().unwrap().min(u64::MAX - s.used()));
+        assert!(s.free() < u64::MAX / 2, "the disk, not the quota: {}", s.free());
+    }
+
+    #[test]
+    fn errors_sent_to_the_host_name_artifacts_not_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(dir.path(), 1 << 20).unwrap();
+        // A directory where a model should be: deleting it fails.
+        fs::create_dir(dir.path().join("models/m")).unwrap();
+        let e: RemoteError = s.delete(ArtifactKind::Model, "m").unwrap_err().into();
+        let text = e.to_string();
+        assert!(text.starts_with("storage error: cannot delete model 'm': "), "{text}");
+        let root = dir.path().display().to_string();
+        assert!(!text.contains(&root), "{text}");
+        // Staging that cannot be written.
+        s.begin(&begin("x", b"abc")).unwrap();
+        fs::remove_dir_all(dir.path().join("staging")).unwrap();
+        let e: RemoteError = s.write(0, b"abc").unwrap_err().into();
+        let text = e.to_string();
+        assert!(text.starts_with("storage error: cannot open the staged upload: "), "{text}");
+        assert!(!text.contains(&root), "{text}");
     }
 }

@@ -22,7 +22,7 @@ fn tcp_client(addr: std::net::SocketAddr) -> Client<std::net::TcpStream> {
         request_timeout: Duration::from_secs(5),
         max_retries: 1,
         preferred_chunk: 4096,
-        ..ClientConfig::tcp(PreSharedKey::new(KEY.as_bytes()))
+        ..ClientConfig::tcp(rba_testkit::test_key())
     };
     Client::connect_tcp(addr, config).unwrap()
 }
@@ -144,19 +144,21 @@ fn serial_link_over_a_pty_pair() {
     c.upload(ArtifactKind::Model, "mlp", &model, |_| {}).unwrap();
     let r = c.benchmark(&bench_req("mlp", 10), no_progress).unwrap();
     assert_eq!(r.samples_ns.len(), 10);
-    // The host vanishes mid-job; a new host on the same line is served.
-    let mut req = bench_req("mlp", 1);
-    req.runs.min_time_ms = 500;
+    let first = c.session().unwrap().fingerprint();
+    // The host vanishes without the line closing (a serial line never
+    // does); a new host's handshake on the same line restarts the session.
     drop(c);
-    let mut raw = master.try_clone_native().unwrap();
-    let frame = encode_frame(&Envelope { id: 99, msg: Message::Request(Request::Benchmark(req)) }, 4096).unwrap();
-    std::io::Write::write_all(&mut raw, &frame).unwrap();
-    std::thread::sleep(Duration::from_millis(100));
+    let started = std::time::Instant::now();
     let link = master.try_clone_native().unwrap();
     let mut c = Client::connect(link, fast_client_config(None)).unwrap();
+    assert!(started.elapsed() < Duration::from_secs(2), "the restart needed a resent handshake");
+    assert_eq!(c.session().unwrap().fingerprint(), first, "the same device identity");
     let names: Vec<String> = c.list(None).unwrap().into_iter().map(|a| a.name).collect();
     assert_eq!(names, ["mlp"]);
     drop(c);
+    // The identity is in the store, private.
+    let identity = dir.path().join("identity.key");
+    assert_eq!(rba_protocol::keys::read_identity(&identity).unwrap().fingerprint(), first);
     p.sigterm();
     assert!(p.wait_exit(Duration::from_secs(10)).unwrap().success(), "{}", p.stderr());
 }
@@ -209,8 +211,80 @@ fn board_profile_sets_name_threads_and_link_defaults() {
     assert_eq!(c.session().unwrap().device.board, "loopback");
     c.upload(ArtifactKind::Model, "lin", &small_linear(), |_| {}).unwrap();
     let r = c.benchmark(&bench_req("lin", 3), no_progress).unwrap();
-    assert_eq!(r.threads, 2, "loopback.toml sets 2 threads");
+    assert_eq!(r.threads, 2.min(rba_device::sensors::cores()), "loopback.toml sets 2 threads (at most the cores)");
     drop(c);
     p.sigterm();
     assert!(p.wait_exit(Duration::from_secs(10)).unwrap().success());
+}
+
+fn run_device(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(DEVICE).args(args).env_remove("RBA_DEVICE_KEY").output().unwrap()
+}
+
+#[cfg(unix)]
+fn chmod(p: &std::path::Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+#[cfg(unix)]
+#[test]
+fn keygen_key_files_and_the_identity() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("board.key");
+    let k = key.display().to_string();
+    // keygen: 64 hex digits and a newline, mode 0600, never overwritten.
+    assert!(run_device(&["keygen", "--out", &k]).status.success());
+    let text = std::fs::read_to_string(&key).unwrap();
+    assert!(text.len() == 65 && text[..64].bytes().all(|b| b.is_ascii_hexdigit()), "{text:?}");
+    assert_eq!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
+    let again = run_device(&["keygen", "--out", &k]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
+    assert_eq!(std::fs::read_to_string(&key).unwrap(), text);
+
+    // The daemon refuses keys that are not 32 bytes, and key files others can read.
+    let store = dir.path().join("store");
+    let s = store.display().to_string();
+    let refused = |key_file: &std::path::Path, needles: &[&str]| {
+        let kf = key_file.display().to_string();
+        let mut p =
+            DeviceProcess::spawn(DEVICE, &["serve", "--tcp", "127.0.0.1:0", "--dir", &s, "--key-file", &kf], &[]);
+        assert_eq!(p.wait_exit(Duration::from_secs(10)).unwrap().code(), Some(1));
+        for n in needles {
+            assert!(p.wait_for(n, Duration::from_secs(2)).is_some(), "{n}: {}", p.stderr());
+        }
+    };
+    let short = dir.path().join("short.key");
+    std::fs::write(&short, "0123456789abcdef0123456789abcdef\n").unwrap();
+    chmod(&short, 0o600);
+    refused(&short, &["short.key", "exactly 64 hex digits", "rba-device keygen --out FILE"]);
+    chmod(&key, 0o644);
+    refused(&key, &[&format!("chmod 600 {k}")]);
+    chmod(&key, 0o600);
+    let mut p = DeviceProcess::spawn(DEVICE, &["serve", "--tcp", "127.0.0.1:0", "--dir", &s, "--key-file", &k], &[]);
+    let addr = p.tcp_addr();
+    let config = ClientConfig {
+        request_timeout: Duration::from_secs(5),
+        ..ClientConfig::tcp(PreSharedKey::from_hex(text.as_bytes()).unwrap())
+    };
+    let c = Client::connect_tcp(addr, config).unwrap();
+    let proved = c.session().unwrap().fingerprint();
+    drop(c);
+    p.sigterm();
+    assert!(p.wait_exit(Duration::from_secs(10)).unwrap().success());
+
+    // `identity` prints the fingerprint hosts pin: the one the handshake proved.
+    let out = run_device(&["identity", "--dir", &s]);
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), proved);
+    let identity = store.join("identity.key");
+    assert_eq!(std::fs::metadata(&identity).unwrap().permissions().mode() & 0o777, 0o600);
+    // An identity others can read is refused, naming the file and the fix.
+    chmod(&identity, 0o640);
+    let mut p = DeviceProcess::spawn(DEVICE, &["serve", "--tcp", "127.0.0.1:0", "--dir", &s, "--key-file", &k], &[]);
+    assert_eq!(p.wait_exit(Duration::from_secs(10)).unwrap().code(), Some(1));
+    let needle = format!("chmod 600 {}", identity.display());
+    assert!(p.wait_for(&needle, Duration::from_secs(2)).is_some(), "{}", p.stderr());
 }

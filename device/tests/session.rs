@@ -74,7 +74,7 @@ fn upload_benchmark_evaluate_compare() {
     req.runs.min_time_ms = 150;
     req.threads = Some(2);
     let r = c.benchmark(&req, no_progress).unwrap();
-    assert_eq!(r.threads, 2);
+    assert_eq!(r.threads, 2.min(rba_device::sensors::cores()), "at most the cores");
     assert!(r.samples_ns.len() > 1, "{}", r.samples_ns.len());
     assert_eq!(r.stats.count, r.samples_ns.len() as u64);
 
@@ -328,24 +328,31 @@ fn quota_names_and_corrupted_staging() {
     join.join().unwrap();
 }
 
-/// Speaks frames directly, to provoke what a well-behaved client never sends.
+/// Speaks frames directly (inside the secure channel), to provoke what a
+/// well-behaved client never sends.
 struct RawLink {
-    link: mem::MemLink,
+    link: rba_protocol::secure::SecureStream<mem::MemLink>,
     decoder: FrameDecoder,
     next_id: u32,
 }
 
 impl RawLink {
-    fn open(dev: &std::sync::mpsc::Sender<mem::MemLink>) -> RawLink {
+    /// After the secure handshake (with `key`), before `Hello`.
+    fn open_keyed(dev: &std::sync::mpsc::Sender<mem::MemLink>, key: Option<&PreSharedKey>) -> RawLink {
         let (mut host, board) = mem::duplex();
         host.set_read_timeout(Some(Duration::from_millis(20)));
         dev.send(board).unwrap();
-        RawLink { link: host, decoder: FrameDecoder::new(DEFAULT_MAX_FRAME), next_id: 0 }
+        let channel = rba_protocol::secure::connect(&mut host, key, Duration::from_secs(5), 1).unwrap();
+        RawLink { link: channel.stream(host), decoder: FrameDecoder::new(DEFAULT_MAX_FRAME), next_id: 0 }
+    }
+
+    fn open(dev: &std::sync::mpsc::Sender<mem::MemLink>) -> RawLink {
+        RawLink::open_keyed(dev, None)
     }
 
     fn connect(dev: &std::sync::mpsc::Sender<mem::MemLink>) -> RawLink {
         let mut r = RawLink::open(dev);
-        let w = r.call(Request::Hello(hello(1)));
+        let w = r.call(Request::Hello(hello(PROTOCOL_VERSION)));
         assert!(matches!(w, Response::Welcome(_)), "{w:?}");
         r
     }
@@ -392,7 +399,6 @@ fn hello(version: u16) -> Hello {
         capabilities: Capabilities::ALL,
         max_frame: DEFAULT_MAX_FRAME as u32,
         preferred_chunk: 1024,
-        client_nonce: [7; 32],
     }
 }
 
@@ -400,15 +406,30 @@ fn hello(version: u16) -> Hello {
 fn every_session_error_provoked() {
     let dir = tempfile::tempdir().unwrap();
     let (dev, join) = spawn_inproc(test_options(dir.path(), 1 << 20, Some(KEY)));
-    // Before the handshake, with a key configured.
-    let mut r = RawLink::open(&dev);
-    assert_eq!(r.call(Request::DeviceInfo), Response::Error(RemoteError::AuthRequired));
+    // Frames without the secure handshake, with a key configured: no answer.
+    let (mut host, board) = mem::duplex();
+    host.set_read_timeout(Some(Duration::from_millis(300)));
+    dev.send(board).unwrap();
+    host.write_all(&encode_frame(&Envelope { id: 1, msg: Message::Request(Request::DeviceInfo) }, 4096).unwrap())
+        .unwrap();
+    assert!(host.read(&mut [0u8; 16]).is_err(), "answered before the handshake");
+    drop(host);
+    // A wrong key: the handshake fails on the host's side.
+    let (mut host, board) = mem::duplex();
+    host.set_read_timeout(Some(Duration::from_millis(20)));
+    dev.send(board).unwrap();
+    let wrong = PreSharedKey::new([0xEE; 32]);
+    assert!(rba_protocol::secure::connect(&mut host, Some(&wrong), Duration::from_secs(5), 1).is_err());
+    drop(host);
+    // The right key: inside the channel, Hello comes first and must match.
+    let key = rba_testkit::test_key();
+    let mut r = RawLink::open_keyed(&dev, Some(&key));
+    assert_eq!(r.call(Request::DeviceInfo), Response::Error(RemoteError::HandshakeRequired));
     assert_eq!(
         r.call(Request::Hello(hello(9))),
-        Response::Error(RemoteError::VersionMismatch { supported: 1, requested: 9 })
+        Response::Error(RemoteError::VersionMismatch { supported: PROTOCOL_VERSION, requested: 9 })
     );
-    assert!(matches!(r.call(Request::Hello(hello(1))), Response::AuthChallenge { .. }));
-    assert_eq!(r.call(Request::AuthProof(AuthProof { mac: [0; 32] })), Response::Error(RemoteError::AuthFailed));
+    assert!(matches!(r.call(Request::Hello(hello(PROTOCOL_VERSION))), Response::Welcome(_)));
     drop(r);
     // Authenticated with the real client, then raw requests on a keyless daemon.
     let c = connect_inproc(&dev, fast_client_config(Some(KEY))).unwrap();
@@ -420,7 +441,7 @@ fn every_session_error_provoked() {
     let (_dir, dev, join) = setup(1 << 20);
     let mut r = RawLink::open(&dev);
     assert_eq!(r.call(Request::Ping { nonce: 1 }), Response::Error(RemoteError::HandshakeRequired));
-    let w = r.call(Request::Hello(hello(1)));
+    let w = r.call(Request::Hello(hello(PROTOCOL_VERSION)));
     let Response::Welcome(w) = w else { panic!("{w:?}") };
     let chunk = w.chunk_size;
     assert_eq!(
@@ -546,7 +567,7 @@ fn tcp_loopback_with_key_and_busy() {
     let tcp_config = |key: &str| ClientConfig {
         request_timeout: Duration::from_secs(3),
         max_retries: 1,
-        ..ClientConfig::tcp(PreSharedKey::new(key.as_bytes()))
+        ..ClientConfig::tcp(rba_testkit::psk(key))
     };
     let mut c = Client::connect_tcp(addr, tcp_config(KEY)).unwrap();
     assert!(c.session().unwrap().authenticated);
@@ -557,8 +578,9 @@ fn tcp_loopback_with_key_and_busy() {
     assert!(matches!(e, ClientError::Remote(RemoteError::Busy)), "{e:?}");
     drop(c);
     // Wrong key: AuthFailed; the next host still gets in.
-    let e = Client::connect_tcp(addr, tcp_config("wrong-key-wrong-key")).map(|_| ()).unwrap_err();
-    assert!(matches!(e, ClientError::Remote(RemoteError::AuthFailed)), "{e:?}");
+    let wrong = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    let e = Client::connect_tcp(addr, tcp_config(wrong)).map(|_| ()).unwrap_err();
+    assert!(matches!(e, ClientError::AuthFailed), "{e:?}");
     let mut ok = None;
     for _ in 0..50 {
         match Client::connect_tcp(addr, tcp_config(KEY)) {

@@ -9,17 +9,20 @@ use std::net::TcpListener;
 
 use rba_device::store::Store;
 use rba_device::{spawn_in_process, InProcessBoard, InProcessLink, InProcessOptions};
-use rba_host::board::{build_eval_bundle, BenchOptions, BoardError, Device, LinkOptions, ModelArtifact, Target};
+use rba_host::board::{
+    build_eval_bundle, BenchOptions, BoardError, Device, LinkOptions, ModelArtifact, Pinning, Target,
+};
 use rba_host::compact::surgery::{replace_spans, Span, Translator};
 use rba_host::data::PreprocessOptions;
 use rba_host::demo::DemoModel;
 use rba_host::model::run::{argmax_rows, predict};
 use rba_host::model::Model;
 use rba_host::onnx::OnnxModel;
-use rba_protocol::{hex, ClientError, LatencyStats, PreSharedKey, RemoteError, RunPolicy};
+use rba_protocol::{hex, ClientError, LatencyStats, RemoteError, RunPolicy};
+use rba_testkit::psk;
 use sha2::{Digest, Sha256};
 
-const KEY: &str = "devices-test-key-0123456789";
+const KEY: &str = "646576696365732d746573742d6b65792d303132333435363738392d2d2d2d2d";
 
 fn local() -> Device {
     Device::connect(&Target::Local { store: None }).unwrap()
@@ -184,7 +187,7 @@ impl TcpDaemon {
             board_name: "loopback".into(),
             threads: 1,
             quota: 1 << 30,
-            key: Some(PreSharedKey::new(KEY.as_bytes())),
+            key: Some(psk(KEY)),
             ..InProcessOptions::default()
         };
         let board = spawn_in_process(options, InProcessLink::Tcp(listener)).unwrap();
@@ -192,16 +195,21 @@ impl TcpDaemon {
     }
 
     fn target(&self, key: Option<&str>) -> Target {
-        Target::Tcp { addr: self.addr.clone(), key: key.map(|k| PreSharedKey::new(k.as_bytes())), board: None }
+        Target::Tcp { addr: self.addr.clone(), key: key.map(psk), board: None }
     }
 }
 
 #[test]
 fn tcp_deploy_bench_and_keys() {
     let daemon = TcpDaemon::start();
+    let known = tempfile::tempdir().unwrap();
+    let pinning = Pinning::File(known.path().join("known_boards"));
+    let connect = |key| Device::connect_pinned(&daemon.target(key), &pinning);
     {
-        let mut d = Device::connect(&daemon.target(Some(KEY))).unwrap();
+        let mut d = connect(Some(KEY)).unwrap();
         assert!(d.session().authenticated);
+        let note = d.pin_note().unwrap();
+        assert!(note.contains("pinned") && note.contains(&d.fingerprint()), "{note}");
         assert_eq!(d.identity().board, "loopback");
         let m = ModelArtifact::from_spec("demo:resnet").unwrap();
         let first = d.deploy(&m).unwrap();
@@ -213,14 +221,17 @@ fn tcp_deploy_bench_and_keys() {
         check_stats(&r.results[0].stats, &r.results[0].samples_ns);
     }
     // The session above is closed; the daemon serves the next host.
-    let e = Device::connect(&daemon.target(Some("a-wrong-key-0123456789"))).err().unwrap();
-    assert!(matches!(&e, BoardError::Device { source: ClientError::Remote(RemoteError::AuthFailed), .. }), "{e:?}");
+    let wrong = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+    let e = connect(Some(wrong)).err().unwrap();
+    assert!(matches!(&e, BoardError::Device { source: ClientError::AuthFailed, .. }), "{e:?}");
     let msg = e.to_string();
     assert!(msg.contains(&daemon.addr) && msg.contains("authentication failed"), "{msg}");
-    let msg = Device::connect(&daemon.target(None)).err().unwrap().to_string();
+    assert!(msg.contains("is not the device you think") && msg.contains("--key-file"), "{msg}");
+    let msg = connect(None).err().unwrap().to_string();
     assert!(msg.contains("pre-shared key") && msg.contains("RBA_KEY"), "{msg}");
-    // The daemon is still fine after both failures.
-    assert!(Device::connect(&daemon.target(Some(KEY))).is_ok());
+    // The daemon is still fine after both failures, and is the pinned one.
+    let d = connect(Some(KEY)).unwrap();
+    assert!(d.pin_note().is_none(), "already pinned");
 }
 
 #[test]

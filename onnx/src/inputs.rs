@@ -17,8 +17,10 @@ pub struct InputSpec {
 }
 
 impl InputSpec {
+    /// Elements of one input tensor (saturating: a shape whose product
+    /// overflows is refused by [`crate::budget`] before anything allocates).
     pub fn elements(&self) -> usize {
-        self.shape.iter().product()
+        self.shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)).unwrap_or(usize::MAX)
     }
 }
 

@@ -9,6 +9,7 @@
 //! newer fields (metadata_props on nodes and graphs), so a model would not
 //! survive a read/write round trip unchanged.
 
+pub mod budget;
 pub mod build;
 pub mod graph;
 pub mod inputs;

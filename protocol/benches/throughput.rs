@@ -1,6 +1,7 @@
 //! `cargo bench -p rba-protocol`: framing throughput and overhead, and
 //! upload throughput over TCP loopback, each against a baseline measured in
-//! the same run (memcpy, raw TCP).
+//! the same run (memcpy, raw TCP, the same upload without the secure
+//! channel), and the time of the secure handshake.
 
 #![allow(clippy::unwrap_used)] // a benchmark may panic
 
@@ -139,20 +140,37 @@ fn tcp_raw(total: usize) -> Duration {
     d
 }
 
-fn tcp_upload(data: &[u8], chunk: u32) -> Duration {
+/// One upload session over TCP loopback (handshake included), with the
+/// secure channel or, for the baseline, without.
+fn tcp_upload(data: &[u8], chunk: u32, secure: bool) -> Duration {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
-    let key = PreSharedKey::new(b"bench-key".to_vec());
+    let key = PreSharedKey::new([0x5A; 32]);
     let server_key = key.clone();
     let server = std::thread::spawn(move || {
         let mut h = MemoryHandler::new();
         let cfg = ServerConfig { key: Some(server_key), ..ServerConfig::default() };
         let (stream, _) = listener.accept().unwrap();
-        serve_tcp(&mut h, &cfg, stream).unwrap();
+        if secure {
+            serve_tcp(&mut h, &cfg, stream).unwrap();
+        } else {
+            stream.set_nodelay(true).unwrap();
+            stream.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+            let r = stream.try_clone().unwrap();
+            rba_protocol::server::serve_insecure_for_benchmarks(&mut h, &cfg, r, stream).unwrap();
+        }
         h
     });
+    let config = ClientConfig { preferred_chunk: chunk, ..ClientConfig::tcp(key) };
     let t = Instant::now();
-    let mut c = Client::connect_tcp(addr, ClientConfig { preferred_chunk: chunk, ..ClientConfig::tcp(key) }).unwrap();
+    let mut c = if secure {
+        Client::connect_tcp(addr, config).unwrap()
+    } else {
+        let s = TcpStream::connect(addr).unwrap();
+        s.set_nodelay(true).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        Client::connect_insecure_for_benchmarks(s, config).unwrap()
+    };
     let info = c.upload(ArtifactKind::Model, "bench.onnx", data, |_| {}).unwrap();
     let d = t.elapsed();
     assert_eq!(info.size, data.len() as u64);
@@ -160,6 +178,54 @@ fn tcp_upload(data: &[u8], chunk: u32) -> Duration {
     let h = server.join().unwrap();
     assert_eq!(h.get(ArtifactKind::Model, "bench.onnx"), Some(data));
     d
+}
+
+/// Median time from TCP connect to `Welcome`, with the secure handshake
+/// or without (the same TCP connect and Hello/Welcome exchange).
+fn connect_time(secure: bool, n: usize) -> Duration {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let key = PreSharedKey::new([0x5A; 32]);
+    let server_key = key.clone();
+    let server = std::thread::spawn(move || {
+        let mut h = MemoryHandler::new();
+        let cfg = ServerConfig {
+            key: Some(server_key),
+            identity: Some(Identity::generate().unwrap()),
+            ..ServerConfig::default()
+        };
+        for _ in 0..n {
+            let (stream, _) = listener.accept().unwrap();
+            if secure {
+                serve_tcp(&mut h, &cfg, stream).unwrap();
+            } else {
+                stream.set_nodelay(true).unwrap();
+                stream.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+                let r = stream.try_clone().unwrap();
+                rba_protocol::server::serve_insecure_for_benchmarks(&mut h, &cfg, r, stream).unwrap();
+            }
+        }
+    });
+    let mut times: Vec<Duration> = (0..n)
+        .map(|_| {
+            let config = ClientConfig::tcp(key.clone());
+            let t = Instant::now();
+            let c = if secure {
+                Client::connect_tcp(addr, config).unwrap()
+            } else {
+                let s = TcpStream::connect(addr).unwrap();
+                s.set_nodelay(true).unwrap();
+                s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+                Client::connect_insecure_for_benchmarks(s, config).unwrap()
+            };
+            let d = t.elapsed();
+            drop(c);
+            d
+        })
+        .collect();
+    server.join().unwrap();
+    times.sort();
+    times[n / 2]
 }
 
 fn upload() {
@@ -170,22 +236,50 @@ fn upload() {
     println!("upload of a 25 MiB model over TCP loopback (handshake, SHA-256 on both sides, per-chunk acks):");
     println!("  baseline raw TCP write {:>8.0} MB/s", base);
     for chunk in [64 * 1024, DEFAULT_TCP_CHUNK, 1024 * 1024 - 64] {
-        let d = (0..3).map(|_| tcp_upload(&data, chunk)).min().unwrap();
-        let r = rate(total, d);
+        // Interleaved rounds, best of 3 each: encrypted, then without the channel.
+        let (mut enc, mut plain) = (Duration::MAX, Duration::MAX);
+        for _ in 0..3 {
+            enc = enc.min(tcp_upload(&data, chunk, true));
+            plain = plain.min(tcp_upload(&data, chunk, false));
+        }
+        let (r, p) = (rate(total, enc), rate(total, plain));
         println!(
-            "  framed upload, {:>4} KiB chunks {:>7.0} MB/s  ({:.3} x raw TCP)  {:?}",
+            "  encrypted upload, {:>4} KiB chunks {:>7.0} MB/s  ({:.3} x unencrypted {:.0} MB/s, {:.3} x raw TCP)",
             chunk / 1024,
             r,
-            r / base,
-            d
+            r / p,
+            p,
+            r / base
         );
         row(
-            &format!("link: upload of a 25 MiB model over TCP loopback, {} KiB chunks, vs raw TCP", chunk / 1024),
+            &format!("link: encrypted upload of a 25 MiB model over TCP loopback, {} KiB chunks, vs the same upload unencrypted", chunk / 1024),
+            &format!("{r:.0} MB/s"),
+            &format!("{p:.0} MB/s"),
+            r / p,
+        );
+        row(
+            &format!(
+                "link: encrypted upload of a 25 MiB model over TCP loopback, {} KiB chunks, vs raw TCP",
+                chunk / 1024
+            ),
             &format!("{r:.0} MB/s"),
             &format!("{base:.0} MB/s"),
             r / base,
         );
     }
+    let n = 41;
+    let (secure, plain) = (connect_time(true, n), connect_time(false, n));
+    println!(
+        "  connect to Welcome over TCP loopback (median of {n}): {:.2} ms with the Noise handshake, {:.2} ms without",
+        secure.as_secs_f64() * 1e3,
+        plain.as_secs_f64() * 1e3
+    );
+    row(
+        &format!("link: TCP connect to Welcome with the Noise_NXpsk2 handshake vs without (median of {n})"),
+        &format!("{:.2} ms", secure.as_secs_f64() * 1e3),
+        &format!("{:.2} ms", plain.as_secs_f64() * 1e3),
+        secure.as_secs_f64() / plain.as_secs_f64(),
+    );
 }
 
 fn main() {

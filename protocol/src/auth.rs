@@ -1,17 +1,14 @@
-//! Pre-shared-key challenge-response (HMAC-SHA256), both directions.
+//! The pre-shared key: exactly 32 random bytes, written as 64 hex digits.
+//! It authenticates the host to the device inside the Noise handshake
+//! (`Noise_NXpsk2`, see `secure` and PROTOCOL.md section 4); it is never
+//! sent, and no proof derived from it alone travels on the wire.
 
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
+/// Bytes of a pre-shared key.
+pub const KEY_LEN: usize = 32;
 
-type HmacSha256 = Hmac<Sha256>;
-
-/// Domain-separation labels: a client proof can never pass as a server proof.
-pub const CLIENT_LABEL: &[u8] = b"rba-auth-v1 client";
-pub const SERVER_LABEL: &[u8] = b"rba-auth-v1 server";
-
-/// A pre-shared key (any length; 32 random bytes recommended).
-#[derive(Clone)]
-pub struct PreSharedKey(alloc::vec::Vec<u8>);
+/// A pre-shared key (32 bytes, e.g. from `rba-device keygen`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct PreSharedKey([u8; KEY_LEN]);
 
 impl core::fmt::Debug for PreSharedKey {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
@@ -19,43 +16,45 @@ impl core::fmt::Debug for PreSharedKey {
     }
 }
 
+/// Why a text is not a key.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum KeyFormatError {
+    #[error("the key has {len} characters; a key is exactly 64 hex digits (32 bytes)")]
+    Length { len: usize },
+    #[error("the key has a character that is not a hex digit at position {at}; a key is exactly 64 hex digits")]
+    NotHex { at: usize },
+}
+
 impl PreSharedKey {
-    pub fn new(key: impl Into<alloc::vec::Vec<u8>>) -> Self {
-        PreSharedKey(key.into())
+    pub const fn new(key: [u8; KEY_LEN]) -> Self {
+        PreSharedKey(key)
     }
 
-    /// HMAC over the parts, keyed with the key block HMAC itself would
-    /// derive (zero-padded, or hashed when longer than a block), which keeps
-    /// key setup infallible.
-    fn hmac(&self, parts: &[&[u8]]) -> HmacSha256 {
-        let mut block = [0u8; 64];
-        if self.0.len() > block.len() {
-            use sha2::Digest;
-            block[..32].copy_from_slice(&Sha256::digest(&self.0));
-        } else {
-            block[..self.0.len()].copy_from_slice(&self.0);
+    /// 64 hex digits (either case), surrounding ASCII whitespace ignored.
+    pub fn from_hex(text: &[u8]) -> Result<Self, KeyFormatError> {
+        let t = text.trim_ascii();
+        if t.len() != 2 * KEY_LEN {
+            return Err(KeyFormatError::Length { len: t.len() });
         }
-        let mut m = <HmacSha256 as hmac::digest::KeyInit>::new(&block.into());
-        for p in parts {
-            m.update(p);
+        let nibble = |i: usize| -> Result<u8, KeyFormatError> {
+            let c = t[i];
+            match c {
+                b'0'..=b'9' => Ok(c - b'0'),
+                b'a'..=b'f' => Ok(c - b'a' + 10),
+                b'A'..=b'F' => Ok(c - b'A' + 10),
+                _ => Err(KeyFormatError::NotHex { at: i }),
+            }
+        };
+        let mut key = [0u8; KEY_LEN];
+        for (i, b) in key.iter_mut().enumerate() {
+            *b = (nibble(2 * i)? << 4) | nibble(2 * i + 1)?;
         }
-        m
+        Ok(PreSharedKey(key))
     }
 
-    fn mac(&self, label: &[u8], client_nonce: &[u8; 32], server_nonce: &[u8; 32]) -> HmacSha256 {
-        self.hmac(&[label, client_nonce, server_nonce])
-    }
-
-    /// HMAC-SHA256(key, label || client_nonce || server_nonce).
-    pub fn proof(&self, server_side: bool, client_nonce: &[u8; 32], server_nonce: &[u8; 32]) -> [u8; 32] {
-        let label = if server_side { SERVER_LABEL } else { CLIENT_LABEL };
-        self.mac(label, client_nonce, server_nonce).finalize().into_bytes().into()
-    }
-
-    /// Constant-time check of a peer's proof.
-    pub fn verify(&self, server_side: bool, client_nonce: &[u8; 32], server_nonce: &[u8; 32], mac: &[u8; 32]) -> bool {
-        let label = if server_side { SERVER_LABEL } else { CLIENT_LABEL };
-        self.mac(label, client_nonce, server_nonce).verify_slice(mac).is_ok()
+    /// The key's bytes (for the Noise handshake).
+    pub fn bytes(&self) -> &[u8; KEY_LEN] {
+        &self.0
     }
 }
 
@@ -65,28 +64,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn proofs() {
-        let k = PreSharedKey::new(*b"secret");
-        let (c, s) = ([1u8; 32], [2u8; 32]);
-        let p = k.proof(false, &c, &s);
-        assert!(k.verify(false, &c, &s, &p));
-        assert!(!k.verify(true, &c, &s, &p), "client proof must not pass as server proof");
-        assert!(!PreSharedKey::new(*b"Secret").verify(false, &c, &s, &p));
-        assert!(!k.verify(false, &s, &c, &p));
-    }
-
-    #[test]
-    fn rfc4231_case_2() {
-        // HMAC-SHA256(key "Jefe", "what do ya want for nothing?").
-        let out: [u8; 32] =
-            PreSharedKey::new(*b"Jefe").hmac(&[b"what do ya want for nothing?"]).finalize().into_bytes().into();
-        assert_eq!(out[..4], [0x5b, 0xdc, 0xc1, 0x46]);
-        // RFC 4231 case 6: a 131-byte key is hashed first.
-        let out: [u8; 32] = PreSharedKey::new([0xaa; 131])
-            .hmac(&[b"Test Using Larger Than Block-Size Key - Hash Key First"])
-            .finalize()
-            .into_bytes()
-            .into();
-        assert_eq!(out[..4], [0x60, 0xe4, 0x31, 0x59]);
+    fn hex_keys() {
+        let hex = b"000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1F\n";
+        let k = PreSharedKey::from_hex(hex).unwrap();
+        assert_eq!(k.bytes()[1], 1);
+        assert_eq!(k.bytes()[31], 0x1f);
+        assert_eq!(PreSharedKey::from_hex(&hex[..62]), Err(KeyFormatError::Length { len: 62 }));
+        let mut bad = *hex;
+        bad[5] = b'g';
+        assert_eq!(PreSharedKey::from_hex(&bad), Err(KeyFormatError::NotHex { at: 5 }));
+        assert_eq!(format!("{k:?}"), "PreSharedKey(..)");
     }
 }

@@ -31,6 +31,11 @@ pub struct BoardProfile {
     /// Bytes the store may hold (published plus staged).
     #[serde(default)]
     pub quota_bytes: Option<u64>,
+    /// Bytes the tensors of one job's model may take (the daemon refuses a
+    /// model that declares more, and limits its worker to this plus a
+    /// margin); unset: half the memory available when the job starts.
+    #[serde(default)]
+    pub memory_budget_bytes: Option<u64>,
     pub link: LinkProfile,
     #[serde(default)]
     pub sensors: SensorProfile,
@@ -104,6 +109,9 @@ impl BoardProfile {
             |reason: &str| ProfileError::Invalid { path: origin.display().to_string(), reason: reason.into() };
         if p.cores == 0 || p.threads == 0 {
             return Err(invalid("cores and threads must be at least 1"));
+        }
+        if p.memory_budget_bytes == Some(0) {
+            return Err(invalid("memory_budget_bytes must be at least 1"));
         }
         match p.link.default {
             LinkKind::Serial if p.link.serial.is_none() => {
@@ -246,6 +254,17 @@ mod tests {
         assert_eq!(ok.link.default, LinkKind::Tcp);
         let e = BoardProfile::parse(&format!("{text}tcp='0.0.0.0:7878'\ntypo=1\n"), Path::new("x.toml")).unwrap_err();
         assert!(e.to_string().contains("typo"), "unknown keys are errors: {e}");
+        // The memory budget is optional, top-level, and a misspelling of it
+        // is an error like any unknown key.
+        assert_eq!(ok.memory_budget_bytes, None);
+        let top = text.replace("[link]", "memory_budget_bytes = 1_073_741_824\n[link]");
+        let b = BoardProfile::parse(&format!("{top}tcp='0.0.0.0:7878'\n"), Path::new("x.toml")).unwrap();
+        assert_eq!(b.memory_budget_bytes, Some(1 << 30));
+        let typo = text.replace("[link]", "memory_budget = 1\n[link]");
+        let e = BoardProfile::parse(&format!("{typo}tcp='0.0.0.0:7878'\n"), Path::new("x.toml")).unwrap_err();
+        assert!(e.to_string().contains("memory_budget"), "{e}");
+        let zero = text.replace("[link]", "memory_budget_bytes = 0\n[link]");
+        assert!(BoardProfile::parse(&format!("{zero}tcp='0.0.0.0:7878'\n"), Path::new("x.toml")).is_err());
     }
 
     #[test]

@@ -4,6 +4,11 @@
 //! (`TcpStream::set_read_timeout`, the serial port timeout, `MemLink`):
 //! the client counts its own deadlines across timed-out reads, and without
 //! one a lost frame blocks forever.
+//!
+//! [`Client::connect`] runs the secure handshake (`secure`: `Noise_NXpsk2`
+//! with a key, `Noise_NX` without) and then talks frames inside the
+//! channel; a record that fails authentication ends the session with
+//! [`ClientError::Integrity`].
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
@@ -18,12 +23,23 @@ use crate::error::{FrameError, RemoteError};
 use crate::frame::{FrameDecoder, FrameEncoder, DEFAULT_MAX_FRAME, MIN_MAX_FRAME};
 use crate::message::*;
 use crate::name::is_valid_name;
+use crate::secure::{
+    self, integrity_error, ClientHandshakeError, ConnectError, IntegrityError, LegacyAnswer, SecureStream, Status,
+};
 use crate::{DEFAULT_SERIAL_CHUNK, DEFAULT_TCP_CHUNK, PROTOCOL_VERSION, RBA_VERSION};
 
 #[derive(Clone, Debug)]
 pub struct ClientConfig {
-    /// Pre-shared key; required by servers on TCP.
+    /// Pre-shared key: `Noise_NXpsk2` with it (required on TCP), the
+    /// keyless `Noise_NX` without (serial links to keyless devices only).
     pub key: Option<PreSharedKey>,
+    /// The fingerprint (`secure::fingerprint`) of the device's static key
+    /// as pinned earlier: a device that proves another key is refused
+    /// ([`ClientError::IdentityChanged`]) before anything is exchanged.
+    pub expected_device: Option<String>,
+    /// Resend the handshake when the device stays silent (serial: it may
+    /// have missed it); pointless on TCP, where one attempt waits.
+    pub resend_handshake: bool,
     pub client_name: String,
     pub preferred_chunk: u32,
     /// Largest frame this client accepts.
@@ -43,6 +59,8 @@ impl ClientConfig {
     pub fn serial() -> Self {
         ClientConfig {
             key: None,
+            expected_device: None,
+            resend_handshake: true,
             client_name: "rba".into(),
             preferred_chunk: DEFAULT_SERIAL_CHUNK,
             max_frame: DEFAULT_MAX_FRAME,
@@ -56,6 +74,7 @@ impl ClientConfig {
     pub fn tcp(key: PreSharedKey) -> Self {
         ClientConfig {
             key: Some(key),
+            resend_handshake: false,
             preferred_chunk: DEFAULT_TCP_CHUNK,
             request_timeout: Duration::from_secs(5),
             ..Self::serial()
@@ -73,8 +92,29 @@ pub enum ClientError {
     Timeout { attempts: u32 },
     #[error("device error: {0}")]
     Remote(#[from] RemoteError),
-    #[error("the server did not prove knowledge of the key")]
-    ServerAuthFailed,
+    /// The handshake failed: the device does not hold our key, or is not
+    /// the device (its message 2 did not authenticate).
+    #[error("authentication failed: the device rejected the key or is not the device you think")]
+    AuthFailed,
+    /// A record failed authentication: the link was tampered with (or is
+    /// corrupt). The session is over; the device commits nothing it did
+    /// not receive intact.
+    #[error("the link was tampered with or corrupted: {0}")]
+    Integrity(IntegrityError),
+    /// The device proved a static key other than the pinned one.
+    #[error("the device proved the identity {got}, not the pinned {expected}")]
+    IdentityChanged { expected: String, got: String },
+    /// The host holds a key but the device has none configured: it cannot
+    /// prove it is the device meant, so it is refused.
+    #[error("the device has no pre-shared key configured, so it cannot be authenticated; refusing it")]
+    DeviceHasNoKey,
+    /// An answer without the secure handshake (a protocol-1 device, or a
+    /// fake one): refused.
+    #[error("{0}")]
+    NotSecure(String),
+    /// Nothing answered the handshake.
+    #[error("no answer to the secure handshake after {attempts} attempt(s)")]
+    HandshakeTimeout { attempts: u32 },
     #[error("invalid name {0:?}: use [A-Za-z0-9._-]{{1,64}}, not starting with '.'")]
     InvalidName(String),
     #[error("cannot encode request: {0}")]
@@ -88,7 +128,71 @@ pub enum ClientError {
 impl ClientError {
     /// The link is broken or silent: reconnecting may help.
     pub fn is_link_failure(&self) -> bool {
-        matches!(self, ClientError::Io(_) | ClientError::Disconnected | ClientError::Timeout { .. })
+        matches!(
+            self,
+            ClientError::Io(_)
+                | ClientError::Disconnected
+                | ClientError::Timeout { .. }
+                | ClientError::HandshakeTimeout { .. }
+        )
+    }
+
+    /// The session cannot go on: a broken link, or a record that failed
+    /// authentication. A new session (fresh keys) may work.
+    pub fn ends_session(&self) -> bool {
+        self.is_link_failure() || matches!(self, ClientError::Integrity(_))
+    }
+
+    /// The integrity failure behind this error (also after retries).
+    pub fn integrity(&self) -> Option<&IntegrityError> {
+        match self {
+            ClientError::Integrity(e) => Some(e),
+            ClientError::RetriesExhausted { last, .. } => last.integrity(),
+            _ => None,
+        }
+    }
+}
+
+impl From<ConnectError> for ClientError {
+    fn from(e: ConnectError) -> Self {
+        match e {
+            ConnectError::Silent { attempts } => ClientError::HandshakeTimeout { attempts },
+            ConnectError::Closed => ClientError::Disconnected,
+            ConnectError::Io(e) => ClientError::Io(e),
+            ConnectError::Handshake(h) => match h {
+                ClientHandshakeError::AuthFailed => ClientError::AuthFailed,
+                ClientHandshakeError::Refused(Status::Busy) => ClientError::Remote(RemoteError::Busy),
+                ClientHandshakeError::Refused(Status::KeyRequired) => ClientError::Remote(RemoteError::AuthRequired),
+                ClientHandshakeError::Refused(Status::NoKey) => ClientError::DeviceHasNoKey,
+                ClientHandshakeError::Refused(s) => ClientError::Unexpected(format!("the device refused: {s:?}")),
+                ClientHandshakeError::VersionMismatch { supported, requested } => {
+                    ClientError::Remote(RemoteError::VersionMismatch { supported, requested })
+                }
+                ClientHandshakeError::Legacy(LegacyAnswer::VersionMismatch { supported, requested }) => {
+                    ClientError::Remote(RemoteError::VersionMismatch { supported, requested })
+                }
+                ClientHandshakeError::Legacy(LegacyAnswer::Welcome) => ClientError::NotSecure(
+                    "the device answered with a protocol-1 Welcome, without the secure handshake (an rba-device \
+                     older than protocol 2, or not the device you think): refusing it"
+                        .into(),
+                ),
+                ClientHandshakeError::Legacy(a) => ClientError::NotSecure(format!(
+                    "the device answered in protocol 1, without the secure handshake ({a:?}): refusing it"
+                )),
+                ClientHandshakeError::NotRba(n) => {
+                    ClientError::NotSecure(format!("no rba answer in the first {n} bytes: not an rba-device"))
+                }
+                ClientHandshakeError::Noise(m) => ClientError::Unexpected(format!("handshake: {m}")),
+            },
+        }
+    }
+}
+
+/// An I/O error of the secure stream: integrity failures keep their type.
+fn link_error(e: io::Error) -> ClientError {
+    match integrity_error(&e) {
+        Some(i) => ClientError::Integrity(i.clone()),
+        None => ClientError::Io(e),
     }
 }
 
@@ -101,8 +205,19 @@ pub struct Session {
     pub chunk_size: u32,
     pub max_frame: u32,
     pub max_upload: u64,
-    /// Both sides proved knowledge of the key.
+    /// Both sides proved the pre-shared key (`Noise_NXpsk2`); false on a
+    /// keyless serial session (`Noise_NX`).
     pub authenticated: bool,
+    /// The device's static key, as the handshake proved it (pin this one,
+    /// never anything the device says about itself).
+    pub device_key: [u8; 32],
+}
+
+impl Session {
+    /// `SHA256:...` of [`Session::device_key`].
+    pub fn fingerprint(&self) -> String {
+        secure::fingerprint(&self.device_key)
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -115,7 +230,7 @@ pub struct UploadProgress {
 }
 
 pub struct Client<T: Read + Write> {
-    link: T,
+    link: SecureStream<T>,
     config: ClientConfig,
     decoder: FrameDecoder,
     encoder: FrameEncoder,
@@ -136,8 +251,12 @@ enum Wait {
 }
 
 impl Client<TcpStream> {
-    /// Connects over TCP with sensible socket options.
+    /// Connects over TCP with sensible socket options. TCP requires the
+    /// pre-shared key.
     pub fn connect_tcp(addr: impl std::net::ToSocketAddrs, config: ClientConfig) -> Result<Self, ClientError> {
+        if config.key.is_none() {
+            return Err(RemoteError::AuthRequired.into());
+        }
         let stream = TcpStream::connect(addr)?;
         stream.set_nodelay(true)?;
         stream.set_read_timeout(Some(Duration::from_millis(200)))?;
@@ -146,10 +265,22 @@ impl Client<TcpStream> {
 }
 
 impl<T: Read + Write> Client<T> {
-    /// Handshake (and authentication) over an open link.
-    pub fn connect(link: T, config: ClientConfig) -> Result<Self, ClientError> {
+    /// The secure handshake, then `Hello`/`Welcome` inside the channel.
+    pub fn connect(mut link: T, config: ClientConfig) -> Result<Self, ClientError> {
+        let attempts = if config.resend_handshake { config.max_retries.saturating_add(1) } else { 1 };
+        let channel = secure::connect(&mut link, config.key.as_ref(), config.request_timeout, attempts)?;
+        let authenticated = channel.mode() == secure::Mode::Psk;
+        let device_key = channel
+            .remote_static()
+            .ok_or_else(|| ClientError::Unexpected("the handshake proved no device key".into()))?;
+        if let Some(expected) = &config.expected_device {
+            let got = secure::fingerprint(&device_key);
+            if *expected != got {
+                return Err(ClientError::IdentityChanged { expected: expected.clone(), got });
+            }
+        }
         let mut c = Client {
-            link,
+            link: channel.stream(link),
             decoder: FrameDecoder::new(config.max_frame),
             // Until the server announces its limit, stay small.
             encoder: FrameEncoder::new(MIN_MAX_FRAME.max(4096)),
@@ -160,13 +291,32 @@ impl<T: Read + Write> Client<T> {
             next_id: 0,
             session: None,
         };
-        c.handshake()?;
+        c.hello(authenticated, device_key)?;
         Ok(c)
     }
 
-    fn handshake(&mut self) -> Result<(), ClientError> {
-        let mut client_nonce = [0u8; 32];
-        getrandom::fill(&mut client_nonce).map_err(|e| io::Error::other(format!("no randomness: {e}")))?;
+    /// [`Client::connect`] without the secure channel: the unencrypted
+    /// baseline of the link benchmarks (feature `testing`; never used by
+    /// the host).
+    #[cfg(feature = "testing")]
+    pub fn connect_insecure_for_benchmarks(link: T, config: ClientConfig) -> Result<Self, ClientError> {
+        let channel = secure::Channel::insecure_for_benchmarks().map_err(|e| ClientError::Unexpected(e.to_string()))?;
+        let mut c = Client {
+            link: channel.stream(link),
+            decoder: FrameDecoder::new(config.max_frame),
+            encoder: FrameEncoder::new(MIN_MAX_FRAME.max(4096)),
+            config,
+            out: Vec::new(),
+            rbuf: vec![0u8; 64 * 1024],
+            pending: VecDeque::new(),
+            next_id: 0,
+            session: None,
+        };
+        c.hello(false, [0; 32])?;
+        Ok(c)
+    }
+
+    fn hello(&mut self, authenticated: bool, device_key: [u8; 32]) -> Result<(), ClientError> {
         let hello = Hello {
             protocol_version: PROTOCOL_VERSION,
             client: self.config.client_name.clone(),
@@ -174,32 +324,10 @@ impl<T: Read + Write> Client<T> {
             capabilities: Capabilities::ALL,
             max_frame: u32::try_from(self.config.max_frame).unwrap_or(u32::MAX),
             preferred_chunk: self.config.preferred_chunk,
-            client_nonce,
         };
-        let (welcome, authenticated) = match self.call(Request::Hello(hello))? {
-            Response::Welcome(w) => {
-                // A server without a key (serial) skips authentication; a
-                // server mac, if sent anyway, must still be right.
-                if w.server_mac.is_some() {
-                    return Err(ClientError::ServerAuthFailed);
-                }
-                (w, false)
-            }
-            Response::AuthChallenge { server_nonce } => {
-                let key = self.config.key.clone().ok_or(RemoteError::AuthRequired)?;
-                let mac = key.proof(false, &client_nonce, &server_nonce);
-                match self.call(Request::AuthProof(AuthProof { mac }))? {
-                    Response::Welcome(w) => {
-                        let ok = w.server_mac.is_some_and(|m| key.verify(true, &client_nonce, &server_nonce, &m));
-                        if !ok {
-                            return Err(ClientError::ServerAuthFailed);
-                        }
-                        (w, true)
-                    }
-                    other => return Err(unexpected("Welcome", &other)),
-                }
-            }
-            other => return Err(unexpected("Welcome or AuthChallenge", &other)),
+        let welcome = match self.call(Request::Hello(hello))? {
+            Response::Welcome(w) => w,
+            other => return Err(unexpected("Welcome", &other)),
         };
         if welcome.protocol_version != PROTOCOL_VERSION {
             return Err(RemoteError::VersionMismatch {
@@ -217,6 +345,7 @@ impl<T: Read + Write> Client<T> {
             max_frame: welcome.max_frame,
             max_upload: welcome.max_upload,
             authenticated,
+            device_key,
         });
         Ok(())
     }
@@ -230,12 +359,13 @@ impl<T: Read + Write> Client<T> {
         &self.config
     }
 
+    /// The link under the secure channel.
     pub fn link(&self) -> &T {
-        &self.link
+        self.link.get_ref()
     }
 
     pub fn into_inner(self) -> T {
-        self.link
+        self.link.into_inner()
     }
 
     pub fn device_info(&mut self) -> Result<DeviceInfo, ClientError> {
@@ -405,9 +535,26 @@ impl<T: Read + Write> Client<T> {
     fn send(&mut self, env: &Envelope) -> Result<(), ClientError> {
         self.out.clear();
         self.encoder.encode(env, &mut self.out)?;
-        self.link.write_all(&self.out)?;
-        self.link.flush()?;
-        Ok(())
+        let written = self.link.write_all(&self.out).and_then(|()| self.link.flush());
+        match written {
+            Ok(()) => Ok(()),
+            Err(e) => Err(self.why_write_failed(link_error(e))),
+        }
+    }
+
+    /// A write failed (the device closed): if the device said why before it
+    /// closed (its records are still readable), that is the error.
+    fn why_write_failed(&mut self, e: ClientError) -> ClientError {
+        if matches!(e, ClientError::Integrity(_)) {
+            return e;
+        }
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while let Ok(env) = self.next_envelope(deadline) {
+            if let (0, Message::Response(Response::Error(RemoteError::Integrity(m)))) = (env.id, env.msg) {
+                return ClientError::Integrity(IntegrityError::ReportedByDevice(m));
+            }
+        }
+        e
     }
 
     /// Sends `req` and waits for its final response, resending it under a
@@ -449,6 +596,12 @@ impl<T: Read + Write> Client<T> {
                 Err(ClientError::Timeout { .. }) if !alive => return Err(Waited::Silent),
                 Err(e) => return Err(Waited::Failed(e)),
             };
+            if env.id == 0 {
+                if let Message::Response(Response::Error(RemoteError::Integrity(m))) = env.msg {
+                    return Err(Waited::Failed(ClientError::Integrity(IntegrityError::ReportedByDevice(m))));
+                }
+                continue;
+            }
             if env.id != id {
                 continue; // stale answer to an earlier attempt
             }
@@ -495,7 +648,7 @@ impl<T: Read + Write> Client<T> {
                         e.kind(),
                         io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
                     ) => {}
-                Err(e) => return Err(e.into()),
+                Err(e) => return Err(link_error(e)),
             }
         }
     }
@@ -522,10 +675,12 @@ fn unexpected(wanted: &str, got: &Response) -> ClientError {
     }
 }
 
-/// Uploads across broken links: on a link failure it calls `connect` for a
-/// new session and resumes from the device's staged offset; a digest
-/// mismatch (the device discarded the staged data) restarts from zero.
-/// Gives up after `max_attempts` sessions. Returns the last client.
+/// Uploads across broken links: on a link failure (or a record that failed
+/// authentication: a corrupt or tampered link) it calls `connect` for a
+/// new session (fresh keys) and resumes from the device's staged offset,
+/// which holds only bytes that arrived intact; a digest mismatch (the
+/// device discarded the staged data) restarts from zero. Gives up after
+/// `max_attempts` sessions. Returns the last client.
 pub fn upload_resumable<T: Read + Write>(
     mut connect: impl FnMut() -> Result<Client<T>, ClientError>,
     kind: ArtifactKind,
@@ -535,19 +690,36 @@ pub fn upload_resumable<T: Read + Write>(
     mut progress: impl FnMut(UploadProgress),
 ) -> Result<(Client<T>, ArtifactInfo), ClientError> {
     let mut attempts = 0;
+    // Once a session was established, a handshake that fails to
+    // authenticate is a damaged link, not a wrong key.
+    let mut connected = false;
+    let mut tampered: Option<IntegrityError> = None;
     loop {
         attempts += 1;
-        let result = connect().and_then(|mut c| c.upload(kind, name, data, &mut progress).map(|info| (c, info)));
+        let result = connect().and_then(|mut c| {
+            connected = true;
+            c.upload(kind, name, data, &mut progress).map(|info| (c, info))
+        });
         match result {
             Ok(ok) => return Ok(ok),
             Err(e) => {
-                let retryable =
-                    e.is_link_failure() || matches!(e, ClientError::Remote(RemoteError::ShaMismatch { .. }));
+                let retryable = e.ends_session()
+                    || (connected && matches!(e, ClientError::AuthFailed))
+                    || matches!(e, ClientError::Remote(RemoteError::ShaMismatch { .. }));
                 if !retryable {
                     return Err(e);
                 }
+                if let Some(i) = e.integrity() {
+                    tampered = Some(i.clone());
+                }
                 if attempts >= max_attempts {
-                    return Err(ClientError::RetriesExhausted { attempts, last: Box::new(e) });
+                    // A link that failed integrity is the story to tell,
+                    // even if the last session merely broke.
+                    let last = match (&tampered, e.integrity()) {
+                        (Some(i), None) => ClientError::Integrity(i.clone()),
+                        _ => e,
+                    };
+                    return Err(ClientError::RetriesExhausted { attempts, last: Box::new(last) });
                 }
             }
         }

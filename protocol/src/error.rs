@@ -50,6 +50,11 @@ pub enum RemoteError {
     Unsupported(String),
     #[error("internal error: {0}")]
     Internal(String),
+    /// Sent by the device, unsolicited (request id 0), before it ends a
+    /// session whose host-to-device records failed authentication: the
+    /// device-to-host direction is still intact, so the host learns why.
+    #[error("the device received a record that failed authentication: {0}")]
+    Integrity(String),
 }
 
 /// Why a frame was dropped by the decoder (the stream itself goes on).

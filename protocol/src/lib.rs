@@ -7,13 +7,17 @@
 //! - [`client`] / [`server`] (feature `std`): blocking, transport-agnostic
 //!   cores over `Read + Write`; the board implements [`server::DeviceHandler`].
 //! - [`mem`] (feature `std`): an in-memory duplex link, optionally lossy.
-//! - [`stats`], [`bundle`], [`name`], [`auth`]: shared helpers.
+//! - [`secure`] (feature `std`): the secure channel under the framing:
+//!   preamble, Noise handshake (`snow`), records; device identities.
+//! - [`auth`]: the pre-shared key.
+//! - [`stats`], [`bundle`], [`name`]: shared helpers.
 //! - [`rng`]: the one splitmix64 generator; [`hex()`]: lower-case hex.
 //!
 //! What host and board share beyond the wire (feature `std`), so that neither
 //! reaches into the other's crate:
 //!
-//! - [`keys`]: reading the pre-shared key from a file or the environment.
+//! - [`keys`]: key files: the pre-shared key (file or environment), key
+//!   generation, a device's identity file.
 //! - [`serial`] (unix): opening serial ports, with a fallback where the
 //!   terminal ioctls are missing (qemu-user).
 //! - [`boards`]: board profiles, compiled in and looked up in directories.
@@ -44,6 +48,8 @@ pub mod client;
 pub mod keys;
 #[cfg(feature = "std")]
 pub mod mem;
+#[cfg(feature = "std")]
+pub mod secure;
 #[cfg(all(feature = "std", unix))]
 pub mod serial;
 #[cfg(feature = "std")]
@@ -51,7 +57,7 @@ pub mod server;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use auth::PreSharedKey;
+pub use auth::{PreSharedKey, KEY_LEN};
 pub use bundle::{BundleError, EvalBundle, TensorF32};
 pub use error::{FrameError, RemoteError};
 pub use frame::{decode_envelope, encode_frame, FrameDecoder, FrameEncoder, DEFAULT_MAX_FRAME, MAX_CHUNK};
@@ -63,10 +69,12 @@ pub use stats::LatencyStats;
 #[cfg(feature = "std")]
 pub use client::{Client, ClientConfig, ClientError, Session, UploadProgress};
 #[cfg(feature = "std")]
+pub use secure::{fingerprint, Identity};
+#[cfg(feature = "std")]
 pub use server::{serve, serve_tcp, DeviceHandler, Job, ServerConfig, ServerError, SessionEnd};
 
 /// Version of the wire format. Peers must agree exactly.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// Version of this crate, sent in the handshake.
 pub const RBA_VERSION: &str = env!("CARGO_PKG_VERSION");

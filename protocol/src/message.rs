@@ -40,10 +40,10 @@ pub enum Message {
 /// Client (host) to server (device).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Request {
-    /// Must stay variant 0 with `protocol_version` first: a peer of any
-    /// version can read that prefix and answer with `VersionMismatch`.
+    /// Variant 0 with `protocol_version` first, as in version 1: a v1
+    /// Hello sent to a v2 device is recognised by this prefix and answered
+    /// with a v1-framed `VersionMismatch` (PROTOCOL.md 4.1).
     Hello(Hello),
-    AuthProof(AuthProof),
     DeviceInfo,
     UploadBegin(UploadBegin),
     UploadChunk(UploadChunk),
@@ -72,11 +72,7 @@ pub enum Request {
 /// Server (device) to client (host). Exactly one per request.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Response {
-    /// Answer to `Hello` when the server requires a pre-shared key.
-    AuthChallenge {
-        server_nonce: [u8; 32],
-    },
-    /// Handshake complete.
+    /// Answer to `Hello`: versions, limits and who the board says it is.
     Welcome(Welcome),
     DeviceInfo(DeviceInfo),
     UploadReady {
@@ -134,13 +130,6 @@ pub struct Hello {
     pub max_frame: u32,
     /// Upload chunk size the client would like (small on serial, large on TCP).
     pub preferred_chunk: u32,
-    pub client_nonce: [u8; 32],
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct AuthProof {
-    /// HMAC-SHA256(key, "rba-auth-v1 client" || client_nonce || server_nonce).
-    pub mac: [u8; 32],
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -154,12 +143,11 @@ pub struct Welcome {
     pub chunk_size: u32,
     /// Largest artifact the server will accept.
     pub max_upload: u64,
-    /// With a key: HMAC-SHA256(key, "rba-auth-v1 server" || client_nonce ||
-    /// server_nonce), so the client knows the server holds the key too.
-    pub server_mac: Option<[u8; 32]>,
 }
 
-/// Who the board is. Sent once authenticated.
+/// Who the board says it is (inside the secure channel, so only to a host
+/// that completed the handshake). Free text: the host identifies a board
+/// by the static key the handshake proved, never by this.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct DeviceIdentity {
     /// Board profile name, e.g. `rpi5`.

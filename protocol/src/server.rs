@@ -1,18 +1,22 @@
 //! Blocking server core: the board side of a session.
 //!
-//! The core owns the protocol: handshake and authentication, request
+//! The core owns the protocol: the secure handshake (`secure`), request
 //! dispatch, the upload state machine (offsets, sizes, duplicate chunks) and
 //! the SHA-256 check of the staged bytes before commit. The board supplies a
 //! [`DeviceHandler`] that stores bytes, runs models and reports results.
 //!
 //! A session runs one request at a time on the calling thread; a helper
-//! thread reads the link so that `Cancel` reaches a running job.
+//! thread reads (and decrypts) the link so that `Cancel` reaches a running
+//! job. A record that fails authentication ends the session at once:
+//! requests queued behind it are dropped, a running job is cancelled, and
+//! nothing after it is served.
 
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
@@ -22,6 +26,10 @@ use crate::error::RemoteError;
 use crate::frame::{decode_envelope, FrameDecoder, FrameEncoder, DEFAULT_MAX_FRAME, MAX_CHUNK, MIN_MAX_FRAME};
 use crate::message::*;
 use crate::name::validate_name;
+use crate::secure::{
+    self, integrity_error, is_restart, AcceptError, Channel, HandshakeError, Identity, IntegrityError, SecureReader,
+    SecureWriter, ServerHandshake,
+};
 use crate::PROTOCOL_VERSION;
 
 /// Bytes of a chunk frame that are not chunk data (id, tags, offset,
@@ -33,19 +41,34 @@ pub const MIN_CHUNK: u32 = 64;
 
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
-    /// Required on TCP. `None` lets any peer in (serial: physical access).
+    /// With a key, only keyed sessions (`Noise_NXpsk2`; required on TCP);
+    /// without, only keyless ones (`Noise_NX`: serial, physical access).
     pub key: Option<PreSharedKey>,
+    /// The device's long-term key; `None`: a fresh one per [`serve`] call
+    /// (tests; a host cannot pin such a device across sessions).
+    pub identity: Option<Identity>,
     /// Largest frame this server accepts (decoded payload + CRC).
     pub max_frame: usize,
     /// Largest upload chunk this server accepts.
     pub max_chunk: u32,
     /// Largest artifact accepted.
     pub max_upload: u64,
+    /// A new handshake preamble on a live link starts a new session (serial
+    /// lines, where a host can leave without the link closing). On TCP a
+    /// preamble inside a session is an integrity failure.
+    pub allow_restart: bool,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        ServerConfig { key: None, max_frame: DEFAULT_MAX_FRAME, max_chunk: MAX_CHUNK, max_upload: 4 << 30 }
+        ServerConfig {
+            key: None,
+            identity: None,
+            max_frame: DEFAULT_MAX_FRAME,
+            max_chunk: MAX_CHUNK,
+            max_upload: 4 << 30,
+            allow_restart: true,
+        }
     }
 }
 
@@ -58,7 +81,7 @@ impl Default for ServerConfig {
 /// file, then a rename). Staged bytes survive a broken link, so a later `upload_begin`
 /// with the same kind, name, size and digest can resume.
 pub trait DeviceHandler {
-    /// Sent in `Welcome` (only after authentication).
+    /// Sent in `Welcome` (inside the secure channel).
     fn identity(&self) -> DeviceIdentity;
 
     fn capabilities(&self) -> Capabilities {
@@ -135,6 +158,8 @@ impl Job<'_> {
 pub enum ServerError {
     #[error("link error: {0}")]
     Io(#[from] io::Error),
+    #[error("{0}")]
+    Identity(HandshakeError),
 }
 
 /// How a session ended.
@@ -142,12 +167,22 @@ pub enum ServerError {
 pub enum SessionEnd {
     /// The peer closed the link (or it broke).
     Closed,
-    /// The peer failed authentication; the link should be dropped.
+    /// The host never proved the key: its first record did not
+    /// authenticate (a wrong key), or it left right after the device's
+    /// handshake message (it rejected the device).
     AuthFailed,
+    /// A record failed authentication after the host had proved the key:
+    /// the link was tampered with (or is corrupt). Nothing after it was
+    /// served.
+    Integrity,
+    /// The handshake was refused: another protocol version (told so), a
+    /// keyless host on a keyed device or the reverse, garbage.
+    Refused,
 }
 
+/// The writing half of a session: frames, encrypted into records.
 struct Writer {
-    sink: Box<dyn Write + Send>,
+    sink: SecureWriter<Box<dyn Write + Send>>,
     encoder: FrameEncoder,
     buf: Vec<u8>,
 }
@@ -157,14 +192,19 @@ struct Shared {
     /// Id of the running job (0: none).
     running: AtomicU32,
     cancel: AtomicBool,
-    /// Handshake (and authentication) complete: Cancel may bypass the queue.
+    /// `Hello` answered: Cancel may bypass the queue.
     ready: AtomicBool,
     /// Tells the reader thread to stop at its next timeout.
     stop: AtomicBool,
+    /// A record failed authentication: serve nothing more.
+    broken: AtomicBool,
 }
 
 impl Shared {
     fn send(&self, env: &Envelope) -> io::Result<()> {
+        if self.broken.load(Ordering::SeqCst) {
+            return Err(io::Error::new(io::ErrorKind::BrokenPipe, "the session ended"));
+        }
         let mut w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         let Writer { sink, encoder, buf } = &mut *w;
         buf.clear();
@@ -184,6 +224,18 @@ impl Shared {
     fn respond(&self, id: u32, r: Response) -> io::Result<()> {
         self.send(&Envelope { id, msg: Message::Response(r) })
     }
+
+    /// Tells the host (request id 0) why the session ends: its records
+    /// stopped authenticating. The device's own direction is intact.
+    fn notify_integrity(&self, e: &IntegrityError) {
+        let env = Envelope { id: 0, msg: Message::Response(Response::Error(RemoteError::Integrity(e.to_string()))) };
+        let mut w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let Writer { sink, encoder, buf } = &mut *w;
+        buf.clear();
+        if encoder.encode(&env, buf).is_ok() {
+            let _ = sink.write_all(buf).and_then(|()| sink.flush());
+        }
+    }
 }
 
 #[allow(clippy::large_enum_variant)] // short-lived, moved once
@@ -191,6 +243,8 @@ enum Incoming {
     Frame(Envelope),
     /// CRC-valid but undecodable payload (maybe a newer peer).
     Undecodable(Vec<u8>),
+    /// A record failed authentication; the reader stopped.
+    Broken(IntegrityError),
 }
 
 /// Requests read ahead of the one being served. When full, the reader stops
@@ -201,15 +255,29 @@ enum Incoming {
 /// a `Cancel`).
 pub const MAX_QUEUED_REQUESTS: usize = 16;
 
-fn reader_loop<R: Read>(mut reader: R, max_frame: usize, shared: Arc<Shared>, tx: mpsc::SyncSender<Incoming>) {
+/// How the reader thread ended.
+enum ReaderEnd<R> {
+    /// EOF, a link error, a stop, or an integrity failure (reported).
+    Done { records: u64 },
+    /// A new preamble (serial): the link and the bytes read past the last record.
+    Restart(R, Vec<u8>),
+}
+
+fn reader_loop<R: Read>(
+    mut reader: SecureReader<R>,
+    max_frame: usize,
+    shared: Arc<Shared>,
+    tx: mpsc::SyncSender<Incoming>,
+) -> ReaderEnd<R> {
     let mut decoder = FrameDecoder::new(max_frame);
     let mut buf = vec![0u8; 64 * 1024];
+    let done = |r: &SecureReader<R>| ReaderEnd::Done { records: r.records() };
     loop {
         if shared.stop.load(Ordering::SeqCst) {
-            return;
+            return done(&reader);
         }
         let n = match reader.read(&mut buf) {
-            Ok(0) => return,
+            Ok(0) => return done(&reader),
             Ok(n) => n,
             Err(e)
                 if matches!(
@@ -219,7 +287,22 @@ fn reader_loop<R: Read>(mut reader: R, max_frame: usize, shared: Arc<Shared>, tx
             {
                 continue
             }
-            Err(_) => return,
+            Err(e) if is_restart(&e) => {
+                shared.broken.store(true, Ordering::SeqCst);
+                shared.cancel.store(true, Ordering::SeqCst);
+                let (link, unread) = reader.into_restart();
+                return ReaderEnd::Restart(link, unread);
+            }
+            Err(e) => {
+                if let Some(i) = integrity_error(&e) {
+                    // Before anything queued is served: nothing after the
+                    // failure, nor the job running, may go on.
+                    shared.broken.store(true, Ordering::SeqCst);
+                    shared.cancel.store(true, Ordering::SeqCst);
+                    let _ = tx.send(Incoming::Broken(i.clone()));
+                }
+                return done(&reader);
+            }
         };
         let mut gone = false;
         decoder.feed_payloads(&buf[..n], |r| {
@@ -228,7 +311,8 @@ fn reader_loop<R: Read>(mut reader: R, max_frame: usize, shared: Arc<Shared>, tx
                     Ok(env) => Incoming::Frame(env),
                     Err(_) => Incoming::Undecodable(payload.to_vec()),
                 },
-                // Damaged frames are dropped; the client retries on timeout.
+                // Damaged frames are dropped (inside an authenticated
+                // channel only a buggy peer sends them).
                 Err(_) => return,
             };
             if let Incoming::Frame(Envelope { id, msg: Message::Request(Request::Cancel { target }) }) = &item {
@@ -246,40 +330,119 @@ fn reader_loop<R: Read>(mut reader: R, max_frame: usize, shared: Arc<Shared>, tx
             }
         });
         if gone {
-            return;
+            return done(&reader);
         }
     }
 }
 
 /// Serves one session over a TCP connection (read timeout set so the
 /// reader thread notices the end of the session; socket shut down after).
+/// TCP requires a key: without one the connection is closed at once.
 pub fn serve_tcp<H: DeviceHandler>(
     handler: &mut H,
     config: &ServerConfig,
     stream: TcpStream,
 ) -> Result<SessionEnd, ServerError> {
+    if config.key.is_none() {
+        let _ = stream.shutdown(std::net::Shutdown::Both);
+        return Err(ServerError::Io(io::Error::other("TCP sessions need a pre-shared key")));
+    }
     stream.set_nodelay(true)?;
     stream.set_read_timeout(Some(Duration::from_millis(500)))?;
     let reader = stream.try_clone()?;
     let writer = stream.try_clone()?;
-    let r = serve(handler, config, reader, writer);
+    let config = ServerConfig { allow_restart: false, ..config.clone() };
+    let r = serve(handler, &config, reader, writer);
     let _ = stream.shutdown(std::net::Shutdown::Both);
     r
 }
 
-/// Serves one session until the peer closes the link or fails to
-/// authenticate. `reader` is moved to a helper thread: give it a read
-/// timeout (serial port timeout, `set_read_timeout`) so that thread ends
-/// with the session even if the peer stays silent.
+/// Serves one link until the peer closes it, fails to authenticate, breaks
+/// the channel's integrity or is refused: the secure handshake (see
+/// `secure`), then requests. With `config.allow_restart` a new preamble on
+/// the link starts the next session on the same link (serial). `reader`
+/// goes to a helper thread: give it a read timeout (serial port timeout,
+/// `set_read_timeout`) so that thread ends with the session even if the
+/// peer stays silent.
 pub fn serve<H, R, W>(handler: &mut H, config: &ServerConfig, reader: R, writer: W) -> Result<SessionEnd, ServerError>
 where
     H: DeviceHandler,
     R: Read + Send + 'static,
     W: Write + Send + 'static,
 {
+    let identity = match &config.identity {
+        Some(i) => i.clone(),
+        None => Identity::generate().map_err(ServerError::Identity)?,
+    };
+    let mut reader = reader;
+    let mut writer: Box<dyn Write + Send> = Box::new(writer);
+    let mut initial = Vec::new();
+    loop {
+        let handshake = ServerHandshake::new(&identity, config.key.as_ref());
+        let channel = match secure::accept(&mut reader, &mut writer, handshake, &initial) {
+            Ok(c) => c,
+            Err(AcceptError::Closed) => return Ok(SessionEnd::Closed),
+            Err(AcceptError::Handshake(e)) => {
+                log::info!("handshake refused: {e}");
+                return Ok(SessionEnd::Refused);
+            }
+            Err(AcceptError::Io(e)) if is_link_closed(&e) => return Ok(SessionEnd::Closed),
+            Err(AcceptError::Io(e)) => return Err(ServerError::Io(e)),
+        };
+        match run_session(handler, config, reader, writer, channel)? {
+            Ran::End(end) => return Ok(end),
+            Ran::Restart(r, w, unread) => {
+                log::info!("a new host started a handshake on this link");
+                reader = r;
+                writer = w;
+                initial = unread;
+            }
+        }
+    }
+}
+
+/// [`serve`] without the secure channel: the unencrypted baseline of the
+/// link benchmarks (feature `testing`; never used by the daemon).
+#[cfg(feature = "testing")]
+pub fn serve_insecure_for_benchmarks<H, R, W>(
+    handler: &mut H,
+    config: &ServerConfig,
+    reader: R,
+    writer: W,
+) -> Result<SessionEnd, ServerError>
+where
+    H: DeviceHandler,
+    R: Read + Send + 'static,
+    W: Write + Send + 'static,
+{
+    let channel = Channel::insecure_for_benchmarks().map_err(ServerError::Identity)?;
+    match run_session(handler, config, reader, Box::new(writer), channel)? {
+        Ran::End(end) => Ok(end),
+        Ran::Restart(..) => Ok(SessionEnd::Closed),
+    }
+}
+
+enum Ran<R> {
+    End(SessionEnd),
+    Restart(R, Box<dyn Write + Send>, Vec<u8>),
+}
+
+fn run_session<H, R>(
+    handler: &mut H,
+    config: &ServerConfig,
+    reader: R,
+    writer: Box<dyn Write + Send>,
+    channel: Channel,
+) -> Result<Ran<R>, ServerError>
+where
+    H: DeviceHandler,
+    R: Read + Send + 'static,
+{
+    let (mut secure_reader, secure_writer) = channel.split(reader, writer);
+    secure_reader.allow_restart(config.allow_restart);
     let shared = Arc::new(Shared {
         writer: Mutex::new(Writer {
-            sink: Box::new(writer),
+            sink: secure_writer,
             // Until the peer announces its limit, keep to the minimum.
             encoder: FrameEncoder::new(MIN_MAX_FRAME.max(4096)),
             buf: Vec::new(),
@@ -288,13 +451,14 @@ where
         cancel: AtomicBool::new(false),
         ready: AtomicBool::new(false),
         stop: AtomicBool::new(false),
+        broken: AtomicBool::new(false),
     });
     let (tx, rx) = mpsc::sync_channel(MAX_QUEUED_REQUESTS);
     let reader_shared = shared.clone();
     let max_frame = config.max_frame;
-    std::thread::Builder::new()
+    let reader_thread: JoinHandle<ReaderEnd<R>> = std::thread::Builder::new()
         .name("rba-session-reader".into())
-        .spawn(move || reader_loop(reader, max_frame, reader_shared, tx))?;
+        .spawn(move || reader_loop(secure_reader, max_frame, reader_shared, tx))?;
     let mut session = Session {
         config,
         shared: &shared,
@@ -303,19 +467,54 @@ where
         upload: None,
         last_commit: None,
     };
+    // Whether the reader thread returned (the queue closed): only then is
+    // it joined, to learn whether a new host restarted the link.
+    let mut reader_gone = false;
     let result = loop {
         let Ok(item) = rx.recv() else {
-            break Ok(SessionEnd::Closed);
+            reader_gone = true;
+            break Ok(None);
         };
+        if let Incoming::Broken(e) = item {
+            break Ok(Some(e));
+        }
+        if shared.broken.load(Ordering::SeqCst) {
+            // The reader found a bad record behind this one: serve nothing more.
+            continue;
+        }
         match session.handle(handler, item) {
-            Ok(Flow::Continue) => {}
-            Ok(Flow::End(end)) => break Ok(end),
-            Err(e) if is_link_closed(&e) => break Ok(SessionEnd::Closed),
+            Ok(()) => {}
+            Err(e) if is_link_closed(&e) => break Ok(None),
             Err(e) => break Err(ServerError::Io(e)),
         }
     };
     shared.stop.store(true, Ordering::SeqCst);
-    result
+    let broken = result?;
+    if let Some(e) = broken {
+        let authenticated = !matches!(e, IntegrityError::FirstRecord);
+        return Ok(Ran::End(if authenticated {
+            log::info!("integrity failure, session ended: {e}");
+            shared.notify_integrity(&e);
+            SessionEnd::Integrity
+        } else {
+            log::info!("authentication failed: {e}");
+            SessionEnd::AuthFailed
+        }));
+    }
+    if !reader_gone {
+        return Ok(Ran::End(SessionEnd::Closed));
+    }
+    match reader_thread.join() {
+        Ok(ReaderEnd::Restart(link, unread)) => {
+            let Ok(shared) = Arc::try_unwrap(shared) else {
+                return Ok(Ran::End(SessionEnd::Closed));
+            };
+            let writer = shared.writer.into_inner().unwrap_or_else(|e| e.into_inner()).sink.into_inner();
+            Ok(Ran::Restart(link, writer, unread))
+        }
+        Ok(ReaderEnd::Done { records: 0 }) if config.key.is_some() => Ok(Ran::End(SessionEnd::AuthFailed)),
+        Ok(ReaderEnd::Done { .. }) | Err(_) => Ok(Ran::End(SessionEnd::Closed)),
+    }
 }
 
 fn is_link_closed(e: &io::Error) -> bool {
@@ -330,19 +529,7 @@ fn is_link_closed(e: &io::Error) -> bool {
 
 enum State {
     AwaitHello,
-    /// Challenge sent; waiting for the client's proof.
-    AwaitProof {
-        client_nonce: [u8; 32],
-        server_nonce: [u8; 32],
-    },
-    Ready {
-        nonces: Option<([u8; 32], [u8; 32])>,
-    },
-}
-
-enum Flow {
-    Continue,
-    End(SessionEnd),
+    Ready,
 }
 
 struct UploadState {
@@ -360,89 +547,53 @@ struct Session<'a> {
     last_commit: Option<(UploadCommit, ArtifactInfo)>,
 }
 
-fn random_nonce() -> io::Result<[u8; 32]> {
-    let mut n = [0u8; 32];
-    getrandom::fill(&mut n).map_err(|e| io::Error::other(format!("no randomness: {e}")))?;
-    Ok(n)
-}
-
-/// Reads the prefix every version shares: id, `Message::Request`,
-/// `Request::Hello`, protocol version.
-fn hello_version(payload: &[u8]) -> Option<(u32, u16)> {
-    let ((id, msg, req, version), _) = postcard::take_from_bytes::<(u32, u32, u32, u16)>(payload).ok()?;
-    (msg == 0 && req == 0).then_some((id, version))
-}
-
 impl Session<'_> {
-    fn unauthorised(&self) -> RemoteError {
-        if self.config.key.is_some() {
-            RemoteError::AuthRequired
-        } else {
-            RemoteError::HandshakeRequired
-        }
-    }
-
-    fn handle<H: DeviceHandler>(&mut self, h: &mut H, item: Incoming) -> io::Result<Flow> {
+    fn handle<H: DeviceHandler>(&mut self, h: &mut H, item: Incoming) -> io::Result<()> {
         let env = match item {
             Incoming::Frame(env) => env,
+            Incoming::Broken(_) => return Ok(()),
             Incoming::Undecodable(payload) => {
-                if let Some((id, v)) = hello_version(&payload) {
+                if let Some((id, v)) = secure::hello_version(&payload) {
                     if v != PROTOCOL_VERSION {
                         self.shared.respond(id, version_mismatch(v))?;
-                        return Ok(Flow::Continue);
+                        return Ok(());
                     }
                 }
                 if let Ok((id, _)) = postcard::take_from_bytes::<u32>(&payload) {
                     let err = match self.state {
-                        State::Ready { .. } => RemoteError::BadRequest("undecodable message".into()),
-                        _ => self.unauthorised(),
+                        State::Ready => RemoteError::BadRequest("undecodable message".into()),
+                        State::AwaitHello => RemoteError::HandshakeRequired,
                     };
                     self.shared.respond(id, Response::Error(err))?;
                 }
-                return Ok(Flow::Continue);
+                return Ok(());
             }
         };
         let id = env.id;
         // Only requests are served; anything else from a client is ignored.
         let Message::Request(req) = env.msg else {
-            return Ok(Flow::Continue);
+            return Ok(());
         };
         match req {
             Request::Hello(hello) => self.hello(h, id, &hello),
-            Request::AuthProof(p) => self.auth_proof(h, id, &p),
             req => {
-                if !matches!(self.state, State::Ready { .. }) {
-                    let err = self.unauthorised();
-                    self.shared.respond(id, Response::Error(err))?;
-                    return Ok(Flow::Continue);
+                if !matches!(self.state, State::Ready) {
+                    self.shared.respond(id, Response::Error(RemoteError::HandshakeRequired))?;
+                    return Ok(());
                 }
                 let resp = self.dispatch(h, id, req);
                 let resp = resp.unwrap_or_else(Response::Error);
-                self.shared.respond(id, resp)?;
-                Ok(Flow::Continue)
+                self.shared.respond(id, resp)
             }
         }
     }
 
-    fn welcome<H: DeviceHandler>(&self, h: &H, server_mac: Option<[u8; 32]>) -> Response {
-        Response::Welcome(Welcome {
-            protocol_version: PROTOCOL_VERSION,
-            device: h.identity(),
-            capabilities: h.capabilities(),
-            max_frame: u32::try_from(self.config.max_frame).unwrap_or(u32::MAX),
-            chunk_size: self.chunk_size,
-            max_upload: self.config.max_upload,
-            server_mac,
-        })
-    }
-
-    fn hello<H: DeviceHandler>(&mut self, h: &mut H, id: u32, hello: &Hello) -> io::Result<Flow> {
-        // Hello always restarts the handshake (also after a lost Welcome).
+    fn hello<H: DeviceHandler>(&mut self, h: &mut H, id: u32, hello: &Hello) -> io::Result<()> {
+        // Hello always restarts the exchange (also after a lost Welcome).
         self.shared.ready.store(false, Ordering::SeqCst);
         self.state = State::AwaitHello;
         if hello.protocol_version != PROTOCOL_VERSION {
-            self.shared.respond(id, version_mismatch(hello.protocol_version))?;
-            return Ok(Flow::Continue);
+            return self.shared.respond(id, version_mismatch(hello.protocol_version));
         }
         let peer_max = (hello.max_frame as usize).max(MIN_MAX_FRAME);
         let frame_room = peer_max.min(self.config.max_frame).saturating_sub(CHUNK_FRAME_OVERHEAD as usize);
@@ -455,53 +606,22 @@ impl Session<'_> {
             let mut w = self.shared.writer.lock().unwrap_or_else(|e| e.into_inner());
             w.encoder.set_max_frame(peer_max);
         }
-        match &self.config.key {
-            Some(_) => {
-                let server_nonce = random_nonce()?;
-                self.state = State::AwaitProof { client_nonce: hello.client_nonce, server_nonce };
-                self.shared.respond(id, Response::AuthChallenge { server_nonce })?;
-            }
-            None => {
-                self.state = State::Ready { nonces: None };
-                self.shared.ready.store(true, Ordering::SeqCst);
-                let w = self.welcome(h, None);
-                self.shared.respond(id, w)?;
-            }
-        }
-        Ok(Flow::Continue)
-    }
-
-    fn auth_proof<H: DeviceHandler>(&mut self, h: &mut H, id: u32, p: &AuthProof) -> io::Result<Flow> {
-        let nonces = match self.state {
-            State::AwaitProof { client_nonce, server_nonce } => Some((client_nonce, server_nonce)),
-            // A retried proof after a lost Welcome.
-            State::Ready { nonces } => nonces,
-            State::AwaitHello => None,
-        };
-        let (Some(key), Some((cn, sn))) = (&self.config.key, nonces) else {
-            let err = self.unauthorised();
-            self.shared.respond(id, Response::Error(err))?;
-            return Ok(Flow::Continue);
-        };
-        if !key.verify(false, &cn, &sn, &p.mac) {
-            self.shared.ready.store(false, Ordering::SeqCst);
-            self.state = State::AwaitHello;
-            self.shared.respond(id, Response::Error(RemoteError::AuthFailed))?;
-            return Ok(Flow::End(SessionEnd::AuthFailed));
-        }
-        let server_mac = key.proof(true, &cn, &sn);
-        self.state = State::Ready { nonces: Some((cn, sn)) };
+        self.state = State::Ready;
         self.shared.ready.store(true, Ordering::SeqCst);
-        let w = self.welcome(h, Some(server_mac));
-        self.shared.respond(id, w)?;
-        Ok(Flow::Continue)
+        let w = Response::Welcome(Welcome {
+            protocol_version: PROTOCOL_VERSION,
+            device: h.identity(),
+            capabilities: h.capabilities(),
+            max_frame: u32::try_from(self.config.max_frame).unwrap_or(u32::MAX),
+            chunk_size: self.chunk_size,
+            max_upload: self.config.max_upload,
+        });
+        self.shared.respond(id, w)
     }
 
     fn dispatch<H: DeviceHandler>(&mut self, h: &mut H, id: u32, req: Request) -> Result<Response, RemoteError> {
         match req {
-            Request::Hello(_) | Request::AuthProof(_) => {
-                Err(RemoteError::Internal("handshake routed to dispatch".into()))
-            }
+            Request::Hello(_) => Err(RemoteError::Internal("Hello routed to dispatch".into())),
             Request::DeviceInfo => h.device_info().map(Response::DeviceInfo),
             Request::UploadBegin(b) => self.upload_begin(h, b),
             Request::UploadChunk(c) => self.upload_chunk(h, &c),

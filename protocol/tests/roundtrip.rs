@@ -141,18 +141,41 @@ fn trailing_bytes_are_rejected() {
     assert_eq!(decode_envelope(&payload), Err(FrameError::Trailing));
 }
 
+/// The hex bytes PROTOCOL.md shows on the (first) line starting with
+/// `label` followed by hex bytes.
+fn protocol_md_bytes(label: &str) -> Vec<u8> {
+    let doc = include_str!("../PROTOCOL.md");
+    let hex = |line: &str| -> Vec<u8> {
+        line[label.len()..]
+            .split_whitespace()
+            .map_while(|w| (w.len() == 2).then(|| u8::from_str_radix(w, 16).ok()).flatten())
+            .collect()
+    };
+    doc.lines()
+        .filter(|l| l.starts_with(label))
+        .map(hex)
+        .find(|b| !b.is_empty())
+        .unwrap_or_else(|| panic!("PROTOCOL.md has no line starting with {label:?} and hex bytes"))
+}
+
 #[test]
 fn wire_bytes_match_protocol_md_example() {
     // The worked example in PROTOCOL.md: Ping { nonce: 300 } with id 1.
     let env = Envelope { id: 1, msg: Message::Request(Request::Ping { nonce: 300 }) };
     let payload = postcard::to_allocvec(&env).unwrap();
-    assert_eq!(payload, [0x01, 0x00, 0x0D, 0xAC, 0x02]);
-    let frame = encode_frame(&env, DEFAULT_MAX_FRAME).unwrap();
+    assert_eq!(payload, protocol_md_bytes("payload "));
     let crc = frame::CRC32.checksum(&payload).to_le_bytes();
+    assert_eq!(crc.to_vec(), protocol_md_bytes("crc (LE) "));
+    let frame = encode_frame(&env, DEFAULT_MAX_FRAME).unwrap();
     let mut body = payload.clone();
     body.extend(crc);
     let mut expected = cobs::encode_vec(&body);
     expected.push(0);
     assert_eq!(frame, expected);
-    assert_eq!(frame, [0x02, 0x01, 0x08, 0x0D, 0xAC, 0x02, 0x37, 0xDF, 0x26, 0x1F, 0x00]);
+    assert_eq!(frame, protocol_md_bytes("COBS + 0x00 "));
+    // And the preambles of section 4.
+    use rba_protocol::secure::{preamble, Mode};
+    assert_eq!(preamble(Mode::Psk).to_vec(), protocol_md_bytes("preamble, keyed "));
+    assert_eq!(preamble(Mode::Keyless).to_vec(), protocol_md_bytes("preamble, keyless "));
+    assert_eq!(rba_protocol::secure::legacy_version_mismatch(1, 2, 1), protocol_md_bytes("v1 VersionMismatch "));
 }

@@ -10,11 +10,12 @@ use std::time::Duration;
 
 use rba_protocol::client::upload_resumable;
 use rba_protocol::mem::{duplex, lossy_duplex, Faults, MemLink};
+use rba_protocol::secure::{self, SecureStream};
 use rba_protocol::testing::MemoryHandler;
 use rba_protocol::*;
 use sha2::{Digest, Sha256};
 
-const KEY: &[u8] = b"factory-key-0123456789";
+const KEY: PreSharedKey = PreSharedKey::new([0x42; 32]);
 
 /// A device serving every link sent to it, one session after another,
 /// with one handler (its store survives reconnects).
@@ -36,12 +37,8 @@ fn spawn_device(
     (tx, join)
 }
 
-fn client_config(key: Option<&[u8]>) -> ClientConfig {
-    ClientConfig {
-        key: key.map(PreSharedKey::new),
-        request_timeout: Duration::from_millis(500),
-        ..ClientConfig::serial()
-    }
+fn client_config(key: Option<PreSharedKey>) -> ClientConfig {
+    ClientConfig { key, request_timeout: Duration::from_millis(500), ..ClientConfig::serial() }
 }
 
 fn connect(dev: &mpsc::Sender<MemLink>, config: ClientConfig) -> Result<Client<MemLink>, ClientError> {
@@ -52,7 +49,7 @@ fn connect(dev: &mpsc::Sender<MemLink>, config: ClientConfig) -> Result<Client<M
 }
 
 fn keyed_server() -> ServerConfig {
-    ServerConfig { key: Some(PreSharedKey::new(KEY)), ..ServerConfig::default() }
+    ServerConfig { key: Some(KEY), identity: Some(Identity::generate().unwrap()), ..ServerConfig::default() }
 }
 
 fn model(n: usize, seed: u8) -> Vec<u8> {
@@ -142,43 +139,76 @@ fn authenticated_session_covers_every_request() {
 #[test]
 fn wrong_key_missing_key_and_unauthenticated_requests() {
     let (dev, join) = spawn_device(keyed_server(), MemoryHandler::new());
-    let err = connect(&dev, client_config(Some(b"not the key"))).err().unwrap();
-    assert!(matches!(err, ClientError::Remote(RemoteError::AuthFailed)), "{err}");
+    // A wrong key: the device's handshake message does not authenticate.
+    let err = connect(&dev, client_config(Some(PreSharedKey::new([7; 32])))).err().unwrap();
+    assert!(matches!(err, ClientError::AuthFailed), "{err}");
+    // No key: the device answers that it requires one.
     let err = connect(&dev, client_config(None)).err().unwrap();
     assert!(matches!(err, ClientError::Remote(RemoteError::AuthRequired)), "{err}");
 
-    // A raw peer that skips the handshake gets AuthRequired for everything.
+    // A raw peer that skips the handshake and sends (v1-style) frames gets
+    // nothing at all: no device identity, no error oracle.
     let (mut host, board) = duplex();
-    host.set_read_timeout(Some(Duration::from_secs(2)));
+    host.set_read_timeout(Some(Duration::from_millis(300)));
     dev.send(board).unwrap();
     for (id, req) in [(1, Request::DeviceInfo), (2, Request::List { kind: None }), (3, Request::Cancel { target: 1 })] {
-        let resp = raw_call(&mut host, id, req);
-        assert_eq!(resp, Envelope { id, msg: Message::Response(Response::Error(RemoteError::AuthRequired)) });
+        let frame = encode_frame(&Envelope { id, msg: Message::Request(req) }, DEFAULT_MAX_FRAME).unwrap();
+        host.write_all(&frame).unwrap();
     }
+    let mut buf = [0u8; 64];
+    assert!(host.read(&mut buf).is_err(), "no answer before the handshake");
     drop(host);
     drop(dev);
     let (h, ends) = join.join().unwrap();
-    assert_eq!(ends, [SessionEnd::AuthFailed, SessionEnd::Closed, SessionEnd::Closed]);
+    assert_eq!(ends, [SessionEnd::AuthFailed, SessionEnd::Refused, SessionEnd::Closed]);
     assert!(h.artifacts.is_empty());
 }
 
 #[test]
-fn serial_without_key_and_client_key_optional() {
+fn keyless_serial_sessions_and_a_host_with_a_key_refuses_a_keyless_device() {
     let (dev, _join) = spawn_device(ServerConfig::default(), MemoryHandler::new());
     let c = connect(&dev, client_config(None)).unwrap();
-    assert!(!c.session().unwrap().authenticated);
+    let s = c.session().unwrap();
+    assert!(!s.authenticated, "Noise_NX: encrypted, the device key proved, no key");
+    assert!(s.fingerprint().starts_with("SHA256:"));
     drop(c); // the device serves one session at a time
-             // A client holding a key still talks to a keyless (serial) board.
-    let c = connect(&dev, client_config(Some(KEY))).unwrap();
-    assert!(!c.session().unwrap().authenticated);
+             // A host holding a key never accepts a device that cannot prove it.
+    let err = connect(&dev, client_config(Some(KEY))).err().unwrap();
+    assert!(matches!(err, ClientError::DeviceHasNoKey), "{err}");
 }
 
-fn raw_call(link: &mut MemLink, id: u32, req: Request) -> Envelope {
+#[test]
+fn a_pinned_device_key_is_enforced() {
+    let config = keyed_server();
+    let pinned = config.identity.as_ref().unwrap().fingerprint();
+    let (dev, _join) = spawn_device(config, MemoryHandler::new());
+    let c = connect(&dev, ClientConfig { expected_device: Some(pinned.clone()), ..client_config(Some(KEY)) }).unwrap();
+    assert_eq!(c.session().unwrap().fingerprint(), pinned);
+    drop(c);
+    let other = Identity::generate().unwrap().fingerprint();
+    let err =
+        connect(&dev, ClientConfig { expected_device: Some(other.clone()), ..client_config(Some(KEY)) }).err().unwrap();
+    match err {
+        ClientError::IdentityChanged { expected, got } => assert_eq!((expected, got), (other, pinned)),
+        e => panic!("{e}"),
+    }
+}
+
+/// A host that completed the secure handshake and then talks raw frames.
+fn raw_session(dev: &mpsc::Sender<MemLink>, key: Option<&PreSharedKey>) -> SecureStream<MemLink> {
+    let (mut host, board) = duplex();
+    host.set_read_timeout(Some(Duration::from_secs(2)));
+    dev.send(board).unwrap();
+    let channel = secure::connect(&mut host, key, Duration::from_secs(2), 1).unwrap();
+    channel.stream(host)
+}
+
+fn raw_call(link: &mut SecureStream<MemLink>, id: u32, req: Request) -> Envelope {
     let frame = encode_frame(&Envelope { id, msg: Message::Request(req) }, DEFAULT_MAX_FRAME).unwrap();
     raw_send(link, &frame)
 }
 
-fn raw_send(link: &mut MemLink, frame: &[u8]) -> Envelope {
+fn raw_send(link: &mut SecureStream<MemLink>, frame: &[u8]) -> Envelope {
     link.write_all(frame).unwrap();
     let mut d = FrameDecoder::new(DEFAULT_MAX_FRAME);
     let mut buf = [0u8; 4096];
@@ -201,58 +231,78 @@ fn hello(version: u16) -> Request {
         capabilities: Capabilities::ALL,
         max_frame: DEFAULT_MAX_FRAME as u32,
         preferred_chunk: 1000,
-        client_nonce: [0; 32],
     })
 }
 
 #[test]
 fn version_mismatch_is_reported_even_for_unknown_hello_layouts() {
-    let (dev, _join) = spawn_device(keyed_server(), MemoryHandler::new());
+    let (dev, join) = spawn_device(keyed_server(), MemoryHandler::new());
+    // A version-1 host (no preamble, a COBS Hello) is told in v1 framing.
     let (mut host, board) = duplex();
     host.set_read_timeout(Some(Duration::from_secs(2)));
     dev.send(board).unwrap();
+    let v1_hello = postcard::to_allocvec(&(9u32, 0u32, 0u32, 1u16, "rba", "0.1.0")).unwrap();
+    host.write_all(&secure::legacy_frame(&v1_hello)).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 256];
+    while !got.ends_with(&[0]) {
+        let n = host.read(&mut buf).unwrap();
+        assert!(n > 0);
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert_eq!(got, secure::legacy_version_mismatch(9, PROTOCOL_VERSION, 1));
+    drop(host);
+
+    // Inside the channel: a Hello of another version, and one with a layout
+    // this version cannot decode.
+    let mut link = raw_session(&dev, Some(&KEY));
     let mismatch = |requested| {
         Message::Response(Response::Error(RemoteError::VersionMismatch { supported: PROTOCOL_VERSION, requested }))
     };
-    assert_eq!(raw_call(&mut host, 1, hello(PROTOCOL_VERSION + 1)).msg, mismatch(PROTOCOL_VERSION + 1));
-    // A future Hello with extra fields this version cannot decode.
+    assert_eq!(raw_call(&mut link, 1, hello(PROTOCOL_VERSION + 1)).msg, mismatch(PROTOCOL_VERSION + 1));
     let mut payload = postcard::to_allocvec(&Envelope { id: 2, msg: Message::Request(hello(9)) }).unwrap();
     payload.extend([1, 2, 3]);
-    payload.extend(frame::CRC32.checksum(&payload).to_le_bytes());
-    let mut wire = cobs::encode_vec(&payload);
-    wire.push(0);
-    assert_eq!(raw_send(&mut host, &wire), Envelope { id: 2, msg: mismatch(9) });
+    assert_eq!(raw_send(&mut link, &secure::legacy_frame(&payload)), Envelope { id: 2, msg: mismatch(9) });
+    drop(link);
+    drop(dev);
+    let (_, ends) = join.join().unwrap();
+    assert_eq!(ends, [SessionEnd::Refused, SessionEnd::Closed]);
 }
 
 #[test]
-fn client_reports_version_mismatch() {
-    // A fake board from the future.
+fn client_reports_version_mismatch_and_old_devices() {
+    // A fake board from the future: its answer names the version it speaks.
     let (mut host, mut board) = duplex();
     host.set_read_timeout(Some(Duration::from_millis(5)));
     let fake = std::thread::spawn(move || {
-        let mut d = FrameDecoder::new(DEFAULT_MAX_FRAME);
         let mut buf = [0u8; 4096];
-        let mut id = None;
-        while id.is_none() {
-            let n = board.read(&mut buf).unwrap();
-            d.feed(&buf[..n], |r| id = r.ok().map(|e| e.id));
-        }
-        let err = Response::Error(RemoteError::VersionMismatch { supported: 2, requested: PROTOCOL_VERSION });
-        let env = Envelope { id: id.unwrap(), msg: Message::Response(err) };
-        board.write_all(&encode_frame(&env, DEFAULT_MAX_FRAME).unwrap()).unwrap();
+        let n = board.read(&mut buf).unwrap();
+        assert!(n >= secure::PREAMBLE_LEN);
+        let mut answer = secure::answer(secure::Status::VersionMismatch, [0; secure::ECHO_LEN]);
+        answer[5..7].copy_from_slice(&3u16.to_be_bytes());
+        board.write_all(&answer).unwrap();
         board
     });
     let err = Client::connect(host, client_config(None)).err().unwrap();
-    assert!(matches!(err, ClientError::Remote(RemoteError::VersionMismatch { supported: 2, requested: 1 })), "{err}");
+    assert!(matches!(err, ClientError::Remote(RemoteError::VersionMismatch { supported: 3, requested: 2 })), "{err}");
     fake.join().unwrap();
+    // A device that does not answer the handshake at all (an rba-device
+    // older than protocol 2 ignores the preamble).
+    let (mut host, _board) = duplex();
+    host.set_read_timeout(Some(Duration::from_millis(5)));
+    let config = ClientConfig { request_timeout: Duration::from_millis(100), max_retries: 1, ..client_config(None) };
+    let err = Client::connect(host, config).err().unwrap();
+    assert!(matches!(err, ClientError::HandshakeTimeout { attempts: 2 }), "{err}");
 }
 
 #[test]
 fn upload_violations_get_typed_errors() {
     let (dev, _join) = spawn_device(ServerConfig::default(), MemoryHandler::new());
-    let (mut host, board) = duplex();
-    host.set_read_timeout(Some(Duration::from_secs(2)));
-    dev.send(board).unwrap();
+    let mut host = raw_session(&dev, None);
+    assert_eq!(
+        raw_call(&mut host, 1, Request::List { kind: None }).msg,
+        Message::Response(Response::Error(RemoteError::HandshakeRequired))
+    );
     let Message::Response(Response::Welcome(w)) = raw_call(&mut host, 1, hello(PROTOCOL_VERSION)).msg else {
         panic!("no welcome")
     };
@@ -386,7 +436,12 @@ fn upload_resumes_after_the_link_breaks() {
     assert_eq!(h.commits.len(), 1);
 }
 
-fn lossy_upload(seed: u64, rate: f64, data: &[u8]) -> (Result<ArtifactInfo, ClientError>, MemoryHandler) {
+fn lossy_upload(
+    seed: u64,
+    rate: f64,
+    data: &[u8],
+    sessions: u32,
+) -> (Result<ArtifactInfo, ClientError>, MemoryHandler) {
     let (dev, join) = spawn_device(ServerConfig::default(), MemoryHandler::new());
     let faults = |s| Faults { seed: s, corrupt: rate, drop: rate, duplicate: rate, cut_after: None };
     let mut session = 0;
@@ -408,7 +463,7 @@ fn lossy_upload(seed: u64, rate: f64, data: &[u8]) -> (Result<ArtifactInfo, Clie
         ArtifactKind::Model,
         "lossy",
         data,
-        3,
+        sessions,
         |_| {},
     )
     .map(|(_, info)| info);
@@ -422,8 +477,10 @@ fn upload_over_a_corrupting_dropping_duplicating_link() {
     let data = model(48 * 1024, 4);
     let sha: [u8; 32] = Sha256::digest(&data).into();
     for seed in 1..=3 {
-        // ~1 byte in 5000 damaged each way: about 1 frame in 5 is lost.
-        let (result, h) = lossy_upload(seed, 7e-5, &data);
+        // ~1 byte in 80000 damaged each way: a damaged record ends its
+        // session (it cannot be told from tampering), the next session
+        // resumes from what arrived intact.
+        let (result, h) = lossy_upload(seed, 4e-6, &data, 10);
         let info = result.unwrap_or_else(|e| panic!("seed {seed}: {e}"));
         assert_eq!(info.sha256, sha);
         assert_eq!(h.get(ArtifactKind::Model, "lossy"), Some(&data[..]));
@@ -435,10 +492,16 @@ fn upload_over_a_corrupting_dropping_duplicating_link() {
 fn hopeless_link_fails_cleanly_after_bounded_retries() {
     let data = model(16 * 1024, 5);
     let started = std::time::Instant::now();
-    // ~1 byte in 50 damaged: almost no frame survives.
-    let (result, h) = lossy_upload(9, 2e-2, &data);
+    // ~1 byte in 50 damaged: almost no record survives.
+    let (result, h) = lossy_upload(9, 2e-2, &data, 3);
     let err = result.unwrap_err();
-    assert!(matches!(err, ClientError::RetriesExhausted { attempts: 3, .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            ClientError::RetriesExhausted { attempts: 3, .. } | ClientError::AuthFailed | ClientError::NotSecure(_)
+        ),
+        "{err}"
+    );
     assert!(h.commits.is_empty(), "nothing may be committed");
     assert!(started.elapsed() < Duration::from_secs(20));
 }
@@ -457,9 +520,9 @@ fn tcp_session_with_key() {
         }
         (h, ends)
     });
-    let err = Client::connect_tcp(addr, ClientConfig::tcp(PreSharedKey::new(b"guess".to_vec()))).err().unwrap();
-    assert!(matches!(err, ClientError::Remote(RemoteError::AuthFailed)), "{err}");
-    let mut c = Client::connect_tcp(addr, ClientConfig::tcp(PreSharedKey::new(KEY))).unwrap();
+    let err = Client::connect_tcp(addr, ClientConfig::tcp(PreSharedKey::new([1; 32]))).err().unwrap();
+    assert!(matches!(err, ClientError::AuthFailed), "{err}");
+    let mut c = Client::connect_tcp(addr, ClientConfig::tcp(KEY)).unwrap();
     assert_eq!(c.session().unwrap().chunk_size, DEFAULT_TCP_CHUNK);
     let data = model(1_000_000, 6);
     c.upload(ArtifactKind::Model, "tcp", &data, |_| {}).unwrap();

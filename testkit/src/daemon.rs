@@ -13,7 +13,7 @@ use rba_protocol::*;
 /// A client that gives up quickly (serial defaults otherwise), with `key`.
 pub fn fast_client_config(key: Option<&str>) -> ClientConfig {
     ClientConfig {
-        key: key.map(|k| PreSharedKey::new(k.as_bytes())),
+        key: key.map(crate::psk),
         request_timeout: Duration::from_secs(3),
         job_idle_timeout: Duration::from_secs(30),
         max_retries: 2,
@@ -29,7 +29,7 @@ pub fn test_options(dir: &Path, quota: u64, key: Option<&str>) -> InProcessOptio
         quota,
         board_name: "test".into(),
         threads: 1,
-        key: key.map(|k| PreSharedKey::new(k.as_bytes())),
+        key: key.map(crate::psk),
         ..InProcessOptions::default()
     }
 }

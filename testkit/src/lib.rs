@@ -40,8 +40,30 @@ pub mod qemu;
 pub mod tensors;
 
 /// Pre-shared key of every keyed daemon the tests start (in-process or a
-/// real process) and of the clients talking to them.
-pub const KEY: &str = "rba-test-key-0123456789abcdef";
+/// real process) and of the clients talking to them: 64 hex digits, as
+/// `rba-device keygen` writes them.
+pub const KEY: &str = "7262612d746573742d6b65792d30313233343536373839616263646566303132";
+
+/// A key from its 64 hex digits (panics on anything else: tests only).
+pub fn psk(hex: &str) -> rba_protocol::PreSharedKey {
+    rba_protocol::PreSharedKey::from_hex(hex.as_bytes()).expect("64 hex digits")
+}
+
+/// [`KEY`] as a key.
+pub fn test_key() -> rba_protocol::PreSharedKey {
+    psk(KEY)
+}
+
+/// Writes `hex` to `path` as a key file (mode 0600, as the daemon and the
+/// host require).
+pub fn write_key_file(path: &Path, hex: &str) {
+    std::fs::write(path, format!("{hex}\n")).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+}
 
 /// The workspace root (every member sits one level below it).
 pub fn workspace() -> PathBuf {

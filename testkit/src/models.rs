@@ -203,3 +203,89 @@ pub fn run(model: &OnnxModel, input: &nd::ArrayD<f32>) -> nd::ArrayD<f32> {
     let runner = Runner::new(model, input.shape()[0], &[]).expect("model loads in tract");
     runner.run(input.clone()).expect("model runs").remove(0)
 }
+
+/// Models of a few hundred bytes that ask the runtime for far more memory
+/// than a board has (or make it panic): what `rba-device` must refuse or
+/// survive. Each is at most [`bombs::MAX_BYTES`] bytes.
+pub mod bombs {
+    use rba_onnx::build::{attr_int, f32_tensor, f32_value_info, i64_tensor, node, Dim};
+    use rba_onnx::proto::GraphProto;
+
+    use super::{encode, value_info_typed};
+
+    /// Largest bomb, in bytes.
+    pub const MAX_BYTES: usize = 300;
+
+    /// One float input `x` of `dims` (unused unless the nodes read it).
+    fn graph(nodes: Vec<rba_onnx::proto::NodeProto>, inits: Vec<rba_onnx::proto::TensorProto>, x: &[usize]) -> Vec<u8> {
+        encode(GraphProto {
+            node: nodes,
+            initializer: inits,
+            input: vec![f32_value_info("x", &x.iter().map(|&d| Dim::Fixed(d)).collect::<Vec<_>>())],
+            output: vec![f32_value_info("y", &[])],
+            ..Default::default()
+        })
+    }
+
+    /// `y = ConstantOfShape(shape)`, node `n1`, the shape an initializer:
+    /// `[2^40]` asks for 4 TiB of floats at load time.
+    pub fn constant_of_shape(shape: &[i64]) -> Vec<u8> {
+        graph(
+            vec![node("ConstantOfShape", "n1", &["shape"], &["y"])],
+            vec![i64_tensor("shape", &[shape.len()], shape)],
+            &[1],
+        )
+    }
+
+    /// `y = Expand(1.0, shape)`, node `e1`: `[2^16, 2^16]` is 16 GiB of floats.
+    pub fn expand(shape: &[i64]) -> Vec<u8> {
+        graph(
+            vec![node("Expand", "e1", &["one", "shape"], &["y"])],
+            vec![f32_tensor("one", &[], &[1.0]), i64_tensor("shape", &[shape.len()], shape)],
+            &[1],
+        )
+    }
+
+    /// `y = Range(0, limit, delta)` of int64 scalars, node `r1`.
+    pub fn range(limit: i64, delta: i64) -> Vec<u8> {
+        graph(
+            vec![node("Range", "r1", &["s", "l", "d"], &["y"])],
+            vec![i64_tensor("s", &[], &[0]), i64_tensor("l", &[], &[limit]), i64_tensor("d", &[], &[delta])],
+            &[1],
+        )
+    }
+
+    /// `y = Relu(x)` with `x` of `dims`: `[2^12, 2^12, 2^12]` is 2^36
+    /// floats; `[2^32, 2^32, 2^32]` overflows u64.
+    pub fn input(dims: &[usize]) -> Vec<u8> {
+        graph(vec![node("Relu", "relu", &["x"], &["y"])], vec![], dims)
+    }
+
+    /// A shape only known at run time: `y = Range(0, x + limit, 1)` with `x`
+    /// a float scalar in [0, 1): the static check cannot size it, tract
+    /// allocates `limit` floats when it runs.
+    pub fn runtime_range(limit: f32) -> Vec<u8> {
+        graph(
+            vec![node("Add", "add", &["x", "lim"], &["l"]), node("Range", "r1", &["s", "l", "d"], &["y"])],
+            vec![f32_tensor("lim", &[], &[limit]), f32_tensor("s", &[], &[0.0]), f32_tensor("d", &[], &[1.0])],
+            &[],
+        )
+    }
+
+    /// An integer remainder by zero at run time, `y = Mod(1, Cast<int64>(x))`
+    /// with `x` in [0, 1) (synthetic inputs): tract 0.23 checks `Div` by
+    /// zero but panics inside `Mod`.
+    pub fn runtime_remainder_by_zero() -> Vec<u8> {
+        let mut cast = node("Cast", "cast", &["x"], &["xi"]);
+        cast.attribute.push(attr_int("to", 7));
+        let mut g = GraphProto {
+            node: vec![cast, node("Mod", "mod", &["one", "xi"], &["y"])],
+            initializer: vec![i64_tensor("one", &[1], &[1])],
+            input: vec![f32_value_info("x", &[Dim::Fixed(1)])],
+            output: vec![value_info_typed("y", &[Dim::Fixed(1)], 7)],
+            ..Default::default()
+        };
+        g.name = None;
+        encode(g)
+    }
+}

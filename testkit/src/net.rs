@@ -10,6 +10,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use rba_protocol::rng::splitmix64;
+use rba_protocol::secure;
 use rba_protocol::*;
 
 use crate::KEY;
@@ -24,7 +25,7 @@ pub fn tcp_config() -> ClientConfig {
         request_timeout: Duration::from_secs(5),
         job_idle_timeout: Duration::from_secs(60),
         max_retries: 2,
-        ..ClientConfig::tcp(PreSharedKey::new(KEY.as_bytes()))
+        ..ClientConfig::tcp(crate::psk(KEY))
     }
 }
 
@@ -46,18 +47,66 @@ pub fn connect_tcp(addr: SocketAddr, config: &ClientConfig) -> Result<Client<Tcp
 // ---------------------------------------------------------------------------
 // Raw frames
 
-/// A peer speaking raw frames, for what a well-behaved client never sends.
+/// The bytes under a [`RawPeer`]: plain TCP, or the secure channel.
+enum RawLink {
+    Plain(TcpStream),
+    Secure(Box<secure::SecureStream<TcpStream>>),
+}
+
+impl Read for RawLink {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            RawLink::Plain(s) => s.read(buf),
+            RawLink::Secure(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for RawLink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            RawLink::Plain(s) => s.write(buf),
+            RawLink::Secure(s) => s.write(buf),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            RawLink::Plain(s) => s.flush(),
+            RawLink::Secure(s) => s.flush(),
+        }
+    }
+}
+
+/// A peer speaking raw frames, for what a well-behaved client never sends:
+/// on plain TCP ([`RawPeer::connect`], what an attacker without the key
+/// can send) or inside the secure channel ([`RawPeer::secure`], a host with
+/// the key that misbehaves).
 pub struct RawPeer {
+    link: RawLink,
+    /// The socket, for shutting it down and watching it close.
     pub stream: TcpStream,
     decoder: FrameDecoder,
     next_id: u32,
 }
 
 impl RawPeer {
+    /// Plain TCP: bytes go out as they are.
     pub fn connect(addr: SocketAddr) -> RawPeer {
         let stream = TcpStream::connect(addr).unwrap();
         stream.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
-        RawPeer { stream, decoder: FrameDecoder::new(DEFAULT_MAX_FRAME), next_id: 0 }
+        let link = RawLink::Plain(stream.try_clone().unwrap());
+        RawPeer { link, stream, decoder: FrameDecoder::new(DEFAULT_MAX_FRAME), next_id: 0 }
+    }
+
+    /// After the secure handshake with `key` (no Hello yet): frames are
+    /// encrypted into records.
+    pub fn secure(addr: SocketAddr, key: &PreSharedKey) -> RawPeer {
+        let stream = TcpStream::connect(addr).unwrap();
+        stream.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        let mut s = stream.try_clone().unwrap();
+        let channel = secure::connect(&mut s, Some(key), Duration::from_secs(5), 1).unwrap();
+        let link = RawLink::Secure(Box::new(channel.stream(s)));
+        RawPeer { link, stream, decoder: FrameDecoder::new(DEFAULT_MAX_FRAME), next_id: 0 }
     }
 
     /// A request id not used before on this link.
@@ -73,9 +122,18 @@ impl RawPeer {
         id
     }
 
-    /// Sends raw bytes.
+    /// Sends raw bytes (encrypted on a secure peer).
     pub fn write(&mut self, bytes: &[u8]) {
-        self.stream.write_all(bytes).unwrap();
+        self.link.write_all(bytes).unwrap();
+    }
+
+    /// Sends `Hello` and expects `Welcome`.
+    pub fn hello(&mut self) -> Welcome {
+        let id = self.send(Request::Hello(hello()));
+        match self.response(id, Duration::from_secs(10)) {
+            Some(Response::Welcome(w)) => w,
+            other => panic!("no Welcome: {other:?}"),
+        }
     }
 
     /// The next envelope; `None` if the link closed or `timeout` passed.
@@ -84,7 +142,7 @@ impl RawPeer {
         let mut buf = [0u8; 4096];
         let mut got = None;
         while got.is_none() && Instant::now() < deadline {
-            match self.stream.read(&mut buf) {
+            match self.link.read(&mut buf) {
                 Ok(0) => return None,
                 Ok(n) => self.decoder.feed(&buf[..n], |r| {
                     if let Ok(env) = r {
@@ -107,6 +165,22 @@ impl RawPeer {
             }
         }
         None
+    }
+
+    /// Raw bytes received within `timeout` (until the link closes).
+    pub fn read_raw(&mut self, timeout: Duration) -> Vec<u8> {
+        let deadline = Instant::now() + timeout;
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        while Instant::now() < deadline {
+            match self.stream.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                Err(_) => break,
+            }
+        }
+        out
     }
 
     /// True if the device closes the connection within `timeout`.
@@ -171,7 +245,6 @@ pub fn hello() -> Hello {
         capabilities: Capabilities::ALL,
         max_frame: DEFAULT_MAX_FRAME as u32,
         preferred_chunk: DEFAULT_TCP_CHUNK,
-        client_nonce: [7; 32],
     }
 }
 
@@ -198,9 +271,101 @@ pub struct Faults {
     pub stall_at: Option<(u64, Duration)>,
 }
 
+/// Which way bytes go through a [`Proxy`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dir {
+    /// Host to device.
+    Up,
+    /// Device to host.
+    Down,
+}
+
+/// A unit of the secure wire format (PROTOCOL.md section 4) as a proxy
+/// script sees it. Record lengths are encrypted, so after the handshake a
+/// proxy (like an attacker) sees bytes, not records: each read is one
+/// `Data` unit. While a host waits for each answer (small requests), one
+/// read is one record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unit {
+    /// Preamble and message 1 (up), or the answer and message 2 (down).
+    Handshake,
+    /// The `index`-th read after the handshake, at `offset` bytes into
+    /// this direction's records.
+    Data { index: u64, offset: u64 },
+}
+
+/// Where a unit is: connection (0-based, in accept order), direction, unit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct At {
+    pub conn: u32,
+    pub dir: Dir,
+    pub unit: Unit,
+}
+
+/// Scripted tampering: called with every complete unit as it arrived;
+/// returns what to forward instead (nothing drops it, several inject).
+pub type Script = Arc<dyn Fn(At, Vec<u8>) -> Vec<Vec<u8>> + Send + Sync>;
+
+/// The bytes of one connection each way, as they arrived (before tampering).
+#[derive(Clone, Debug, Default)]
+pub struct Capture {
+    pub up: Vec<u8>,
+    pub down: Vec<u8>,
+}
+
+/// Length of the handshake unit at the start of `buf`: `Some(Ok(n))` when
+/// it is complete, `None` when more bytes are needed, `Some(Err(()))` when
+/// the bytes are not the secure wire format (a version-1 peer).
+fn handshake_unit(dir: Dir, buf: &[u8]) -> Option<Result<usize, ()>> {
+    let be16 = |at: usize| usize::from(u16::from_be_bytes([buf[at], buf[at + 1]]));
+    let need = |n: usize| buf.len() >= n;
+    let m = secure::MAGIC.len();
+    if buf[..buf.len().min(m)] != secure::MAGIC[..buf.len().min(m)] {
+        return Some(Err(()));
+    }
+    let n = match dir {
+        Dir::Up => {
+            if !need(secure::PREAMBLE_LEN + 2) {
+                return None;
+            }
+            secure::PREAMBLE_LEN + 2 + be16(secure::PREAMBLE_LEN)
+        }
+        Dir::Down => {
+            if !need(secure::ANSWER_LEN) {
+                return None;
+            }
+            if buf[7] != 0 {
+                secure::ANSWER_LEN
+            } else if !need(secure::ANSWER_LEN + 2) {
+                return None;
+            } else {
+                secure::ANSWER_LEN + 2 + be16(secure::ANSWER_LEN)
+            }
+        }
+    };
+    need(n).then_some(Ok(n))
+}
+
+/// A captured direction split into its handshake unit and the rest (one
+/// `Data` unit; empty rest: no unit).
+pub fn split_units(dir: Dir, bytes: &[u8]) -> Vec<(Unit, Vec<u8>)> {
+    match handshake_unit(dir, bytes) {
+        Some(Ok(n)) => {
+            let mut v = vec![(Unit::Handshake, bytes[..n].to_vec())];
+            if bytes.len() > n {
+                v.push((Unit::Data { index: 0, offset: 0 }, bytes[n..].to_vec()));
+            }
+            v
+        }
+        _ => Vec::new(),
+    }
+}
+
 #[derive(Default)]
 struct ProxyState {
     faults: Mutex<Faults>,
+    script: Mutex<Option<Script>>,
+    captures: Mutex<Vec<Capture>>,
     stop: AtomicBool,
     /// Host -> device bytes forwarded, over all connections.
     upstream: AtomicU64,
@@ -234,6 +399,7 @@ impl Proxy {
                             continue;
                         };
                         let n = st.connections.fetch_add(1, Ordering::SeqCst);
+                        st.captures.lock().unwrap().push(Capture::default());
                         host.set_nonblocking(false).unwrap();
                         for s in [&host, &dev] {
                             s.set_nodelay(true).unwrap();
@@ -242,9 +408,9 @@ impl Proxy {
                         let seed = 0x9E37_79B9_7F4A_7C15 ^ u64::from(n);
                         let (h2, d2) = (host.try_clone().unwrap(), dev.try_clone().unwrap());
                         let s1 = st.clone();
-                        std::thread::spawn(move || pump(host, dev, true, &s1, seed));
+                        std::thread::spawn(move || pump(host, dev, true, &s1, seed, n));
                         let s2 = st.clone();
-                        std::thread::spawn(move || pump(d2, h2, false, &s2, !seed));
+                        std::thread::spawn(move || pump(d2, h2, false, &s2, !seed, n));
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                         std::thread::sleep(Duration::from_millis(5))
@@ -258,6 +424,17 @@ impl Proxy {
 
     pub fn set_faults(&self, faults: Faults) {
         *self.state.faults.lock().unwrap() = faults;
+    }
+
+    /// From now on, forward whole units of the secure wire format through
+    /// `script` (instead of applying [`Faults`]).
+    pub fn set_script(&self, script: Script) {
+        *self.state.script.lock().unwrap() = Some(script);
+    }
+
+    /// What connection `conn` carried so far each way (before tampering).
+    pub fn capture(&self, conn: u32) -> Capture {
+        self.state.captures.lock().unwrap().get(conn as usize).cloned().unwrap_or_default()
     }
 
     /// Bytes corrupted so far.
@@ -300,18 +477,85 @@ fn unit(state: &mut u64) -> f64 {
     (splitmix64(state) >> 11) as f64 / (1u64 << 53) as f64
 }
 
-/// Forwards `from` -> `to` until either side closes, applying the faults.
-fn pump(mut from: TcpStream, mut to: TcpStream, upstream: bool, st: &ProxyState, seed: u64) {
+/// Script mode of [`pump`]: the handshake unit whole, then each read.
+struct Units {
+    buf: Vec<u8>,
+    handshake_done: bool,
+    reads: u64,
+    offset: u64,
+    /// Not the secure format: pass bytes through.
+    raw: bool,
+}
+
+impl Units {
+    /// What to forward for `bytes` that just arrived.
+    fn forward(&mut self, bytes: &[u8], at: (u32, Dir), script: &Script) -> Vec<u8> {
+        if self.raw {
+            return bytes.to_vec();
+        }
+        let mut out = Vec::new();
+        let mut data = bytes.to_vec();
+        if !self.handshake_done {
+            self.buf.extend_from_slice(bytes);
+            match handshake_unit(at.1, &self.buf) {
+                None => return out,
+                Some(Err(())) => {
+                    self.raw = true;
+                    out.append(&mut self.buf);
+                    return out;
+                }
+                Some(Ok(n)) => {
+                    let unit: Vec<u8> = self.buf.drain(..n).collect();
+                    self.handshake_done = true;
+                    for piece in script(At { conn: at.0, dir: at.1, unit: Unit::Handshake }, unit) {
+                        out.extend(piece);
+                    }
+                    data = std::mem::take(&mut self.buf);
+                }
+            }
+        }
+        if !data.is_empty() {
+            let unit = Unit::Data { index: self.reads, offset: self.offset };
+            self.reads += 1;
+            self.offset += data.len() as u64;
+            for piece in script(At { conn: at.0, dir: at.1, unit }, data) {
+                out.extend(piece);
+            }
+        }
+        out
+    }
+}
+
+/// Forwards `from` -> `to` until either side closes, applying the faults
+/// (or the script), recording what arrived.
+fn pump(mut from: TcpStream, mut to: TcpStream, upstream: bool, st: &ProxyState, seed: u64, conn: u32) {
     let mut rng = seed;
     // Clean bytes before the next burst, and corrupt bytes left in it.
     let mut gap_left: Option<u64> = None;
     let mut burst_left = 0usize;
     let mut buf = vec![0u8; 16 * 1024];
+    let dir = if upstream { Dir::Up } else { Dir::Down };
+    let mut units = Units { buf: Vec::new(), handshake_done: false, reads: 0, offset: 0, raw: false };
     loop {
         let n = match from.read(&mut buf) {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
+        if let Some(c) = st.captures.lock().unwrap().get_mut(conn as usize) {
+            let side = if upstream { &mut c.up } else { &mut c.down };
+            side.extend_from_slice(&buf[..n]);
+        }
+        let script = st.script.lock().unwrap().clone();
+        if let Some(script) = script {
+            if upstream {
+                st.upstream.fetch_add(n as u64, Ordering::SeqCst);
+            }
+            let out = units.forward(&buf[..n], (conn, dir), &script);
+            if to.write_all(&out).is_err() {
+                break;
+            }
+            continue;
+        }
         let faults = st.faults.lock().unwrap().clone();
         let mut len = n;
         let mut close = false;

@@ -49,6 +49,13 @@ pub fn device_binary() -> PathBuf {
     .clone()
 }
 
+/// The `rba` host binary of the same build (built with [`device_binary`]).
+pub fn rba_binary() -> PathBuf {
+    let bin = device_binary().with_file_name("rba");
+    assert!(bin.is_file(), "{} missing after the build", bin.display());
+    bin
+}
+
 /// A running `rba-device` process (native, or the ARM build under
 /// qemu-user), its stderr collected line by line. Dropping it kills the
 /// process.

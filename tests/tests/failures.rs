@@ -1,7 +1,8 @@
 //! Failures on real links to a real `rba-device` process: a TCP proxy that
 //! corrupts, drops and stalls; SIGKILL mid-upload; clients without the key
-//! or with a wrong one; hostile peers sending huge frames, false lengths
-//! and garbage.
+//! or with a wrong one, a replayed handshake; hostile peers sending huge
+//! frames, false lengths and garbage. (Deliberate attacks by a
+//! man-in-the-middle are in `attacks.rs`.)
 
 #![allow(clippy::unwrap_used)]
 
@@ -9,13 +10,14 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use rba_protocol::client::upload_resumable;
+use rba_protocol::secure::{self, ClientHandshakeError, ConnectError, Status};
 use rba_protocol::*;
 use rba_testkit::conformance::check_bench;
 use rba_testkit::daemon::no_progress;
 use rba_testkit::demo::demo;
-use rba_testkit::net::{connect_tcp, frame_payload, hello, tcp_config, Faults, Proxy, RawPeer};
+use rba_testkit::net::{connect_tcp, frame_payload, split_units, tcp_config, Dir, Faults, Proxy, RawPeer, Unit};
 use rba_testkit::process::DeviceProcess;
-use rba_testkit::sha256;
+use rba_testkit::{sha256, test_key};
 
 /// Client for a faulty link: small timeouts (a lost frame costs one), many
 /// resends, 64 KiB chunks.
@@ -29,15 +31,22 @@ fn flaky_config(timeout_ms: u64) -> ClientConfig {
 }
 
 /// Uploads `data` as model `name` through `addr`, reconnecting and resuming
-/// after link failures; returns the offsets each attempt started from.
-fn upload_through(addr: SocketAddr, config: &ClientConfig, name: &str, data: &[u8]) -> (ArtifactInfo, Vec<u64>) {
+/// after link failures (at most `sessions`); returns the offsets each
+/// attempt started from.
+fn upload_through(
+    addr: SocketAddr,
+    config: &ClientConfig,
+    name: &str,
+    data: &[u8],
+    sessions: u32,
+) -> (ArtifactInfo, Vec<u64>) {
     let mut starts = Vec::new();
     let (_, info) = upload_resumable(
         || connect_tcp(addr, config),
         ArtifactKind::Model,
         name,
         data,
-        4,
+        sessions,
         // Each attempt reports its starting offset first.
         |p| {
             if p.acked == p.resumed_from {
@@ -59,22 +68,23 @@ fn assert_stored(device_addr: SocketAddr, dir: &std::path::Path, name: &str, dat
 }
 
 #[test]
-fn corrupted_bytes_cost_resends_not_integrity() {
+fn corrupted_bytes_cost_sessions_never_the_stored_bytes() {
     let dir = tempfile::tempdir().unwrap();
     let device = DeviceProcess::tcp(dir.path());
     let addr = device.tcp_addr();
-    // ~1% of the bytes, in bursts of 8 KiB (noise on a line): every burst
-    // destroys a frame or two, which the CRC catches and a resend repairs.
-    let faults = Faults { corrupt_rate: 0.01, corrupt_burst: 8 * 1024, ..Faults::default() };
+    // Bursts of 1 KiB noise, about one per MB each way: a damaged record
+    // cannot be told from a tampered one, so it ends its session; the next
+    // session (fresh keys) resumes from what arrived intact.
+    let faults = Faults { corrupt_rate: 0.001, corrupt_burst: 1024, ..Faults::default() };
     let proxy = Proxy::start(addr, faults);
     let data = &demo().vit_bytes;
-    let (info, _) = upload_through(proxy.addr, &flaky_config(250), "vit.onnx", data);
+    let (info, starts) = upload_through(proxy.addr, &flaky_config(1000), "vit.onnx", data, 30);
     assert_eq!((info.size, info.sha256), (data.len() as u64, sha256(data)));
     let (corrupted, sent) = (proxy.corrupted(), proxy.upstream_bytes());
-    eprintln!("corrupted {corrupted} of {sent} bytes sent to the device");
-    let rate = corrupted as f64 / sent as f64;
-    assert!((0.006..0.014).contains(&rate), "{corrupted} of {sent} bytes corrupted: not ~1%");
-    assert!(sent > data.len() as u64 + 64 * 1024, "no chunk was resent ({sent} bytes sent)");
+    eprintln!("corrupted {corrupted} of {sent} bytes sent to the device; sessions started at {starts:?}");
+    assert!(corrupted > 0);
+    assert!(proxy.connections() >= 2, "no session was lost to a damaged record");
+    assert!(starts.windows(2).all(|w| w[0] <= w[1]), "resumes never go back: {starts:?}");
     drop(proxy);
     device.wait_idle(Duration::from_secs(10));
     assert_stored(addr, dir.path(), "vit.onnx", data);
@@ -93,18 +103,22 @@ fn a_hopeless_link_fails_cleanly_and_the_upload_resumes_later() {
     let mut c = connect_tcp(proxy.addr, &config).unwrap();
     let mut acked = 0;
     let err = c.upload(ArtifactKind::Model, "vit.onnx", data, |p| acked = p.acked).unwrap_err();
-    assert!(err.is_link_failure(), "{err}");
+    // Whichever end meets the first damaged record ends the session.
+    assert!(err.ends_session(), "{err}");
     assert!(acked > 512 * 1024 && acked < data.len() as u64, "{acked}");
     drop(c);
     // Nothing half-received is visible; the staged bytes wait for a retry.
     device.wait_idle(Duration::from_secs(10));
+    if err.integrity().is_none() {
+        assert!(device.wait_for("failed authentication", Duration::from_secs(5)).is_some(), "{}", device.stderr());
+    }
     let mut direct = connect_tcp(addr, &tcp_config()).unwrap();
     assert!(direct.list(None).unwrap().is_empty());
     drop(direct);
     device.wait_idle(Duration::from_secs(10));
     // The line clears: the same upload continues where it stopped.
     proxy.set_faults(Faults::default());
-    let (info, starts) = upload_through(proxy.addr, &flaky_config(1000), "vit.onnx", data);
+    let (info, starts) = upload_through(proxy.addr, &flaky_config(1000), "vit.onnx", data, 4);
     assert_eq!(info.sha256, sha256(data));
     assert!(starts[0] >= acked, "resumed from {starts:?}, {acked} were acknowledged");
     drop(proxy);
@@ -120,7 +134,7 @@ fn a_connection_dropped_mid_upload_resumes() {
     let drop_at = 2 << 20;
     let proxy = Proxy::start(addr, Faults { drop_at: Some(drop_at), ..Faults::default() });
     let data = &demo().vit_bytes;
-    let (info, starts) = upload_through(proxy.addr, &flaky_config(2000), "vit.onnx", data);
+    let (info, starts) = upload_through(proxy.addr, &flaky_config(2000), "vit.onnx", data, 4);
     assert_eq!(info.sha256, sha256(data));
     assert!(proxy.dropped());
     assert_eq!(proxy.connections(), 2, "one reconnection");
@@ -197,47 +211,68 @@ fn sigkill_mid_upload_leaves_no_partial_model_and_a_fresh_upload_works() {
 }
 
 #[test]
-fn clients_without_the_key_or_with_a_wrong_one_get_auth_errors() {
+fn clients_without_the_key_or_with_a_wrong_one_and_replayed_handshakes_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let device = DeviceProcess::tcp(dir.path());
     let addr = device.tcp_addr();
 
-    // Without a key: the client stops at the challenge.
+    // Without a key the client does not even try TCP.
     let keyless = ClientConfig { key: None, ..tcp_config() };
-    match connect_tcp(addr, &keyless) {
-        Err(ClientError::Remote(RemoteError::AuthRequired)) => {}
+    assert!(matches!(connect_tcp(addr, &keyless), Err(ClientError::Remote(RemoteError::AuthRequired))));
+    // On the wire, a keyless handshake is answered "key required".
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    match secure::connect(&mut s, None, Duration::from_secs(5), 1) {
+        Err(ConnectError::Handshake(ClientHandshakeError::Refused(Status::KeyRequired))) => {}
         other => panic!("{:?}", other.map(|_| ())),
     }
+    drop(s);
     device.wait_idle(Duration::from_secs(10));
 
-    // On the wire: requests before or instead of the proof get AuthRequired,
-    // and nothing about the device leaks.
+    // Frames without the handshake (what a version-1 host or an attacker
+    // without the key sends) get nothing: no answer, no device identity.
     let mut raw = RawPeer::connect(addr);
-    let id = raw.send(Request::List { kind: None });
-    assert_eq!(raw.response(id, Duration::from_secs(5)), Some(Response::Error(RemoteError::AuthRequired)));
-    let id = raw.send(Request::Hello(hello()));
-    assert!(matches!(raw.response(id, Duration::from_secs(5)), Some(Response::AuthChallenge { .. })));
-    for req in [Request::DeviceInfo, Request::List { kind: None }, Request::Ping { nonce: 1 }] {
-        let id = raw.send(req);
-        assert_eq!(raw.response(id, Duration::from_secs(5)), Some(Response::Error(RemoteError::AuthRequired)));
-    }
+    raw.send(Request::List { kind: None });
+    raw.send(Request::DeviceInfo);
+    raw.send(Request::Ping { nonce: 1 });
+    assert!(raw.read_raw(Duration::from_millis(500)).is_empty(), "answered before the handshake");
+    // A version-1 Hello is told the version, in version-1 framing.
+    // id 4, Message::Request, Request::Hello, protocol_version 1, "rba".
+    let v1_hello = [4, 0, 0, 1, 3, b'r', b'b', b'a'];
+    raw.write(&frame_payload(&v1_hello));
+    assert_eq!(raw.read_raw(Duration::from_secs(2)), secure::legacy_version_mismatch(4, PROTOCOL_VERSION, 1));
     drop(raw);
     device.wait_idle(Duration::from_secs(10));
 
-    // A wrong key: AuthFailed, and the device hangs up.
-    let wrong = ClientConfig { key: Some(PreSharedKey::new(&b"not-the-key-0123456789abcdef"[..])), ..tcp_config() };
+    // A wrong key: the device's handshake message does not authenticate;
+    // the device, which never got a valid record, logs a failed authentication.
+    let wrong = ClientConfig { key: Some(PreSharedKey::new([0x5A; 32])), ..tcp_config() };
     match connect_tcp(addr, &wrong) {
-        Err(ClientError::Remote(RemoteError::AuthFailed)) => {}
+        Err(ClientError::AuthFailed) => {}
         other => panic!("{:?}", other.map(|_| ())),
     }
     device.wait_idle(Duration::from_secs(10));
-    let mut raw = RawPeer::connect(addr);
-    let id = raw.send(Request::Hello(hello()));
-    assert!(matches!(raw.response(id, Duration::from_secs(5)), Some(Response::AuthChallenge { .. })));
-    let id = raw.send(Request::AuthProof(AuthProof { mac: [0x5A; 32] }));
-    assert_eq!(raw.response(id, Duration::from_secs(5)), Some(Response::Error(RemoteError::AuthFailed)));
-    assert!(raw.closed_within(Duration::from_secs(5)), "the device kept the session open after AuthFailed");
-    drop(raw);
+    assert!(device.wait_for("authentication failed", Duration::from_secs(5)).is_some(), "{}", device.stderr());
+
+    // A whole handshake replayed from a capture: the device answers with a
+    // fresh ephemeral key, so the replayed records cannot decrypt; it
+    // serves nothing and hangs up.
+    let proxy = Proxy::start(addr, Faults::default());
+    let mut c = connect_tcp(proxy.addr, &tcp_config()).unwrap();
+    c.ping(1).unwrap();
+    drop(c);
+    device.wait_idle(Duration::from_secs(10));
+    let captured = proxy.capture(0);
+    assert_eq!(split_units(Dir::Up, &captured.up).len(), 2, "the handshake, then records");
+    let mut replay = RawPeer::connect(addr);
+    replay.write(&captured.up);
+    let answer = replay.read_raw(Duration::from_secs(3));
+    let units = split_units(Dir::Down, &answer);
+    assert_eq!(units.len(), 1, "only the device's handshake message, no record");
+    assert_eq!(units[0].0, Unit::Handshake);
+    assert_ne!(units[0].1, split_units(Dir::Down, &captured.down)[0].1, "a fresh ephemeral key");
+    assert!(replay.closed_within(Duration::from_secs(5)), "the device kept a replayed session open");
+    drop(replay);
     device.wait_idle(Duration::from_secs(10));
 
     // The right key still works.
@@ -261,20 +296,31 @@ fn varint(mut v: u64, out: &mut Vec<u8>) {
 fn lying_chunk(id: u32, claimed: u64, filler: usize) -> Vec<u8> {
     let mut p = Vec::new();
     varint(u64::from(id), &mut p);
-    p.extend_from_slice(&[0, 4, 0]); // Message::Request, Request::UploadChunk, offset 0
+    p.extend_from_slice(&[0, 3, 0]); // Message::Request, Request::UploadChunk, offset 0
     varint(claimed, &mut p);
     p.extend(std::iter::repeat_n(0xA5, filler));
     frame_payload(&p)
 }
 
-/// A peer that completed the handshake with the key, then talks raw frames.
+/// A peer that completed the handshake with the key, then talks raw frames
+/// inside the channel.
 fn authenticated_raw_peer(addr: SocketAddr) -> RawPeer {
-    let raw = RawPeer::connect(addr);
-    let stream: TcpStream = raw.stream.try_clone().unwrap();
-    let c = Client::connect(stream, tcp_config()).unwrap();
-    assert!(c.session().unwrap().authenticated);
-    drop(c); // the socket stays open through `raw`
+    let mut raw = RawPeer::secure(addr, &test_key());
+    raw.hello();
     raw
+}
+
+/// Writes `bytes` to a raw peer's socket, tolerating the device hanging up.
+fn write_tolerant(raw: &mut RawPeer, bytes: &[u8]) -> usize {
+    use std::io::Write;
+    let mut sent = 0;
+    for chunk in bytes.chunks(64 * 1024) {
+        if raw.stream.write_all(chunk).is_err() {
+            break;
+        }
+        sent += chunk.len();
+    }
+    sent
 }
 
 #[test]
@@ -300,28 +346,24 @@ fn hostile_frames_and_garbage_neither_crash_nor_bloat_the_device() {
     let baseline = device.status_bytes("VmHWM");
     let limit = baseline + (64 << 20);
 
-    // Before authentication: 16 MiB without a frame delimiter (a frame
-    // "claiming" to be huge), then a valid frame lying about a length,
-    // then 16 MiB of random bytes: none of it is answered but the lie, and
-    // the device stays in sync.
+    // Before the handshake: 16 MiB without a frame delimiter (a frame
+    // "claiming" to be huge), a valid v1 frame lying about a length, then
+    // random bytes: none of it is answered, and the device hangs up once
+    // it has seen 64 KiB without a preamble.
     let mut raw = RawPeer::connect(addr);
-    raw.write(&vec![0xFFu8; 16 << 20]);
-    raw.write(&[0]);
-    raw.write(&lying_chunk(77, 1 << 62, 100));
-    assert_eq!(raw.response(77, Duration::from_secs(10)), Some(Response::Error(RemoteError::AuthRequired)));
+    let mut junk = vec![0xFFu8; 16 << 20];
+    junk.push(0);
+    junk.extend(lying_chunk(77, 1 << 62, 100));
     let mut seed = 0x2545_F491_4F6C_DD1Du64;
-    let garbage: Vec<u8> = (0..16 << 20)
-        .map(|_| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed as u8
-        })
-        .collect();
-    raw.write(&garbage);
-    raw.write(&[0]);
-    let id = raw.send(Request::Ping { nonce: 5 });
-    assert_eq!(raw.response(id, Duration::from_secs(10)), Some(Response::Error(RemoteError::AuthRequired)));
+    junk.extend((0..16 << 20).map(|_| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed as u8
+    }));
+    let sent = write_tolerant(&mut raw, &junk);
+    assert!(sent < junk.len(), "the device read 32 MiB of garbage");
+    assert!(raw.closed_within(Duration::from_secs(10)));
     drop(raw);
     device.wait_idle(Duration::from_secs(10));
     assert!(device.is_running());

@@ -3,78 +3,90 @@
 
 use rba_protocol::{ArtifactKind, EvalBundle, EvalRequest, EvalResult, Job, Phase, RemoteError, TensorF32};
 
-use super::{model_error, Daemon, PROGRESS_EVERY_NS};
+use super::{Daemon, PROGRESS_EVERY_NS};
+use crate::job::{self, model_error, Artifact, JobContext, JobOutput, JobSpec, Work};
 use crate::measure::{self, Clock, MonotonicClock};
 use crate::metrics::Metrics;
 use crate::runtime::{LoadedModel, OutputF32, Prepared, RuntimeError};
 
 impl Daemon {
     pub(super) fn run_evaluation(&self, req: &EvalRequest, job: &Job) -> Result<EvalResult, RemoteError> {
-        let threads = self.threads(req.threads)?;
-        self.store.existing(ArtifactKind::Model, &req.model)?;
-        let bundle = self.bundle(&req.bundle)?;
-        let sensors = &self.config.sensors;
-        sensors.reset_peak_rss();
-        log::info!("evaluate {} on {} ({} samples)", req.model, req.bundle, bundle.num_samples());
-        let name = req.model.as_str();
-        self.executors.scope(threads, || {
-            job.progress(Phase::Loading, 0, Some(1), Some(name.to_string()));
-            let model = self.load(name, 1)?;
-            let (metrics, latencies) = self.score(name, &model, &bundle, job)?;
-            Ok(EvalResult {
-                model: req.model.clone(),
-                bundle: req.bundle.clone(),
-                samples: u32::try_from(bundle.num_samples()).unwrap_or(u32::MAX),
-                top1_accuracy: metrics.top1_accuracy(),
-                top1_agreement: metrics.top1_agreement(),
-                max_abs_diff: metrics.max_abs_diff(),
-                mean_cosine: metrics.mean_cosine(),
-                latency: measure::stats(&latencies),
-                peak_rss_bytes: sensors.peak_rss(),
-            })
-        })
-    }
-
-    /// The batch loop: runs every sample of `bundle` through `model` and
-    /// scores it; returns the metrics and each batch's time per sample.
-    fn score(
-        &self,
-        name: &str,
-        model: &LoadedModel,
-        bundle: &EvalBundle,
-        job: &Job,
-    ) -> Result<(Metrics, Vec<u64>), RemoteError> {
-        let err = |e| model_error(name, e);
-        let inputs = BundleInputs::map(model, &bundle.inputs).map_err(err)?;
-        check_expected_count(model, bundle.expected.as_deref()).map_err(err)?;
-        let n = bundle.num_samples();
-        let batch = model.batch() as u64;
-        let mut metrics = Metrics::default();
-        let mut latencies = Vec::new();
-        let mut clock = MonotonicClock::default();
-        let mut last = 0u64;
-        let mut start = 0u64;
-        while start < n {
-            self.check(job)?;
-            let input = inputs.batch(model, start, n).map_err(err)?;
-            let (outputs, ns) = measure::time_once(&mut clock, || model.run_f32(&input)).map_err(err)?;
-            let rows = batch.min(n - start);
-            latencies.push(ns / batch.max(1));
-            for (s, outputs) in (start..).zip(split_per_sample(&outputs, batch, rows).map_err(err)?) {
-                let label = bundle.labels.as_ref().and_then(|l| l.get(s as usize).copied());
-                let expected = expected_sample(model, bundle.expected.as_deref(), s, &outputs).map_err(err)?;
-                metrics.add(&outputs, label, expected.as_deref());
-            }
-            start += rows;
-            let now = clock.now_ns();
-            if now.saturating_sub(last) >= PROGRESS_EVERY_NS {
-                last = now;
-                job.progress(Phase::Evaluating, start, Some(n), None);
-            }
+        let threads = self.threads(req.threads, "evaluation")?;
+        let model = Artifact { name: req.model.clone(), path: self.store.existing(ArtifactKind::Model, &req.model)? };
+        let bundle =
+            Artifact { name: req.bundle.clone(), path: self.store.existing(ArtifactKind::EvalBundle, &req.bundle)? };
+        log::info!("evaluate {} on {} ({threads} thread(s))", req.model, req.bundle);
+        let spec = self.job_spec(Work::Evaluate { model, bundle }, threads);
+        match self.execute(&spec, job)? {
+            JobOutput::Evaluate(r) => Ok(r),
+            JobOutput::Bench(_) => Err(RemoteError::Internal("an evaluation produced another job's result".into())),
         }
-        job.progress(Phase::Evaluating, n, Some(n), None);
-        Ok((metrics, latencies))
     }
+}
+
+/// The job: loads the model and scores every sample of the bundle.
+pub(crate) fn evaluate(
+    spec: &JobSpec,
+    model: &Artifact,
+    bundle_name: &str,
+    bundle: &EvalBundle,
+    ctx: &dyn JobContext,
+) -> Result<EvalResult, RemoteError> {
+    let name = model.name.as_str();
+    ctx.progress(Phase::Loading, 0, Some(1), Some(name.to_string()));
+    let loaded = job::load(model, 1, spec.memory_budget)?;
+    let (metrics, latencies) = score(name, &loaded, bundle, ctx)?;
+    Ok(EvalResult {
+        model: name.to_string(),
+        bundle: bundle_name.to_string(),
+        samples: u32::try_from(bundle.num_samples()).unwrap_or(u32::MAX),
+        top1_accuracy: metrics.top1_accuracy(),
+        top1_agreement: metrics.top1_agreement(),
+        max_abs_diff: metrics.max_abs_diff(),
+        mean_cosine: metrics.mean_cosine(),
+        latency: measure::stats(&latencies),
+        peak_rss_bytes: ctx.peak_rss(),
+    })
+}
+
+/// The batch loop: runs every sample of `bundle` through `model` and
+/// scores it; returns the metrics and each batch's time per sample.
+fn score(
+    name: &str,
+    model: &LoadedModel,
+    bundle: &EvalBundle,
+    ctx: &dyn JobContext,
+) -> Result<(Metrics, Vec<u64>), RemoteError> {
+    let err = |e| model_error(name, e);
+    let inputs = BundleInputs::map(model, &bundle.inputs).map_err(err)?;
+    check_expected_count(model, bundle.expected.as_deref()).map_err(err)?;
+    let n = bundle.num_samples();
+    let batch = model.batch() as u64;
+    let mut metrics = Metrics::default();
+    let mut latencies = Vec::new();
+    let mut clock = MonotonicClock::default();
+    let mut last = 0u64;
+    let mut start = 0u64;
+    while start < n {
+        ctx.check()?;
+        let input = inputs.batch(model, start, n).map_err(err)?;
+        let (outputs, ns) = measure::time_once(&mut clock, || model.run_f32(&input)).map_err(err)?;
+        let rows = batch.min(n - start);
+        latencies.push(ns / batch.max(1));
+        for (s, outputs) in (start..).zip(split_per_sample(&outputs, batch, rows).map_err(err)?) {
+            let label = bundle.labels.as_ref().and_then(|l| l.get(s as usize).copied());
+            let expected = expected_sample(model, bundle.expected.as_deref(), s, &outputs).map_err(err)?;
+            metrics.add(&outputs, label, expected.as_deref());
+        }
+        start += rows;
+        let now = clock.now_ns();
+        if now.saturating_sub(last) >= PROGRESS_EVERY_NS {
+            last = now;
+            ctx.progress(Phase::Evaluating, start, Some(n), None);
+        }
+    }
+    ctx.progress(Phase::Evaluating, n, Some(n), None);
+    Ok((metrics, latencies))
 }
 
 /// A bundle's input tensors matched to a model's inputs.

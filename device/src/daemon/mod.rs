@@ -1,29 +1,32 @@
 //! The daemon: the protocol's [`DeviceHandler`] over the store (uploads,
 //! listing) and tract (jobs). The handler only dispatches; the jobs live in
-//! `bench.rs` (benchmark, compare) and `evaluate.rs`.
+//! `bench.rs` (benchmark, compare) and `evaluate.rs`, and run where the
+//! [`Isolation`] says: in a worker process per job, or on the daemon's
+//! thread ([`Daemon::execute`]).
 
-mod bench;
-mod evaluate;
+pub(crate) mod bench;
+pub(crate) mod evaluate;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use rba_onnx::budget::human_bytes;
 use rba_protocol::{
     ArtifactInfo, ArtifactKind, BenchmarkRequest, BenchmarkResult, CompareRequest, CompareResult, DeviceHandler,
-    DeviceIdentity, DeviceInfo, EvalBundle, EvalRequest, EvalResult, Job, RemoteError, UploadBegin,
+    DeviceIdentity, DeviceInfo, EvalRequest, EvalResult, Job, Phase, RemoteError, UploadBegin,
 };
 
+use crate::job::{self, JobContext, JobOutput, JobSpec, Work};
+use crate::limits::MemoryBudget;
 use crate::measure::Caps;
-use crate::runtime::{self, Executors, LoadedModel, RuntimeError};
+use crate::runtime::{self, Executors};
 use crate::sensors::Sensors;
 use crate::store::{kind_label, Store};
+use crate::worker::{self, Isolation};
 
 /// How often a job reports progress (the host's silence timeout is 60 s).
-const PROGRESS_EVERY_NS: u64 = 500_000_000;
-
-/// Most threads a request may ask for.
-const MAX_THREADS: u32 = 64;
+pub(crate) const PROGRESS_EVERY_NS: u64 = 500_000_000;
 
 /// The board name a daemon reports when it was started without a profile.
 pub const UNPROFILED: &str = "unprofiled";
@@ -38,9 +41,18 @@ pub struct DaemonConfig {
     pub sensors: Sensors,
     /// Set on SIGTERM: running jobs stop at their next check.
     pub shutdown: Arc<AtomicBool>,
+    /// Where jobs run (see [`Isolation::resolve`] for the checked choice).
+    pub isolation: Isolation,
+    /// What the tensors of a job's model may take.
+    pub memory_budget: MemoryBudget,
+    /// Most threads a job gets: larger requests are clamped to it (the
+    /// cores this process may use, by default).
+    pub max_threads: u32,
 }
 
 impl Default for DaemonConfig {
+    /// Jobs on the daemon's thread (a library user's process need not have
+    /// a `worker` subcommand), half the available memory as the budget.
     fn default() -> Self {
         DaemonConfig {
             board: UNPROFILED.into(),
@@ -48,6 +60,9 @@ impl Default for DaemonConfig {
             caps: Caps::default(),
             sensors: Sensors::default(),
             shutdown: Arc::new(AtomicBool::new(false)),
+            isolation: Isolation::Thread,
+            memory_budget: MemoryBudget::default(),
+            max_threads: crate::sensors::cores(),
         }
     }
 }
@@ -73,19 +88,53 @@ impl Daemon {
             rba_version: rba_protocol::RBA_VERSION.into(),
             hostname: s.hostname().unwrap_or_default(),
         };
-        Daemon { store, config, executors: Executors::default(), started: Instant::now(), identity }
+        let executors = Executors::new(config.max_threads);
+        Daemon { store, config, executors, started: Instant::now(), identity }
     }
 
     pub fn store(&self) -> &Store {
         &self.store
     }
 
-    fn threads(&self, requested: Option<u32>) -> Result<u32, RemoteError> {
-        match requested {
-            Some(0) => Err(RemoteError::BadRequest("threads must be at least 1".into())),
-            Some(t) if t > MAX_THREADS => Err(RemoteError::BadRequest(format!("at most {MAX_THREADS} threads"))),
-            Some(t) => Ok(t),
-            None => Ok(self.config.default_threads.max(1)),
+    /// Threads for a job: what the request asks (else the default), at
+    /// most the cores.
+    fn threads(&self, requested: Option<u32>, what: &str) -> Result<u32, RemoteError> {
+        let max = self.config.max_threads.max(1);
+        let asked = match requested {
+            Some(0) => return Err(RemoteError::BadRequest("threads must be at least 1".into())),
+            Some(t) => t,
+            None => self.config.default_threads.max(1),
+        };
+        if asked > max {
+            log::info!("{what} asks for {asked} threads; using {max}, the cores");
+        }
+        Ok(asked.min(max))
+    }
+
+    /// The job of `work` on `threads` threads, with this daemon's caps and
+    /// its memory budget as of now.
+    fn job_spec(&self, work: Work, threads: u32) -> JobSpec {
+        let caps = self.config.caps;
+        JobSpec {
+            work,
+            threads,
+            memory_budget: self.config.memory_budget.bytes(&self.config.sensors),
+            max_runs: caps.max_runs,
+            max_time_ms: u64::try_from(caps.max_time.as_millis()).unwrap_or(u64::MAX),
+        }
+    }
+
+    /// Runs a job where the isolation says: in a worker process, or here
+    /// (tract on the daemon's pool of the job's thread count, panics caught).
+    fn execute(&self, spec: &JobSpec, job: &Job) -> Result<JobOutput, RemoteError> {
+        let ctx = DaemonJob { daemon: self, job };
+        log::debug!("{}: memory budget {}", spec.models_label(), human_bytes(spec.memory_budget));
+        match &self.config.isolation {
+            Isolation::Process { program } => worker::run_job(program, spec, &ctx),
+            Isolation::Thread => {
+                self.config.sensors.reset_peak_rss();
+                self.executors.scope(spec.threads, || job::run_guarded(spec, &ctx, false))
+            }
         }
     }
 
@@ -97,25 +146,26 @@ impl Daemon {
         }
         job.check()
     }
-
-    fn bundle(&self, name: &str) -> Result<EvalBundle, RemoteError> {
-        let bytes = self.store.read(ArtifactKind::EvalBundle, name)?;
-        EvalBundle::decode(&bytes).map_err(|e| RemoteError::BadRequest(format!("eval bundle '{name}': {e}")))
-    }
-
-    fn load(&self, name: &str, batch: usize) -> Result<LoadedModel, RemoteError> {
-        let bytes = self.store.read(ArtifactKind::Model, name)?;
-        runtime::load(&bytes, batch).map_err(|e| model_error(name, e))
-    }
 }
 
-/// A runtime error as the host sees it, naming the model.
-fn model_error(name: &str, e: RuntimeError) -> RemoteError {
-    match RemoteError::from(e) {
-        RemoteError::Runtime(m) => RemoteError::Runtime(format!("model '{name}': {m}")),
-        RemoteError::Unsupported(m) => RemoteError::Unsupported(format!("model '{name}': {m}")),
-        RemoteError::BadRequest(m) => RemoteError::BadRequest(format!("model '{name}': {m}")),
-        other => other,
+/// A job of this daemon: progress to the host, cancellation by the host or
+/// a shutdown, this process's peak RSS.
+struct DaemonJob<'a, 'j> {
+    daemon: &'a Daemon,
+    job: &'a Job<'j>,
+}
+
+impl JobContext for DaemonJob<'_, '_> {
+    fn progress(&self, phase: Phase, done: u64, total: Option<u64>, message: Option<String>) {
+        self.job.progress(phase, done, total, message);
+    }
+
+    fn check(&self) -> Result<(), RemoteError> {
+        self.daemon.check(self.job)
+    }
+
+    fn peak_rss(&self) -> Option<u64> {
+        self.daemon.config.sensors.peak_rss()
     }
 }
 

@@ -9,6 +9,7 @@
 //! Everything goes through `rba_protocol::Client`:
 //!
 //! - [`target`]: from options (board profile, port, address, key) to a [`Target`].
+//! - [`known`]: the device identities pinned on first use (known-boards file).
 //! - [`transport`]: byte streams and reconnecting to a target.
 //! - [`local`], [`emulated`]: the boards rba starts itself.
 //! - [`session`]: a connected [`Device`]: deploy, benchmark, evaluate.
@@ -18,6 +19,7 @@
 pub mod bench;
 pub mod bundle;
 pub mod emulated;
+pub mod known;
 pub mod local;
 pub mod session;
 pub mod target;
@@ -32,7 +34,7 @@ use crate::onnx::OnnxError;
 
 pub use bench::{speedup_ci, AbComparison, BenchOptions, BenchReport, Speedup};
 pub use bundle::{build_eval_bundle, EvalSet};
-pub use session::{device_name, Deployed, Device, ModelArtifact};
+pub use session::{device_name, Deployed, Device, ModelArtifact, Pinning};
 pub use target::{LinkOptions, Target};
 
 /// Environment variable with the pre-shared key for TCP boards (when no
@@ -57,12 +59,17 @@ pub enum BoardError {
     #[error("{device}: {problem}")]
     Setup { device: String, problem: String },
     /// The device or the link to it failed.
-    #[error("{device}: {}", describe_client_error(source))]
+    #[error("{}", describe_device_error(device, source))]
     Device {
         device: String,
         #[source]
         source: ClientError,
     },
+    /// The device proved another identity than the one pinned for it.
+    #[error("{0}")]
+    IdentityChanged(Box<IdentityChange>),
+    #[error(transparent)]
+    Known(#[from] known::KnownError),
     #[error(transparent)]
     Onnx(#[from] OnnxError),
     #[error(transparent)]
@@ -75,21 +82,63 @@ pub enum BoardError {
     Usage(String),
 }
 
+/// A board that proved another identity than the one pinned for it.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{device}: the board's identity changed: it proved {proved}, but {file}:{line} pins {pinned} for {target}. \
+     If the board was legitimately replaced or reinstalled, accept its new identity with \
+     `rba devices --forget {target}`; otherwise someone may be impersonating it"
+)]
+pub struct IdentityChange {
+    pub device: String,
+    pub target: String,
+    pub file: String,
+    pub line: usize,
+    pub pinned: String,
+    pub proved: String,
+}
+
+/// A device error as the user reads it: which device, what happened, and
+/// the hint a user needs for the common cases.
+fn describe_device_error(device: &str, e: &ClientError) -> String {
+    if let Some(i) = e.integrity() {
+        let sessions = match e {
+            ClientError::RetriesExhausted { attempts, .. } => format!(" ({attempts} sessions in a row)"),
+            _ => String::new(),
+        };
+        return format!("the link to {device} was tampered with or corrupted{sessions}: {i}; nothing was committed");
+    }
+    format!("{device}: {}", describe_client_error(e))
+}
+
 /// The protocol's messages, with the hint a user needs for the common ones.
 fn describe_client_error(e: &ClientError) -> String {
     match e {
-        ClientError::Remote(RemoteError::AuthFailed) => {
-            format!("authentication failed: the device rejected the key (check --key-file or ${KEY_ENV})")
-        }
+        ClientError::AuthFailed | ClientError::Remote(RemoteError::AuthFailed) => format!(
+            "authentication failed: the device rejected the key or is not the device you think (check --key-file or ${KEY_ENV})"
+        ),
         ClientError::Remote(RemoteError::AuthRequired) => {
             format!("the device requires a pre-shared key: pass --key-file PATH or set ${KEY_ENV}")
         }
         ClientError::Remote(RemoteError::Busy) => {
             "the device is busy with another host; try again when it is done".into()
         }
-        ClientError::ServerAuthFailed => "the device did not prove it holds the key (wrong device or key?)".into(),
+        ClientError::DeviceHasNoKey => "the device has no pre-shared key configured, so it cannot prove it is the \
+             device you mean: refusing it (give the device the key: rba-device serve --key-file FILE; or, on a \
+             serial link you trust, drop --key-file)"
+            .into(),
+        ClientError::Remote(RemoteError::VersionMismatch { supported, requested }) => format!(
+            "the device speaks protocol version {supported}, this rba {requested}: install the same rba version on both sides"
+        ),
+        ClientError::HandshakeTimeout { attempts } => format!(
+            "no answer to the secure handshake after {attempts} attempt(s): is rba-device serving there (at the right \
+             baud rate)? It may be an older rba-device (protocol 1), which does not answer it: update it"
+        ),
         ClientError::Timeout { attempts } => {
             format!("no answer after {attempts} attempt(s) (is rba-device serving there, at the right baud rate?)")
+        }
+        ClientError::RetriesExhausted { attempts, last } => {
+            format!("gave up after {attempts} attempt(s): {}", describe_client_error(last))
         }
         other => other.to_string(),
     }

@@ -17,6 +17,7 @@ use sha2::{Digest, Sha256};
 
 use super::bench::{speedup_ci, AbComparison, BenchOptions, BenchReport};
 use super::emulated::{start_qemu, QemuBoard};
+use super::known::{self, Check, KnownBoards};
 use super::local::{start_local, LocalBoard};
 use super::transport::{Connector, Route, Stream};
 use super::{BoardError, Target, KEY_ENV};
@@ -32,10 +33,24 @@ pub struct Device {
     connector: Connector,
     client: Option<Client<Stream>>,
     session: Session,
+    /// What pinning did at connect time, for the user.
+    pin_note: Option<String>,
     progress: Arc<dyn Progress>,
     // Declared last: dropped after the client, so the boards outlive it.
     _local: Option<LocalBoard>,
     _qemu: Option<QemuBoard>,
+}
+
+/// Where the identity of a board reached over a link is pinned.
+#[derive(Clone, Debug, Default)]
+pub enum Pinning {
+    /// The known-boards file ([`known::default_path`]).
+    #[default]
+    Default,
+    /// This known-boards file.
+    File(std::path::PathBuf),
+    /// Nowhere: only this `Device`'s own reconnects must meet the same device.
+    Off,
 }
 
 /// What `deploy` did.
@@ -99,15 +114,20 @@ impl Device {
     /// Connects (starting the `local` or `qemu-aarch64` board first) and
     /// completes the handshake.
     pub fn connect(target: &Target) -> Result<Device, BoardError> {
-        Self::open(target, false)
+        Self::open(target, false, &Pinning::Default)
     }
 
     /// Like [`Device::connect`] with short timeouts, for discovery.
     pub fn discover(target: &Target) -> Result<Device, BoardError> {
-        Self::open(target, true)
+        Self::open(target, true, &Pinning::Default)
     }
 
-    fn open(target: &Target, quick: bool) -> Result<Device, BoardError> {
+    /// [`Device::connect`] with the device's identity pinned as `pinning` says.
+    pub fn connect_pinned(target: &Target, pinning: &Pinning) -> Result<Device, BoardError> {
+        Self::open(target, false, pinning)
+    }
+
+    fn open(target: &Target, quick: bool, pinning: &Pinning) -> Result<Device, BoardError> {
         let label = target.label();
         let setup = |problem: String| BoardError::Setup { device: label.clone(), problem };
         let mut config = ClientConfig::serial();
@@ -157,22 +177,71 @@ impl Device {
         // has noticed that the previous host (often this same user's last
         // command) left: give it a moment before reporting it.
         let mut busy_retries = if quick { 2 } else { 10 };
+        // Boards reached over a link are pinned on first use; the ones rba
+        // starts itself get a fresh identity every time.
+        let pinning_off = matches!(pinning, Pinning::Off);
+        let file = match pinning {
+            Pinning::Default => known::default_path(),
+            Pinning::File(f) => Some(f.clone()),
+            Pinning::Off => None,
+        };
+        let pinning = match (target.pin_name(), file) {
+            (Some(name), Some(path)) => Some((name, KnownBoards::load(&path)?)),
+            _ => None,
+        };
+        let mut connector = connector;
+        if let Some((name, kb)) = &pinning {
+            connector.config.expected_device = kb.get(name).map(|p| p.fingerprint);
+        }
         let client = loop {
             match connector.connect() {
                 Err(ClientError::Remote(RemoteError::Busy)) if busy_retries > 0 => {
                     busy_retries -= 1;
                     std::thread::sleep(Duration::from_millis(200));
                 }
+                Err(ClientError::IdentityChanged { expected, got }) => {
+                    let (name, kb) = pinning.as_ref().map_or((String::new(), None), |(n, k)| (n.clone(), Some(k)));
+                    let line = kb.and_then(|k| k.get(&name)).map_or(0, |p| p.line);
+                    return Err(BoardError::IdentityChanged(Box::new(super::IdentityChange {
+                        device: label.clone(),
+                        file: kb.map_or_else(String::new, |k| k.path().display().to_string()),
+                        target: name,
+                        line,
+                        pinned: expected,
+                        proved: got,
+                    })));
+                }
                 Err(source) => return Err(BoardError::Device { device: label.clone(), source }),
                 Ok(c) => break c,
             }
         };
         let session = client.session().cloned().ok_or_else(|| setup("no session after the handshake".into()))?;
+        let fingerprint = session.fingerprint();
+        let pin_note = match pinning {
+            Some((name, mut kb)) => match kb.check(&name, &fingerprint) {
+                Check::New => {
+                    kb.pin(&name, &fingerprint)?;
+                    Some(format!(
+                        "note: pinned the identity of new board {name} ({fingerprint}) in {}",
+                        kb.path().display()
+                    ))
+                }
+                _ => None,
+            },
+            None if target.pin_name().is_some() && !pinning_off => Some(format!(
+                "note: {label} ({fingerprint}) not pinned: set ${} or $HOME for a known-boards file",
+                known::KNOWN_BOARDS_ENV
+            )),
+            None => None,
+        };
+        // Reconnects (after a broken link) must meet the same device.
+        connector.config.expected_device = Some(fingerprint);
         Ok(Device {
             label,
             connector,
             client: Some(client),
             session,
+            pin_note,
             progress: Arc::new(Silent),
             _local: local,
             _qemu: qemu,
@@ -190,6 +259,16 @@ impl Device {
 
     pub fn session(&self) -> &Session {
         &self.session
+    }
+
+    /// `SHA256:...` of the static key the device proved in the handshake.
+    pub fn fingerprint(&self) -> String {
+        self.session.fingerprint()
+    }
+
+    /// A line for the user when connecting pinned a new board (or could not).
+    pub fn pin_note(&self) -> Option<&str> {
+        self.pin_note.as_deref()
     }
 
     /// Where uploads and jobs report progress (default: nowhere).
@@ -219,7 +298,7 @@ impl Device {
         match f(client) {
             Ok(v) => Ok(v),
             Err(e) => {
-                if e.is_link_failure() {
+                if e.ends_session() {
                     self.client = None;
                 }
                 Err(self.error(e))

@@ -56,7 +56,7 @@ impl Target {
     /// Resolves command-line options: an explicit `--port`/`--addr` wins,
     /// a board profile fills in the rest (link kind, baud, TCP port).
     pub fn from_options(args: &LinkOptions) -> Result<Target, BoardError> {
-        let key = || load_key(args.key_file.as_deref(), std::env::var(KEY_ENV).ok()).map_err(key_error);
+        let key = || load_key(args.key_file.as_deref(), KEY_ENV, std::env::var(KEY_ENV).ok()).map_err(key_error);
         let board = args.board.as_deref();
         match board {
             Some(LOCAL_BOARD) if args.port.is_none() && args.addr.is_none() => {
@@ -79,7 +79,7 @@ impl Target {
         let board_name = profile.as_ref().map(|p| p.name.clone()).or(args.board.clone());
         if let Some(path) = &args.port {
             let baud = args.baud.or(profile.as_ref().and_then(|p| p.link.baud)).unwrap_or(DEFAULT_BAUD);
-            // Serial needs no key (physical access); one given is still offered.
+            // Serial needs no key (physical access); with one, the device must prove it.
             return Ok(Target::Serial { path: path.clone(), baud, key: key()?, board: board_name });
         }
         let profile_port = profile.as_ref().and_then(|p| p.link.tcp.as_deref()).and_then(port_of);
@@ -114,6 +114,17 @@ impl Target {
         }
     }
 
+    /// The name its identity is pinned under in the known-boards file:
+    /// `host:port` for TCP, the port path for serial; `None` for the boards
+    /// rba starts itself (a fresh identity every time).
+    pub fn pin_name(&self) -> Option<String> {
+        match self {
+            Target::Serial { path, .. } => Some(path.clone()),
+            Target::Tcp { addr, .. } => Some(addr.clone()),
+            Target::Local { .. } | Target::Qemu { .. } => None,
+        }
+    }
+
     /// How the device is named in messages and tables.
     pub fn label(&self) -> String {
         match self {
@@ -128,10 +139,7 @@ impl Target {
 }
 
 fn key_error(e: KeyError) -> BoardError {
-    BoardError::Setup {
-        device: "pre-shared key".into(),
-        problem: e.to_string().trim_start_matches("pre-shared key: ").into(),
-    }
+    BoardError::Usage(e.to_string())
 }
 
 fn port_of(addr: &str) -> Option<u16> {

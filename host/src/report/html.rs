@@ -1327,6 +1327,7 @@ mod tests {
                 baseline: Quality { accuracy: Some(0.99), agreement: 1.0, output_cosine: 1.0 },
                 result: quality(0.98),
             },
+            verification: None,
             trials: vec![
                 trial(&[5], 0.985, 9000),
                 trial(&[4], 0.97, 9000),

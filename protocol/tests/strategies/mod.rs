@@ -131,20 +131,16 @@ pub fn remote_error() -> impl Strategy<Value = RemoteError> {
 
 pub fn request() -> impl Strategy<Value = Request> {
     prop_oneof![
-        (any::<u16>(), s(), s(), any::<u64>(), any::<u32>(), any::<u32>(), digest()).prop_map(
-            |(protocol_version, client, rba_version, caps, max_frame, preferred_chunk, client_nonce)| Request::Hello(
-                Hello {
-                    protocol_version,
-                    client,
-                    rba_version,
-                    capabilities: Capabilities(caps),
-                    max_frame,
-                    preferred_chunk,
-                    client_nonce,
-                }
-            )
+        (any::<u16>(), s(), s(), any::<u64>(), any::<u32>(), any::<u32>()).prop_map(
+            |(protocol_version, client, rba_version, caps, max_frame, preferred_chunk)| Request::Hello(Hello {
+                protocol_version,
+                client,
+                rba_version,
+                capabilities: Capabilities(caps),
+                max_frame,
+                preferred_chunk,
+            })
         ),
-        digest().prop_map(|mac| Request::AuthProof(AuthProof { mac })),
         Just(Request::DeviceInfo),
         (kind(), s(), any::<u64>(), digest())
             .prop_map(|(kind, name, size, sha256)| Request::UploadBegin(UploadBegin { kind, name, size, sha256 })),
@@ -194,9 +190,8 @@ fn artifact() -> impl Strategy<Value = ArtifactInfo> {
 
 pub fn response() -> impl Strategy<Value = Response> {
     prop_oneof![
-        digest().prop_map(|server_nonce| Response::AuthChallenge { server_nonce }),
-        (any::<u16>(), identity(), any::<u64>(), any::<u32>(), any::<u32>(), any::<u64>(), option::of(digest()))
-            .prop_map(|(protocol_version, device, caps, max_frame, chunk_size, max_upload, server_mac)| {
+        (any::<u16>(), identity(), any::<u64>(), any::<u32>(), any::<u32>(), any::<u64>()).prop_map(
+            |(protocol_version, device, caps, max_frame, chunk_size, max_upload)| {
                 Response::Welcome(Welcome {
                     protocol_version,
                     device,
@@ -204,9 +199,9 @@ pub fn response() -> impl Strategy<Value = Response> {
                     max_frame,
                     chunk_size,
                     max_upload,
-                    server_mac,
                 })
-            }),
+            }
+        ),
         (
             identity(),
             any::<u64>(),

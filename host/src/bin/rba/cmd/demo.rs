@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use rba_host::board::{self, build_eval_bundle, BenchOptions, ModelArtifact};
-use rba_host::compact::{self, evaluate, Budget, HeldOut, TranslatorKind};
+use rba_host::compact::{self, evaluate, Budget, CacheOptions, HeldOut, SelectOptions, TranslatorKind};
 use rba_host::data::{Holdout, PreprocessOptions};
 use rba_host::demo::{DemoModel, Digits, Split};
 use rba_host::model::{inspect, Model};
@@ -89,9 +89,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 
     step(3, &format!("compact: remove blocks while validation accuracy drops <= {} point(s)", args.max_drop));
     let (inputs, labels) = held_out.load_all(&pre)?;
-    let held = HeldOut::new(&model.onnx, inputs, labels, calibration.batch)?;
+    let held = HeldOut::with_boundaries(
+        &model,
+        inputs,
+        labels,
+        calibration.batch,
+        &CacheOptions::default(),
+        calibration.threads,
+    )?;
     let budget = Budget::MaxDrop(args.max_drop / 100.0);
-    let selection = compact::select(&model, &stats, &held, &budget, args.translator, &Terminal::notes_on_stdout())?;
+    let options = SelectOptions { threads: calibration.threads, ..SelectOptions::default() };
+    let selection =
+        compact::select(&model, &stats, &held, &budget, args.translator, &options, &Terminal::notes_on_stdout())?;
     print!("{}", text::selection(&model, &selection));
     let slim_path = args.out.join(format!("slim-{}", which.file_name()));
     let compaction = CompactionReport::new(

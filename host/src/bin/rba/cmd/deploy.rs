@@ -28,9 +28,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Connects with progress bars on the terminal.
+/// Connects with progress bars on the terminal (and says so when it pins a
+/// new board's identity).
 pub fn connect(link: &LinkArgs) -> anyhow::Result<Device> {
     let mut device = Device::connect(&Target::from_options(&link.into())?)?;
+    if let Some(note) = device.pin_note() {
+        eprintln!("{note}");
+    }
     device.set_progress(std::sync::Arc::new(Terminal::stderr()));
     Ok(device)
 }
