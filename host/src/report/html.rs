@@ -1323,10 +1323,11 @@ mod tests {
                     images: 500,
                     fitted_on: "original model activations".into(),
                 },
-                held_out: DataUsed { source: "demo:val".into(), images: 300 },
+                held_out: DataUsed { source: "demo:val".into(), images: 300, excluded_seen_by_probe: None },
                 baseline: Quality { accuracy: Some(0.99), agreement: 1.0, output_cosine: 1.0 },
                 result: quality(0.98),
             },
+            verification: None,
             trials: vec![
                 trial(&[5], 0.985, 9000),
                 trial(&[4], 0.97, 9000),

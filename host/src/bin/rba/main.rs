@@ -26,6 +26,11 @@ struct Cli {
 enum Command {
     /// Show a model's inputs, outputs, size and the blocks rba detects.
     Inspect(cmd::inspect::Args),
+    /// Stream the calibration images (or one shard of them) and write their
+    /// statistics to a file, for analyze/compact --stats and stats merge.
+    Calibrate(cmd::calibrate::Args),
+    /// Statistics files: merge shards, show what a file holds.
+    Stats(cmd::stats::Args),
     /// Score every block and candidate span on calibration images; write
     /// report.json and report.html.
     Analyze(cmd::analyze::Args),
@@ -57,6 +62,8 @@ enum Command {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Inspect(a) => cmd::inspect::run(a),
+        Command::Calibrate(a) => cmd::calibrate::run(a),
+        Command::Stats(a) => cmd::stats::run(a),
         Command::Analyze(a) => cmd::analyze::run(a),
         Command::Compact(a) => cmd::compact::run(a),
         Command::Evaluate(a) => cmd::evaluate::run(a),

@@ -2,6 +2,7 @@
 
 pub mod analyze;
 pub mod bench;
+pub mod calibrate;
 pub mod compact;
 pub mod demo;
 pub mod deploy;
@@ -10,3 +11,4 @@ pub mod evaluate;
 pub mod inspect;
 pub mod probe;
 pub mod report;
+pub mod stats;
