@@ -14,6 +14,7 @@ use rba_protocol::serial::{open_serial, SerialError, SerialLink};
 use rba_protocol::{Identity, PreSharedKey, ServerConfig, SessionEnd};
 
 use crate::daemon::{Daemon, DaemonConfig};
+use crate::hook::HookConfig;
 use crate::limits::MemoryBudget;
 use crate::measure::Caps;
 use crate::sensors::{self, Sensors};
@@ -50,6 +51,8 @@ pub struct InProcessOptions {
     pub isolation: Isolation,
     /// What the tensors of a job's model may take.
     pub memory_budget: MemoryBudget,
+    /// Run after an application's active model changed.
+    pub activate_hook: Option<HookConfig>,
 }
 
 impl Default for InProcessOptions {
@@ -68,6 +71,7 @@ impl Default for InProcessOptions {
             caps: Caps::default(),
             isolation: Isolation::Thread,
             memory_budget: MemoryBudget::default(),
+            activate_hook: None,
         }
     }
 }
@@ -149,6 +153,7 @@ pub fn spawn_in_process(options: InProcessOptions, link: InProcessLink) -> Resul
         isolation: options.isolation,
         memory_budget: options.memory_budget,
         max_threads: sensors::cores(),
+        activate_hook: options.activate_hook,
     };
     let mut daemon = Daemon::new(store, config);
     let server_config = ServerConfig {
