@@ -69,7 +69,7 @@ pub enum Request {
         nonce: u64,
     },
     /// Make a published model an application's active model, if its gates
-    /// hold on the board (a job; answered `Activation`). Protocol 3.
+    /// hold on the board (a job; answered `Activation`).
     Activate(ActivateRequest),
     /// Applications, their active models and histories (`app: None`: all;
     /// `history`: most entries per application). Answered `Apps`.
@@ -128,7 +128,7 @@ impl Capabilities {
     pub const COMPARE: u64 = 1 << 3;
     pub const CANCEL: u64 = 1 << 4;
     pub const EVAL_BUNDLES: u64 = 1 << 5;
-    /// Activate, AppStatus, Rollback (protocol 3).
+    /// Activate, AppStatus, Rollback.
     pub const ACTIVATION: u64 = 1 << 6;
     pub const ALL: Capabilities = Capabilities(0b111_1111);
 

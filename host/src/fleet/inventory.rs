@@ -74,7 +74,7 @@ struct File {
 }
 
 /// One board of the fleet, defaults applied.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct FleetBoard {
     pub name: String,
     pub link: LinkKind,
