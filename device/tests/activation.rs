@@ -254,7 +254,7 @@ fn rollback_restores_the_previous_model_byte_for_byte_and_runs_the_hook() {
         ]
     );
     assert!(s[0].history.iter().all(|e| e.hook.as_ref().is_some_and(|h| h.exit_code == Some(0)) && !e.recovered));
-    assert!(p.wait_for("activation hook", Duration::from_secs(1)).is_none(), "no hook at start-up");
+    assert!(p.wait_for("inspect: activation hook", Duration::from_secs(1)).is_none(), "no hook at start-up");
 }
 
 #[test]
@@ -293,7 +293,7 @@ fn gates_are_checked_on_the_board_and_a_failing_hook_is_reported() {
     assert_eq!(r.outcome, ActivationOutcome::Activated, "{:?}", r.checks);
     let hook = r.hook.unwrap();
     assert_eq!((hook.exit_code, hook.output.as_str()), (Some(7), "cannot reload"));
-    assert!(p.wait_for("activation hook", Duration::from_secs(5)).unwrap().contains("exit 7"));
+    assert!(p.wait_for("inspect: activation hook", Duration::from_secs(5)).unwrap().contains("exit 7"));
     let active = c.app_status(Some(APP), 10).unwrap().remove(0).active.unwrap();
     assert_eq!(active.checks.len(), 3);
     assert_eq!(active.figures.top1, Some(0.5));
