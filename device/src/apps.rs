@@ -290,7 +290,8 @@ impl Apps {
     /// once, atomically).
     fn ensure_stable_links(&self, dir: &Path) -> Result<(), StoreError> {
         let mut made = false;
-        for (name, target) in [(ACTIVE_ONNX, format!("{CURRENT}/{MODEL_FILE}")), (ACTIVE_JSON, format!("{CURRENT}/{ACTIVE_JSON}"))]
+        for (name, target) in
+            [(ACTIVE_ONNX, format!("{CURRENT}/{MODEL_FILE}")), (ACTIVE_JSON, format!("{CURRENT}/{ACTIVE_JSON}"))]
         {
             let path = dir.join(name);
             if fs::read_link(&path).is_ok_and(|t| t == Path::new(&target)) {
@@ -317,8 +318,10 @@ impl Apps {
         let path = dir.join(HISTORY);
         let (entries, _) = read_history(&path);
         entry.seq = entries.last().map_or(0, |e| e.seq) + 1;
-        let mut line = serde_json::to_vec(&entry)
-            .map_err(|e| StoreError::Io { context: "cannot encode a history entry".into(), source: io::Error::other(e) })?;
+        let mut line = serde_json::to_vec(&entry).map_err(|e| StoreError::Io {
+            context: "cannot encode a history entry".into(),
+            source: io::Error::other(e),
+        })?;
         line.push(b'\n');
         let ctx = || format!("cannot append to the history of '{app}'");
         let existed = path.exists();
@@ -371,7 +374,8 @@ impl Apps {
             }
         }
         let current = self.current_generation(&dir);
-        let usable = current.filter(|&g| self.read_meta(&dir, g).is_ok() && dir.join(gen_name(g)).join(MODEL_FILE).is_file());
+        let usable =
+            current.filter(|&g| self.read_meta(&dir, g).is_ok() && dir.join(gen_name(g)).join(MODEL_FILE).is_file());
         if current.is_some() && usable.is_none() {
             log::error!("application '{app}': `current` names a generation that cannot be read; no model is active");
         }
@@ -437,7 +441,11 @@ impl Apps {
                     hex(&m.sha256)
                 );
             } else {
-                log::info!("application '{app}': active model '{}' (generation {g}, sha256 {})", m.model, &hex(&sha)[..16]);
+                log::info!(
+                    "application '{app}': active model '{}' (generation {g}, sha256 {})",
+                    m.model,
+                    &hex(&sha)[..16]
+                );
             }
         }
         Ok(())

@@ -38,7 +38,8 @@ fn profile(dir: &Path, hook: &[&str]) -> PathBuf {
 /// `rba-device serve` on a random loopback port, jobs on the daemon's thread.
 fn spawn(store: &Path, profile: Option<&Path>) -> DeviceProcess {
     let s = store.display().to_string();
-    let mut args = vec!["serve", "--tcp", "127.0.0.1:0", "--dir", s.as_str(), "--threads", "1", "--isolation", "thread"];
+    let mut args =
+        vec!["serve", "--tcp", "127.0.0.1:0", "--dir", s.as_str(), "--threads", "1", "--isolation", "thread"];
     let p = profile.map(|p| p.display().to_string());
     if let Some(p) = &p {
         args.extend(["--board", p.as_str()]);
@@ -190,7 +191,8 @@ fn rollback_restores_the_previous_model_byte_for_byte_and_runs_the_hook() {
     let store = tempfile::tempdir().unwrap();
     let etc = tempfile::tempdir().unwrap();
     let marker = etc.path().join("marker");
-    let script = format!("echo \"$RBA_EVENT $RBA_MODEL $RBA_GENERATION $RBA_SHA256 $RBA_ACTIVE_MODEL\" >> {}", marker.display());
+    let script =
+        format!("echo \"$RBA_EVENT $RBA_MODEL $RBA_GENERATION $RBA_SHA256 $RBA_ACTIVE_MODEL\" >> {}", marker.display());
     let profile = profile(etc.path(), &["sh", "-c", &script]);
     let mut p = spawn(store.path(), Some(&profile));
     let mut c = client(p.tcp_addr());
@@ -301,14 +303,20 @@ fn gates_are_checked_on_the_board_and_a_failing_hook_is_reported() {
     // Requests the board refuses.
     let mut bad = activation("lin", &lin);
     bad.app = "../etc".into();
-    assert!(matches!(c.activate(&bad, go), Err(ClientError::Remote(RemoteError::BadRequest(m))) if m.contains("application name")));
+    assert!(
+        matches!(c.activate(&bad, go), Err(ClientError::Remote(RemoteError::BadRequest(m))) if m.contains("application name"))
+    );
     let mut bad = activation("lin", b"other bytes");
     bad.app = "other".into();
-    assert!(matches!(c.activate(&bad, go), Err(ClientError::Remote(RemoteError::BadRequest(m))) if m.contains("upload it again")));
+    assert!(
+        matches!(c.activate(&bad, go), Err(ClientError::Remote(RemoteError::BadRequest(m))) if m.contains("upload it again"))
+    );
     let mut bad = activation("lin", &lin);
     bad.app = "other".into();
     bad.gates = parse_gates("agreement>=99").unwrap();
-    assert!(matches!(c.activate(&bad, go), Err(ClientError::Remote(RemoteError::BadRequest(m))) if m.contains("eval bundle")));
+    assert!(
+        matches!(c.activate(&bad, go), Err(ClientError::Remote(RemoteError::BadRequest(m))) if m.contains("eval bundle"))
+    );
     assert!(matches!(c.activate(&activation("missing", &lin), go), Err(ClientError::Remote(RemoteError::NotFound(_)))));
     assert!(matches!(c.app_status(Some("nope"), 1), Err(ClientError::Remote(RemoteError::NotFound(_)))));
     assert!(matches!(

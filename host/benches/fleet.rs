@@ -164,7 +164,8 @@ fn main() {
         .iter()
         .map(|s| {
             let dir = s.path().display().to_string();
-            let args = ["serve", "--tcp", "127.0.0.1:0", "--dir", dir.as_str(), "--threads", "1", "--idle-timeout", "0"];
+            let args =
+                ["serve", "--tcp", "127.0.0.1:0", "--dir", dir.as_str(), "--threads", "1", "--idle-timeout", "0"];
             DeviceProcess::spawn(&bin, &args, &[("RBA_DEVICE_KEY", KEY)])
         })
         .collect();

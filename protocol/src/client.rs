@@ -18,10 +18,10 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
+use crate::activation::{ActivateRequest, ActivationResult, AppStatus, RollbackRequest};
 use crate::auth::PreSharedKey;
 use crate::error::{FrameError, RemoteError};
 use crate::frame::{FrameDecoder, FrameEncoder, DEFAULT_MAX_FRAME, MIN_MAX_FRAME};
-use crate::activation::{ActivateRequest, ActivationResult, AppStatus, RollbackRequest};
 use crate::message::*;
 use crate::name::is_valid_name;
 use crate::secure::{

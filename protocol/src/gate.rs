@@ -319,7 +319,8 @@ fn parse_gate(s: &str) -> Result<Gate, String> {
         return Err(format!("expected an operator (>=, <=, >, <) after '{name}'"));
     };
     let rest = rest.trim_start();
-    let num_end = rest.find(|c: char| !(c.is_ascii_digit() || matches!(c, '.' | '+' | '-' | 'e'))).unwrap_or(rest.len());
+    let num_end =
+        rest.find(|c: char| !(c.is_ascii_digit() || matches!(c, '.' | '+' | '-' | 'e'))).unwrap_or(rest.len());
     let number = &rest[..num_end];
     let threshold: f64 = number.parse().map_err(|_| {
         if number.is_empty() {
@@ -450,7 +451,8 @@ mod tests {
         assert_eq!(c[1].to_string(), "agreement 99.50% >= 99.00%");
         assert_eq!(c[2].to_string(), "p99 31.20 ms <= 40.00 ms");
         assert_eq!(c[3].to_string(), "peak_rss not measured (needs peak_rss<100MiB)");
-        let us = parse_gates("p50<=2000us").unwrap()[0].check(&GateFigures { p50_ns: Some(2_500_000), ..Default::default() });
+        let us = parse_gates("p50<=2000us").unwrap()[0]
+            .check(&GateFigures { p50_ns: Some(2_500_000), ..Default::default() });
         assert_eq!(us.to_string(), "p50 2500.0 us > 2000.0 us");
         assert_eq!(needs(&g), (true, true));
         assert_eq!(needs(&g[..2]), (true, false));

@@ -21,10 +21,10 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
+use crate::activation::{ActivateRequest, ActivationResult, AppStatus, RollbackRequest, MAX_STATUS_HISTORY};
 use crate::auth::PreSharedKey;
 use crate::error::RemoteError;
 use crate::frame::{decode_envelope, FrameDecoder, FrameEncoder, DEFAULT_MAX_FRAME, MAX_CHUNK, MIN_MAX_FRAME};
-use crate::activation::{ActivateRequest, ActivationResult, AppStatus, RollbackRequest, MAX_STATUS_HISTORY};
 use crate::message::*;
 use crate::name::{validate_app_name, validate_name};
 use crate::secure::{

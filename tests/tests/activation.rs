@@ -30,7 +30,12 @@ fn rba(args: &[&str], known: &Path) -> Output {
         .stdin(Stdio::null())
         .output()
         .unwrap();
-    eprintln!("$ rba {}\n{}{}", args.join(" "), String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    eprintln!(
+        "$ rba {}\n{}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     out
 }
 
@@ -106,7 +111,8 @@ fn a_failing_gate_keeps_the_old_model_and_names_the_measured_value() {
     let out = rba(&args, &s.known());
     assert!(!out.status.success(), "a failed gate is a failed command");
     let t = text(&out);
-    let want = format!("gate failed on board {addr}: top1 {broken_acc:.2}% < {:.2}%", threshold.parse::<f64>().unwrap());
+    let want =
+        format!("gate failed on board {addr}: top1 {broken_acc:.2}% < {:.2}%", threshold.parse::<f64>().unwrap());
     assert!(t.contains(&want), "expected {want:?} in:\n{t}");
     assert!(t.contains("pass p99 "), "the conditions that held are shown too:\n{t}");
     assert!(t.contains("inspect stays on vit-digits (generation 1"), "{t}");
@@ -117,9 +123,18 @@ fn a_failing_gate_keeps_the_old_model_and_names_the_measured_value() {
     assert!(out.status.success());
     let t = text(&out);
     assert!(t.contains("inspect: vit-digits, sha256 ") && t.contains("generation 1)"), "{t}");
-    assert!(t.contains(&format!("gate failed vit-broken sha256 {}...; top1 {broken_acc:.2}%", &hex(&sha256(&std::fs::read(&path).unwrap()))[..16])), "{t}");
+    assert!(
+        t.contains(&format!(
+            "gate failed vit-broken sha256 {}...; top1 {broken_acc:.2}%",
+            &hex(&sha256(&std::fs::read(&path).unwrap()))[..16]
+        )),
+        "{t}"
+    );
     // Bad gates never reach a board.
-    let out = rba(&["deploy", "demo:vit", "--activate", "inspect", "--gate", "top1>=97,latency<5", "--addr", &addr], &s.known());
+    let out = rba(
+        &["deploy", "demo:vit", "--activate", "inspect", "--gate", "top1>=97,latency<5", "--addr", &addr],
+        &s.known(),
+    );
     assert!(text(&out).contains("gate 2 'latency<5': unknown metric 'latency'"), "{}", text(&out));
     let out = rba(&["deploy", "demo:vit", "--activate", "inspect", "--gate", "top1>=97", "--addr", &addr], &s.known());
     assert!(text(&out).contains("need eval data: pass --eval DATA"), "{}", text(&out));

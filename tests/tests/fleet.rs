@@ -113,7 +113,10 @@ fn a_fleet_of_eight_with_a_board_down_a_wrong_key_and_a_failing_gate() {
                 "cam-5" | "cam-6" => "\"pair\", \"inspect\"",
                 _ => "\"inspect\"",
             };
-            t.push_str(&format!("\n[[board]]\nname = \"{}\"\nlink = \"tcp\"\naddress = \"{}\"\ntags = [{tags}]\n", b.name, b.addr));
+            t.push_str(&format!(
+                "\n[[board]]\nname = \"{}\"\nlink = \"tcp\"\naddress = \"{}\"\ntags = [{tags}]\n",
+                b.name, b.addr
+            ));
             if extra_gate && b.name == "cam-5" {
                 // This board asks for a latency no model meets: its gate fails.
                 t.push_str("gates = \"p50<=1us\"\n");
@@ -132,7 +135,8 @@ fn a_fleet_of_eight_with_a_board_down_a_wrong_key_and_a_failing_gate() {
     let board = |n: &str| boards.iter().find(|b| b.name == n).unwrap();
 
     // 1. Every board starts on the demo ViT (no gates).
-    let out = rba(&["fleet", "deploy", "demo:vit", "--activate", "inspect", "--inventory", &base, "--parallel", "8"], &known);
+    let out =
+        rba(&["fleet", "deploy", "demo:vit", "--activate", "inspect", "--inventory", &base, "--parallel", "8"], &known);
     assert!(!out.status.success(), "two boards cannot be reached");
     for n in good.iter().chain(&["cam-5"]) {
         assert_eq!(board(n).active().unwrap(), demo().vit_bytes, "{n}");
@@ -143,9 +147,27 @@ fn a_fleet_of_eight_with_a_board_down_a_wrong_key_and_a_failing_gate() {
     let html = dir.join("deploy.html");
     let (j, h) = (json.display().to_string(), html.display().to_string());
     let deploy = [
-        "fleet", "deploy", slim.as_str(), "--activate", "inspect", "--gate", "top1>=60,p99<=5000ms", "--eval", "demo:test",
-        "--eval-samples", "200", "--canary", "2", "--parallel", "4", "--inventory", fleet.as_str(), "--json", j.as_str(),
-        "--html", h.as_str(),
+        "fleet",
+        "deploy",
+        slim.as_str(),
+        "--activate",
+        "inspect",
+        "--gate",
+        "top1>=60,p99<=5000ms",
+        "--eval",
+        "demo:test",
+        "--eval-samples",
+        "200",
+        "--canary",
+        "2",
+        "--parallel",
+        "4",
+        "--inventory",
+        fleet.as_str(),
+        "--json",
+        j.as_str(),
+        "--html",
+        h.as_str(),
     ];
     let started = Instant::now();
     let out = rba(&deploy, &known);
@@ -162,7 +184,13 @@ fn a_fleet_of_eight_with_a_board_down_a_wrong_key_and_a_failing_gate() {
     assert!(line(&stdout, "cam-3").contains("unreachable"), "{stdout}");
     assert!(line(&stdout, "cam-4").contains("wrong key"), "{stdout}");
     let l5 = line(&stdout, "cam-5");
-    assert!(l5.contains("gate failed") && l5.contains("vit-digits gen 1") && l5.contains("p50 ") && l5.contains(" us > 1.0 us"), "{l5}");
+    assert!(
+        l5.contains("gate failed")
+            && l5.contains("vit-digits gen 1")
+            && l5.contains("p50 ")
+            && l5.contains(" us > 1.0 us"),
+        "{l5}"
+    );
     assert!(stdout.contains("8 board(s): 5 ok, 3 failed, 0 not attempted"), "{stdout}");
     let r = report(&json);
     assert_eq!((r.schema_version, r.command, r.canary, r.parallel), (1, FleetCommand::Deploy, 2, 4));
@@ -236,8 +264,19 @@ fn a_fleet_of_eight_with_a_board_down_a_wrong_key_and_a_failing_gate() {
     std::fs::write(&third_path, third.to_bytes()).unwrap();
     let t = third_path.display().to_string();
     let args = [
-        "fleet", "deploy", t.as_str(), "--activate", "inspect", "--tags", "pair", "--canary", "1", "--inventory",
-        fleet.as_str(), "--json", j.as_str(),
+        "fleet",
+        "deploy",
+        t.as_str(),
+        "--activate",
+        "inspect",
+        "--tags",
+        "pair",
+        "--canary",
+        "1",
+        "--inventory",
+        fleet.as_str(),
+        "--json",
+        j.as_str(),
     ];
     let out = rba(&args, &known);
     assert!(!out.status.success());
@@ -262,7 +301,21 @@ fn a_fleet_of_eight_with_a_board_down_a_wrong_key_and_a_failing_gate() {
     assert_eq!(s.boards[0].apps[0].history.last().unwrap().event, rba_protocol::HistoryEvent::RolledBack);
     let bench_json = dir.join("bench.json").display().to_string();
     let out = rba(
-        &["fleet", "bench", &slim, "--runs", "10", "--tags", "line-3", "--inventory", &fleet, "--json", &bench_json, "--parallel", "2"],
+        &[
+            "fleet",
+            "bench",
+            &slim,
+            "--runs",
+            "10",
+            "--tags",
+            "line-3",
+            "--inventory",
+            &fleet,
+            "--json",
+            &bench_json,
+            "--parallel",
+            "2",
+        ],
         &known,
     );
     assert!(out.status.success());

@@ -5,9 +5,9 @@
 use rba_protocol::gate::{check_all, needs};
 use rba_protocol::time::now_ms;
 use rba_protocol::{
-    hex, ActivateRequest, ActivationOutcome, ActivationResult, ActiveModel, AppStatus, ArtifactKind,
-    BenchmarkRequest, BenchmarkResult, EvalRequest, EvalResult, GateFigures, HistoryEntry, HistoryEvent,
-    HookOutcome, Job, Phase, RemoteError, RollbackRequest, RunPolicy,
+    hex, ActivateRequest, ActivationOutcome, ActivationResult, ActiveModel, AppStatus, ArtifactKind, BenchmarkRequest,
+    BenchmarkResult, EvalRequest, EvalResult, GateFigures, HistoryEntry, HistoryEvent, HookOutcome, Job, Phase,
+    RemoteError, RollbackRequest, RunPolicy,
 };
 
 use super::Daemon;
@@ -78,7 +78,8 @@ impl Daemon {
             None => None,
         };
         let benchmark = if need_bench || !is_zero(req.runs) {
-            let (warmup, runs) = if is_zero(req.runs) { (DEFAULT_GATE_WARMUP, DEFAULT_GATE_RUNS) } else { (req.warmup, req.runs) };
+            let (warmup, runs) =
+                if is_zero(req.runs) { (DEFAULT_GATE_WARMUP, DEFAULT_GATE_RUNS) } else { (req.warmup, req.runs) };
             let r = bench_request(&req.model, req.threads, warmup, runs, req.eval_bundle.clone());
             Some(self.run_benchmark(&r, job)?)
         } else {
@@ -271,11 +272,21 @@ impl Daemon {
             let ms = started.elapsed().as_millis();
             if ms - last >= 500 {
                 last = ms;
-                job.progress(Phase::Activating, u64::try_from(ms).unwrap_or(u64::MAX), None, Some("activation hook".into()));
+                job.progress(
+                    Phase::Activating,
+                    u64::try_from(ms).unwrap_or(u64::MAX),
+                    None,
+                    Some("activation hook".into()),
+                );
             }
         });
         if outcome.succeeded() {
-            log::info!("{app}: activation hook {:?}: {} in {} ms", config.command, outcome.status(), outcome.duration_ms);
+            log::info!(
+                "{app}: activation hook {:?}: {} in {} ms",
+                config.command,
+                outcome.status(),
+                outcome.duration_ms
+            );
         } else {
             log::warn!(
                 "{app}: activation hook {:?}: {} after {} ms{}",

@@ -152,7 +152,9 @@ impl Inventory {
                 LinkKind::Tcp if e.address.is_none() => return Err(bad("a tcp board needs address = \"HOST:PORT\"")),
                 LinkKind::Tcp if e.port.is_some() => return Err(bad("a tcp board has an address, not a port")),
                 LinkKind::Serial if e.port.is_none() => return Err(bad("a serial board needs port = \"/dev/...\"")),
-                LinkKind::Serial if e.address.is_some() => return Err(bad("a serial board has a port, not an address")),
+                LinkKind::Serial if e.address.is_some() => {
+                    return Err(bad("a serial board has a port, not an address"))
+                }
                 _ => {}
             }
             let key_file = e.key_file.or_else(|| file.defaults.key_file.clone()).map(resolve);

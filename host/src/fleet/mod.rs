@@ -129,8 +129,11 @@ pub fn run(
         FleetTask::Deploy(_) => options.canary.min(boards.len()),
         _ => 0,
     };
-    let mut results: Vec<BoardResult> =
-        boards.iter().enumerate().map(|(i, b)| BoardResult::new(&b.name, &b.link_label(), &b.tags, i < canary)).collect();
+    let mut results: Vec<BoardResult> = boards
+        .iter()
+        .enumerate()
+        .map(|(i, b)| BoardResult::new(&b.name, &b.link_label(), &b.tags, i < canary))
+        .collect();
     let stop = AtomicBool::new(false);
     let work = |i: usize| -> BoardResult {
         let b = &boards[i];
@@ -143,7 +146,14 @@ pub fn run(
                 r
             });
         r.duration_ms = u64::try_from(t.elapsed().as_millis()).unwrap_or(u64::MAX);
-        events.event(&b.name, &format!("{}{}", r.outcome.label(), if r.message.is_empty() { String::new() } else { format!(": {}", r.message) }));
+        events.event(
+            &b.name,
+            &format!(
+                "{}{}",
+                r.outcome.label(),
+                if r.message.is_empty() { String::new() } else { format!(": {}", r.message) }
+            ),
+        );
         r
     };
     let all: Vec<usize> = (0..boards.len()).collect();
@@ -298,22 +308,22 @@ fn run_board(
             r.apps = apps;
             r.outcome = BoardOutcome::Done;
         }),
-        FleetTask::Deploy(plan) => with_board_gates(plan, board).and_then(|own| {
-            deploy_and_activate(&mut device, own.as_ref().unwrap_or(plan))
-        }).map(|a| {
-            r.deployed = a.deployed.clone();
-            match a.result {
-                None => {
-                    r.outcome = BoardOutcome::AlreadyActive;
-                    r.message = "already runs the model: skipped".into();
-                    r.apps = a.before.into_iter().collect();
+        FleetTask::Deploy(plan) => with_board_gates(plan, board)
+            .and_then(|own| deploy_and_activate(&mut device, own.as_ref().unwrap_or(plan)))
+            .map(|a| {
+                r.deployed = a.deployed.clone();
+                match a.result {
+                    None => {
+                        r.outcome = BoardOutcome::AlreadyActive;
+                        r.message = "already runs the model: skipped".into();
+                        r.apps = a.before.into_iter().collect();
+                    }
+                    Some(result) => {
+                        describe_activation(&mut r, &result);
+                        r.activation = Some(result);
+                    }
                 }
-                Some(result) => {
-                    describe_activation(&mut r, &result);
-                    r.activation = Some(result);
-                }
-            }
-        }),
+            }),
         FleetTask::Bench { model, options } => device.deploy(model).and_then(|d| {
             r.deployed = Some(d);
             device.bench(&[model.name.as_str()], options).map(|b| {
@@ -359,15 +369,11 @@ fn describe_activation(r: &mut BoardResult, a: &ActivationResult) {
         ActivationOutcome::AlreadyRolledBack => BoardOutcome::AlreadyRolledBack,
     };
     r.message = match (a.outcome, hook_failed) {
-        (ActivationOutcome::GateFailed, _) => {
-            a.failed_checks().map(|c| c.to_string()).collect::<Vec<_>>().join("; ")
-        }
+        (ActivationOutcome::GateFailed, _) => a.failed_checks().map(|c| c.to_string()).collect::<Vec<_>>().join("; "),
         (_, Some(h)) => format!("activation hook: {}", h.status()),
-        (ActivationOutcome::RolledBack, None) => a
-            .replaced
-            .as_ref()
-            .map(|m| format!("from {} gen {}", m.model, m.generation))
-            .unwrap_or_default(),
+        (ActivationOutcome::RolledBack, None) => {
+            a.replaced.as_ref().map(|m| format!("from {} gen {}", m.model, m.generation)).unwrap_or_default()
+        }
         _ => String::new(),
     };
 }

@@ -4,7 +4,9 @@
 use std::fmt::Write;
 
 use rba_protocol::time::iso8601_utc;
-use rba_protocol::{ActivationOutcome, ActivationResult, ActiveModel, AppStatus, HistoryEntry, HistoryEvent, HookOutcome};
+use rba_protocol::{
+    ActivationOutcome, ActivationResult, ActiveModel, AppStatus, HistoryEntry, HistoryEvent, HookOutcome,
+};
 
 use crate::board::activate::short_sha;
 use crate::board::BoardActivation;

@@ -227,9 +227,7 @@ fn ms(v: Option<u64>) -> String {
 /// The active model of the board's application, as `name gen N (sha8)`.
 fn active_cell(b: &BoardResult) -> String {
     let active = b.activation.as_ref().and_then(|a| a.active.as_ref()).or_else(|| b.apps.first()?.active.as_ref());
-    active.map_or("-".into(), |m| {
-        format!("{} gen {} ({})", m.model, m.generation, &rba_protocol::hex(&m.sha256)[..8])
-    })
+    active.map_or("-".into(), |m| format!("{} gen {} ({})", m.model, m.generation, &rba_protocol::hex(&m.sha256)[..8]))
 }
 
 /// Lays out rows under a header, columns padded to their widest cell.
@@ -287,15 +285,7 @@ pub fn text(r: &FleetReport) -> String {
                         )
                     });
                     let last = a.history.last().map_or("-".into(), |e| format!("#{} {:?}", e.seq, e.event));
-                    rows.push(vec![
-                        b.name.clone(),
-                        b.outcome.label().into(),
-                        a.app.clone(),
-                        model,
-                        sha,
-                        since,
-                        last,
-                    ]);
+                    rows.push(vec![b.name.clone(), b.outcome.label().into(), a.app.clone(), model, sha, since, last]);
                 }
             }
             out.push_str(&table(&["board", "outcome", "app", "active model", "sha256", "since", "last event"], &rows));

@@ -176,18 +176,10 @@ pub fn request() -> impl Strategy<Value = Request> {
         ),
         any::<u32>().prop_map(|target| Request::Cancel { target }),
         any::<u64>().prop_map(|nonce| Request::Ping { nonce }),
-        (s(), s(), digest(), vec(gate(), 0..4), option::of(s()), option::of(any::<u32>()), policy(), policy()).prop_map(
-            |(app, model, sha256, gates, eval_bundle, threads, warmup, runs)| Request::Activate(ActivateRequest {
-                app,
-                model,
-                sha256,
-                gates,
-                eval_bundle,
-                threads,
-                warmup,
-                runs
-            })
-        ),
+        (s(), s(), digest(), vec(gate(), 0..4), option::of(s()), option::of(any::<u32>()), policy(), policy())
+            .prop_map(|(app, model, sha256, gates, eval_bundle, threads, warmup, runs)| Request::Activate(
+                ActivateRequest { app, model, sha256, gates, eval_bundle, threads, warmup, runs }
+            )),
         (option::of(s()), any::<u32>()).prop_map(|(app, history)| Request::AppStatus { app, history }),
         (s(), option::of(any::<u64>()))
             .prop_map(|(app, from_generation)| Request::Rollback(RollbackRequest { app, from_generation })),
@@ -197,7 +189,8 @@ pub fn request() -> impl Strategy<Value = Request> {
 pub fn gate() -> impl Strategy<Value = Gate> {
     let metric = prop::sample::select(GateMetric::ALL.to_vec());
     let op = prop_oneof![Just(GateOp::Ge), Just(GateOp::Le), Just(GateOp::Gt), Just(GateOp::Lt)];
-    let unit = prop_oneof![Just(GateUnit::Percent), Just(GateUnit::Millis), Just(GateUnit::Micros), Just(GateUnit::Mib)];
+    let unit =
+        prop_oneof![Just(GateUnit::Percent), Just(GateUnit::Millis), Just(GateUnit::Micros), Just(GateUnit::Mib)];
     (metric, op, 0f64..1e6, unit).prop_map(|(metric, op, threshold, unit)| Gate { metric, op, threshold, unit })
 }
 
@@ -233,7 +226,15 @@ fn history_event() -> impl Strategy<Value = HistoryEvent> {
 }
 
 fn hook() -> impl Strategy<Value = HookOutcome> {
-    (vec(s(), 0..3), option::of(any::<i32>()), option::of(any::<i32>()), any::<bool>(), option::of(s()), any::<u64>(), s())
+    (
+        vec(s(), 0..3),
+        option::of(any::<i32>()),
+        option::of(any::<i32>()),
+        any::<bool>(),
+        option::of(s()),
+        any::<u64>(),
+        s(),
+    )
         .prop_map(|(command, exit_code, signal, timed_out, error, duration_ms, output)| HookOutcome {
             command,
             exit_code,
@@ -275,17 +276,8 @@ pub fn history_entry() -> impl Strategy<Value = HistoryEntry> {
         (any::<u64>(), any::<u64>(), history_event(), option::of(any::<u64>()), s(), digest()),
         (vec(check(), 0..3), figures(), option::of(hook()), any::<bool>()),
     )
-        .prop_map(|((seq, at_ms, event, generation, model, sha256), (checks, figures, hook, recovered))| HistoryEntry {
-            seq,
-            at_ms,
-            event,
-            generation,
-            model,
-            sha256,
-            checks,
-            figures,
-            hook,
-            recovered,
+        .prop_map(|((seq, at_ms, event, generation, model, sha256), (checks, figures, hook, recovered))| {
+            HistoryEntry { seq, at_ms, event, generation, model, sha256, checks, figures, hook, recovered }
         })
 }
 
