@@ -10,6 +10,8 @@
 //! camera network (100 Mbit/s, 1 ms one way, per board; the host's uplink
 //! not limited), where a deploy mostly waits for the network.
 
+#![allow(clippy::unwrap_used)] // a benchmark may panic
+
 use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};

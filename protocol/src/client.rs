@@ -503,7 +503,7 @@ impl<T: Read + Write> Client<T> {
         mut progress: impl FnMut(&Progress) -> ControlFlow<()>,
     ) -> Result<ActivationResult, ClientError> {
         match self.job(Request::Activate(req.clone()), &mut progress)? {
-            Response::Activation(r) => Ok(r),
+            Response::Activation(r) => Ok(*r),
             other => Err(unexpected("Activation", &other)),
         }
     }
@@ -515,7 +515,7 @@ impl<T: Read + Write> Client<T> {
         mut progress: impl FnMut(&Progress) -> ControlFlow<()>,
     ) -> Result<ActivationResult, ClientError> {
         match self.job(Request::Rollback(req.clone()), &mut progress)? {
-            Response::Activation(r) => Ok(r),
+            Response::Activation(r) => Ok(*r),
             other => Err(unexpected("Activation", &other)),
         }
     }

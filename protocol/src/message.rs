@@ -111,8 +111,9 @@ pub enum Response {
         nonce: u64,
     },
     Error(RemoteError),
-    /// Answer to `Activate` and `Rollback`.
-    Activation(ActivationResult),
+    /// Answer to `Activate` and `Rollback` (boxed: by far the largest
+    /// answer; the bytes on the wire are those of the value).
+    Activation(Box<ActivationResult>),
     /// Answer to `AppStatus`, sorted by application name.
     Apps(Vec<AppStatus>),
 }

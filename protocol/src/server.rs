@@ -682,7 +682,7 @@ impl Session<'_> {
                 validate_app_name(&r.app)?;
                 validate_name(&r.model)?;
                 check_opt_name(&r.eval_bundle)?;
-                self.run_job(id, |job| h.activate(&r, job)).map(Response::Activation)
+                self.run_job(id, |job| h.activate(&r, job)).map(|a| Response::Activation(Box::new(a)))
             }
             Request::AppStatus { app, history } => {
                 if let Some(a) = &app {
@@ -694,7 +694,7 @@ impl Session<'_> {
             }
             Request::Rollback(r) => {
                 validate_app_name(&r.app)?;
-                self.run_job(id, |job| h.rollback(&r, job)).map(Response::Activation)
+                self.run_job(id, |job| h.rollback(&r, job)).map(|a| Response::Activation(Box::new(a)))
             }
         }
     }

@@ -47,7 +47,7 @@ fn text(out: &Output) -> String {
 fn host_accuracy(model: &rba_host::onnx::OnnxModel) -> f64 {
     let digits = Digits::embedded().unwrap();
     let idx = digits.indices(Split::Test);
-    let x = digits.batch(&idx);
+    let x = digits.batch(idx);
     let p = argmax_rows(&predict(model, &x, 16).unwrap());
     let correct = p.iter().zip(idx.iter()).filter(|(p, &i)| **p == digits.label(i)).count();
     100.0 * correct as f64 / idx.len() as f64

@@ -418,7 +418,7 @@ pub fn response() -> impl Strategy<Value = Response> {
         any::<bool>().prop_map(|was_running| Response::CancelAck { was_running }),
         any::<u64>().prop_map(|nonce| Response::Pong { nonce }),
         remote_error().prop_map(Response::Error),
-        activation_result().prop_map(Response::Activation),
+        activation_result().prop_map(|a| Response::Activation(Box::new(a))),
         vec(app_status(), 0..3).prop_map(Response::Apps),
     ]
 }

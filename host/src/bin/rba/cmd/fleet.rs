@@ -51,6 +51,7 @@ struct Common {
 }
 
 #[derive(Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once per process
 enum FleetCommand {
     /// Every board's applications: active model, SHA-256, since when, last event.
     Status {
