@@ -15,6 +15,7 @@ use rba_protocol::{Identity, PreSharedKey, ServerConfig, SessionEnd};
 
 use crate::admission::Limits;
 use crate::daemon::{Daemon, DaemonConfig};
+use crate::hook::HookConfig;
 use crate::limits::MemoryBudget;
 use crate::measure::Caps;
 use crate::sensors::{self, Sensors};
@@ -54,6 +55,8 @@ pub struct InProcessOptions {
     /// What TCP peers are allowed (deadlines, waiting connections,
     /// backoff); the daemon's defaults.
     pub limits: Limits,
+    /// Run after an application's active model changed.
+    pub activate_hook: Option<HookConfig>,
 }
 
 impl Default for InProcessOptions {
@@ -73,6 +76,7 @@ impl Default for InProcessOptions {
             isolation: Isolation::Thread,
             memory_budget: MemoryBudget::default(),
             limits: Limits::default(),
+            activate_hook: None,
         }
     }
 }
@@ -154,6 +158,7 @@ pub fn spawn_in_process(options: InProcessOptions, link: InProcessLink) -> Resul
         isolation: options.isolation,
         memory_budget: options.memory_budget,
         max_threads: sensors::cores(),
+        activate_hook: options.activate_hook,
     };
     let mut daemon = Daemon::new(store, config);
     let server_config = ServerConfig {

@@ -12,6 +12,9 @@
 //! - [`metrics`]: accuracy and agreement of an evaluation.
 //! - [`sensors`]: peak RSS, memory, temperatures, throttling.
 //! - [`store`]: the artifact directory (staged uploads, atomic publish, quota).
+//! - [`apps`]: applications and their active models (crash-safe switches,
+//!   generations, history, start-up recovery); [`hook`]: the profile's
+//!   activation hook.
 //! - [`serve`]: serving sessions over TCP, serial and in-memory links, until
 //!   shutdown.
 //! - [`admission`]: where TCP connections wait until their host proved the key
@@ -44,7 +47,9 @@
 //! ```
 
 pub mod admission;
+pub mod apps;
 pub mod daemon;
+pub mod hook;
 pub mod in_process;
 pub mod job;
 pub mod limits;

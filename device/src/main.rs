@@ -306,6 +306,12 @@ fn serve(args: ServeArgs) -> Result<()> {
         ..DaemonConfig::default()
     };
     args.jobs.configure(board.as_ref(), &mut config);
+    config.activate_hook = board.as_ref().and_then(|b| {
+        let command = b.activate_hook.clone()?;
+        let timeout = b.activate_hook_timeout_s.map_or(rba_device::hook::DEFAULT_TIMEOUT, Duration::from_secs);
+        log::info!("activation hook: {command:?} (timeout {} s)", timeout.as_secs());
+        Some(rba_device::hook::HookConfig { command, timeout })
+    });
     let mut daemon = Daemon::new(store, config);
     // Link: the command line, else the profile's default.
     let (serial, tcp) = match (&args.serial, &args.tcp, &board) {

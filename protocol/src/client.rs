@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
+use crate::activation::{ActivateRequest, ActivationResult, AppStatus, RollbackRequest};
 use crate::auth::PreSharedKey;
 use crate::error::{FrameError, RemoteError};
 use crate::frame::{FrameDecoder, FrameEncoder, DEFAULT_MAX_FRAME, MIN_MAX_FRAME};
@@ -496,6 +497,40 @@ impl<T: Read + Write> Client<T> {
         match self.job(Request::Compare(req.clone()), &mut progress)? {
             Response::Compare(r) => Ok(r),
             other => Err(unexpected("Compare", &other)),
+        }
+    }
+
+    /// Gates and activation on the device (PROTOCOL.md 5.5). `progress`
+    /// may return `Break` to cancel while the gates are measured.
+    pub fn activate(
+        &mut self,
+        req: &ActivateRequest,
+        mut progress: impl FnMut(&Progress) -> ControlFlow<()>,
+    ) -> Result<ActivationResult, ClientError> {
+        match self.job(Request::Activate(req.clone()), &mut progress)? {
+            Response::Activation(r) => Ok(*r),
+            other => Err(unexpected("Activation", &other)),
+        }
+    }
+
+    /// Restores the application's previous model.
+    pub fn rollback(
+        &mut self,
+        req: &RollbackRequest,
+        mut progress: impl FnMut(&Progress) -> ControlFlow<()>,
+    ) -> Result<ActivationResult, ClientError> {
+        match self.job(Request::Rollback(req.clone()), &mut progress)? {
+            Response::Activation(r) => Ok(*r),
+            other => Err(unexpected("Activation", &other)),
+        }
+    }
+
+    /// Applications (`None`: all) with their active models and the last
+    /// `history` entries of their histories.
+    pub fn app_status(&mut self, app: Option<&str>, history: u32) -> Result<Vec<AppStatus>, ClientError> {
+        match self.call(Request::AppStatus { app: app.map(str::to_string), history })? {
+            Response::Apps(a) => Ok(a),
+            other => Err(unexpected("Apps", &other)),
         }
     }
 

@@ -21,11 +21,12 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
+use crate::activation::{ActivateRequest, ActivationResult, AppStatus, RollbackRequest, MAX_STATUS_HISTORY};
 use crate::auth::PreSharedKey;
 use crate::error::RemoteError;
 use crate::frame::{decode_envelope, FrameDecoder, FrameEncoder, DEFAULT_MAX_FRAME, MAX_CHUNK, MIN_MAX_FRAME};
 use crate::message::*;
-use crate::name::validate_name;
+use crate::name::{validate_app_name, validate_name};
 use crate::secure::{
     self, integrity_error, is_restart, AcceptError, Channel, HandshakeError, Identity, IntegrityError, SecureReader,
     SecureWriter, ServerHandshake,
@@ -125,6 +126,22 @@ pub trait DeviceHandler {
 
     /// Runs of A and B must be interleaved.
     fn compare(&mut self, req: &CompareRequest, job: &Job) -> Result<CompareResult, RemoteError>;
+
+    /// Gates on the board, then the switch of the active model (PROTOCOL.md
+    /// 5.5; names already validated).
+    fn activate(&mut self, _req: &ActivateRequest, _job: &Job) -> Result<ActivationResult, RemoteError> {
+        Err(RemoteError::Unsupported("this device has no active models".into()))
+    }
+
+    /// Applications (`None`: all), with at most `history` entries each.
+    fn app_status(&mut self, _app: Option<&str>, _history: u32) -> Result<Vec<AppStatus>, RemoteError> {
+        Err(RemoteError::Unsupported("this device has no active models".into()))
+    }
+
+    /// Restores an application's previous model.
+    fn rollback(&mut self, _req: &RollbackRequest, _job: &Job) -> Result<ActivationResult, RemoteError> {
+        Err(RemoteError::Unsupported("this device has no active models".into()))
+    }
 }
 
 /// Handle given to a running job: report progress, observe cancellation.
@@ -790,6 +807,24 @@ impl Session<'_> {
             // that got here found nothing running.
             Request::Cancel { .. } => Ok(Response::CancelAck { was_running: false }),
             Request::Ping { nonce } => Ok(Response::Pong { nonce }),
+            Request::Activate(r) => {
+                validate_app_name(&r.app)?;
+                validate_name(&r.model)?;
+                check_opt_name(&r.eval_bundle)?;
+                self.run_job(id, |job| h.activate(&r, job)).map(|a| Response::Activation(Box::new(a)))
+            }
+            Request::AppStatus { app, history } => {
+                if let Some(a) = &app {
+                    validate_app_name(a)?;
+                }
+                let mut apps = h.app_status(app.as_deref(), history.min(MAX_STATUS_HISTORY))?;
+                apps.sort_by(|a, b| a.app.cmp(&b.app));
+                Ok(Response::Apps(apps))
+            }
+            Request::Rollback(r) => {
+                validate_app_name(&r.app)?;
+                self.run_job(id, |job| h.rollback(&r, job)).map(|a| Response::Activation(Box::new(a)))
+            }
         }
     }
 

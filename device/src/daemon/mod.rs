@@ -2,8 +2,10 @@
 //! listing) and tract (jobs). The handler only dispatches; the jobs live in
 //! `bench.rs` (benchmark, compare) and `evaluate.rs`, and run where the
 //! [`Isolation`] says: in a worker process per job, or on the daemon's
-//! thread ([`Daemon::execute`]).
+//! thread ([`Daemon::execute`]). Activation (gates, the switch of an
+//! application's active model, the hook) and rollback are in `activate.rs`.
 
+pub(crate) mod activate;
 pub(crate) mod bench;
 pub(crate) mod evaluate;
 
@@ -13,10 +15,12 @@ use std::time::Instant;
 
 use rba_onnx::budget::human_bytes;
 use rba_protocol::{
-    ArtifactInfo, ArtifactKind, BenchmarkRequest, BenchmarkResult, CompareRequest, CompareResult, DeviceHandler,
-    DeviceIdentity, DeviceInfo, EvalRequest, EvalResult, Job, Phase, RemoteError, UploadBegin,
+    ActivateRequest, ActivationResult, AppStatus, ArtifactInfo, ArtifactKind, BenchmarkRequest, BenchmarkResult,
+    CompareRequest, CompareResult, DeviceHandler, DeviceIdentity, DeviceInfo, EvalRequest, EvalResult, Job, Phase,
+    RemoteError, RollbackRequest, UploadBegin,
 };
 
+use crate::hook::HookConfig;
 use crate::job::{self, JobContext, JobOutput, JobSpec, Work};
 use crate::limits::MemoryBudget;
 use crate::measure::Caps;
@@ -48,6 +52,9 @@ pub struct DaemonConfig {
     /// Most threads a job gets: larger requests are clamped to it (the
     /// cores this process may use, by default).
     pub max_threads: u32,
+    /// Run after an application's active model changed (board profile's
+    /// `activate_hook`).
+    pub activate_hook: Option<HookConfig>,
 }
 
 impl Default for DaemonConfig {
@@ -63,6 +70,7 @@ impl Default for DaemonConfig {
             isolation: Isolation::Thread,
             memory_budget: MemoryBudget::default(),
             max_threads: crate::sensors::cores(),
+            activate_hook: None,
         }
     }
 }
@@ -237,5 +245,17 @@ impl DeviceHandler for Daemon {
 
     fn compare(&mut self, req: &CompareRequest, job: &Job) -> Result<CompareResult, RemoteError> {
         self.run_comparison(req, job)
+    }
+
+    fn activate(&mut self, req: &ActivateRequest, job: &Job) -> Result<ActivationResult, RemoteError> {
+        self.run_activation(req, job)
+    }
+
+    fn app_status(&mut self, app: Option<&str>, history: u32) -> Result<Vec<AppStatus>, RemoteError> {
+        self.app_statuses(app, history)
+    }
+
+    fn rollback(&mut self, req: &RollbackRequest, job: &Job) -> Result<ActivationResult, RemoteError> {
+        self.run_rollback(req, job)
     }
 }

@@ -15,7 +15,10 @@
 //! - [`session`]: a connected [`Device`]: deploy, benchmark, evaluate.
 //! - [`bench`]: benchmark options and the A/B speedup interval.
 //! - [`bundle`]: eval bundles built from datasets.
+//! - [`activate`]: deploying for production: upload, gates on the device,
+//!   the switch of an application's active model.
 
+pub mod activate;
 pub mod bench;
 pub mod bundle;
 pub mod emulated;
@@ -32,6 +35,7 @@ use crate::data::DataError;
 use crate::model::run::RunError;
 use crate::onnx::OnnxError;
 
+pub use activate::{deploy_and_activate, ActivationPlan, BoardActivation};
 pub use bench::{speedup_ci, AbComparison, BenchOptions, BenchReport, Speedup};
 pub use bundle::{build_eval_bundle, EvalSet};
 pub use session::{device_name, Deployed, Device, ModelArtifact, Pinning};

@@ -8,6 +8,10 @@
 
 use std::fmt::Write;
 
+mod fleet;
+
+pub use fleet::fleet_page;
+
 use super::analysis::{AnalysisReport, SPAN_COLUMNS};
 use super::compaction::CompactionReport;
 use super::device::DeviceReport;

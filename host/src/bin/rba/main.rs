@@ -52,11 +52,20 @@ enum Command {
     /// in-process `local` board; show each device's identity.
     Devices(cmd::devices::Args),
     /// Upload a model to a board; skipped when the board already holds the
-    /// same bytes (SHA-256) under that name.
+    /// same bytes (SHA-256) under that name. With --activate APP: make it the
+    /// application's active model if every --gate holds on the board.
     Deploy(cmd::deploy::Args),
     /// Measure a model's latency on a board, or A/B-compare two models with
     /// interleaved runs; `--eval DATA` adds on-device top-1 accuracy.
     Bench(cmd::bench::Args),
+    /// A board's applications: the active model, its SHA-256, since when, the
+    /// gate figures, what a rollback restores, the history.
+    Status(cmd::status::Args),
+    /// Restore an application's previous model on a board (byte for byte).
+    Rollback(cmd::rollback::Args),
+    /// One command on every board of an inventory: status, deploy (with
+    /// gates and canaries), bench, rollback.
+    Fleet(cmd::fleet::Args),
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -73,6 +82,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Devices(a) => cmd::devices::run(a),
         Command::Deploy(a) => cmd::deploy::run(a),
         Command::Bench(a) => cmd::bench::run(a),
+        Command::Status(a) => cmd::status::run(a),
+        Command::Rollback(a) => cmd::rollback::run(a),
+        Command::Fleet(a) => cmd::fleet::run(a),
     }
 }
 
