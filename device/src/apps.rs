@@ -44,7 +44,7 @@ use rba_protocol::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::store::{file_sha256, StoreError};
+use crate::store::{file_sha256, sync_dir, StoreError};
 
 /// Generations kept per application: the current one and the ones a
 /// rollback (and a rollback of that) can restore.
@@ -541,14 +541,6 @@ fn write_durably(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let mut f = File::create(path)?;
     f.write_all(bytes)?;
     f.sync_all()
-}
-
-/// Makes renames and new entries durable (best effort: not every file
-/// system supports it).
-fn sync_dir(dir: &Path) {
-    if let Ok(d) = File::open(dir) {
-        let _ = d.sync_all();
-    }
 }
 
 #[cfg(test)]

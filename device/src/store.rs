@@ -508,8 +508,9 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     fs::rename(&tmp, path).map_err(io_err(ctx()))
 }
 
-/// Makes a rename durable (best effort: not every file system supports it).
-fn sync_dir(dir: &Path) {
+/// Makes a rename or a new entry durable (best effort: not every file
+/// system supports it). Shared with `apps`.
+pub(crate) fn sync_dir(dir: &Path) {
     if let Ok(d) = File::open(dir) {
         let _ = d.sync_all();
     }
