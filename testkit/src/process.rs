@@ -6,7 +6,7 @@ use std::ffi::OsStr;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -67,6 +67,28 @@ pub fn rba_binary() -> PathBuf {
     let bin = device_binary().with_file_name("rba");
     assert!(bin.is_file(), "{} missing after the build", bin.display());
     bin
+}
+
+/// `rba ARGS` with its own known-boards file and no key from the
+/// environment, so a test never depends on the developer's settings.
+pub fn rba_command(args: &[&str], known: &Path) -> Command {
+    let mut cmd = Command::new(rba_binary());
+    cmd.args(args).env("RBA_KNOWN_BOARDS", known).env_remove("RBA_KEY").stdin(Stdio::null());
+    cmd
+}
+
+/// Runs an `rba` command, echoing its arguments, time and output (shown
+/// when the test fails).
+pub fn run_logged(mut cmd: Command, args: &[&str]) -> Output {
+    let started = Instant::now();
+    let out = cmd.output().expect("rba runs");
+    eprintln!("$ rba {} ({:.1} s)\n{}", args.join(" "), started.elapsed().as_secs_f64(), output_text(&out));
+    out
+}
+
+/// A process's stdout then its stderr.
+pub fn output_text(out: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
 }
 
 /// A running `rba-device` process (native, or the ARM build under

@@ -9,7 +9,7 @@
 
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 use std::time::Duration;
 
 use rba_host::compact::surgery::{replace_spans, Span, Translator};
@@ -18,29 +18,15 @@ use rba_host::model::run::{argmax_rows, predict};
 use rba_host::model::Model;
 use rba_protocol::*;
 use rba_testkit::demo::demo;
-use rba_testkit::process::{rba_binary, serial_device, DeviceProcess};
+use rba_testkit::process::{output_text, rba_command, run_logged, serial_device, DeviceProcess};
 use rba_testkit::{qemu, sha256, write_key_file, KEY};
 
-/// `rba args...` with its own known-boards file and no key from the environment.
 fn rba(args: &[&str], known: &Path) -> Output {
-    let out = Command::new(rba_binary())
-        .args(args)
-        .env("RBA_KNOWN_BOARDS", known)
-        .env_remove("RBA_KEY")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    eprintln!(
-        "$ rba {}\n{}{}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
+    run_logged(rba_command(args, known), args)
 }
 
 fn text(out: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    output_text(out)
 }
 
 /// Top-1 accuracy (%) of a model on the whole test split, on the host.

@@ -9,14 +9,14 @@
 
 use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 use std::time::Instant;
 
 use rba_host::compact::surgery::{replace_spans, Span, Translator};
 use rba_host::model::Model;
 use rba_host::report::fleet::{BoardOutcome, FleetCommand, FleetReport};
 use rba_testkit::demo::demo;
-use rba_testkit::process::{device_binary, rba_binary, DeviceProcess};
+use rba_testkit::process::{device_binary, rba_binary, rba_command, run_logged, DeviceProcess};
 use rba_testkit::{write_key_file, KEY};
 
 /// Another valid key: the board holding it rejects the fleet's key.
@@ -44,22 +44,7 @@ fn serve(store: &Path, key: &str) -> DeviceProcess {
 
 /// `rba fleet ...` with its own known-boards file.
 fn rba(args: &[&str], known: &Path) -> Output {
-    let started = Instant::now();
-    let out = Command::new(rba_binary())
-        .args(args)
-        .env("RBA_KNOWN_BOARDS", known)
-        .env_remove("RBA_KEY")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    eprintln!(
-        "$ rba {} ({:.1} s)\n{}{}",
-        args.join(" "),
-        started.elapsed().as_secs_f64(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
+    run_logged(rba_command(args, known), args)
 }
 
 fn report(path: &Path) -> FleetReport {
