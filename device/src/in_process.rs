@@ -14,7 +14,9 @@ use rba_protocol::serial::{open_serial, SerialError, SerialLink};
 use rba_protocol::{Identity, PreSharedKey, ServerConfig, SessionEnd};
 
 use crate::accelerator::Accelerator;
+use crate::admission::Limits;
 use crate::daemon::{Daemon, DaemonConfig, OrtConfig};
+use crate::hook::HookConfig;
 use crate::limits::MemoryBudget;
 use crate::measure::Caps;
 use crate::sensors::{self, Sensors};
@@ -54,6 +56,11 @@ pub struct InProcessOptions {
     /// ONNX Runtime: the library (else searched) and the providers of a
     /// request that names none.
     pub onnxruntime: OrtConfig,
+    /// What TCP peers are allowed (deadlines, waiting connections,
+    /// backoff); the daemon's defaults.
+    pub limits: Limits,
+    /// Run after an application's active model changed.
+    pub activate_hook: Option<HookConfig>,
 }
 
 impl Default for InProcessOptions {
@@ -73,6 +80,8 @@ impl Default for InProcessOptions {
             isolation: Isolation::Thread,
             memory_budget: MemoryBudget::default(),
             onnxruntime: OrtConfig::default(),
+            limits: Limits::default(),
+            activate_hook: None,
         }
     }
 }
@@ -156,6 +165,7 @@ pub fn spawn_in_process(options: InProcessOptions, link: InProcessLink) -> Resul
         max_threads: sensors::cores(),
         onnxruntime: options.onnxruntime,
         accelerator: Accelerator::default(),
+        activate_hook: options.activate_hook,
     };
     let mut daemon = Daemon::new(store, config);
     let server_config = ServerConfig {
@@ -170,10 +180,11 @@ pub fn spawn_in_process(options: InProcessOptions, link: InProcessLink) -> Resul
         InProcessLink::Memory(links) => Opened::Memory(links),
     };
     let stop = shutdown.clone();
+    let limits = options.limits;
     let thread = std::thread::Builder::new()
         .name("rba-in-process-board".into())
         .spawn(move || {
-            let mut server = Server { handler: &mut daemon, config: server_config, shutdown: stop, idle: None };
+            let mut server = Server { handler: &mut daemon, config: server_config, shutdown: stop, limits };
             let sessions = match link {
                 Opened::Serial { port, path, baud } => {
                     server.serve_opened_serial(port, &path, baud).map(|()| Vec::new())

@@ -17,8 +17,14 @@
 //! - [`metrics`]: accuracy and agreement of an evaluation.
 //! - [`sensors`]: peak RSS, memory, temperatures, throttling.
 //! - [`store`]: the artifact directory (staged uploads, atomic publish, quota).
+//! - [`apps`]: applications and their active models (crash-safe switches,
+//!   generations, history, start-up recovery); [`hook`]: the profile's
+//!   activation hook.
 //! - [`serve`]: serving sessions over TCP, serial and in-memory links, until
 //!   shutdown.
+//! - [`admission`]: where TCP connections wait until their host proved the key
+//!   (one thread): deadlines, the cap on waiting connections, per-address
+//!   backoff, rate-limited logging.
 //! - [`in_process`]: the one entry for running a daemon inside another
 //!   process ([`spawn_in_process`]), for the host's `local` board and tests.
 //!
@@ -46,7 +52,10 @@
 //! ```
 
 pub mod accelerator;
+pub mod admission;
+pub mod apps;
 pub mod daemon;
+pub mod hook;
 pub mod in_process;
 pub mod job;
 pub mod limits;

@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use rba_device::accelerator::Accelerator;
+use rba_device::admission::{BackoffPolicy, Limits};
 use rba_device::daemon::{OrtConfig, UNPROFILED};
 use rba_device::limits::MemoryBudget;
 use rba_device::sensors::{self, Sensors};
@@ -72,7 +73,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve one host at a time over a serial link or TCP, until SIGTERM.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Print what the board reports about itself (JSON).
     Info(InfoArgs),
     /// Run one job for a serving daemon (internal: the daemon starts it, with
@@ -171,13 +172,84 @@ struct ServeArgs {
     /// Default inference threads (default: the profile's, else all cores).
     #[arg(long)]
     threads: Option<u32>,
-    /// Close a TCP session after this many seconds without a request (0: never).
-    #[arg(long, default_value_t = 600)]
-    idle_timeout: u64,
+    #[command(flatten)]
+    tcp_limits: TcpLimitArgs,
     #[command(flatten)]
     jobs: JobArgs,
     #[command(flatten)]
     ort: OrtArgs,
+}
+
+// ---- What TCP peers are allowed (PROTOCOL.md 4.8).
+
+#[derive(clap::Args)]
+struct TcpLimitArgs {
+    /// TCP: seconds from accepting a connection until its host has completed the handshake
+    /// and proved the key with its first record (bytes do not extend it).
+    #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_secs)]
+    handshake_timeout: Duration,
+    /// TCP: connections that may wait for their handshake at once; a newer one evicts the
+    /// oldest.
+    #[arg(long, value_name = "N", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    max_pending: u32,
+    /// TCP: close a session after this many seconds without a complete request, while none
+    /// is being served (0: never).
+    #[arg(long, value_name = "SECS", default_value = "600", value_parser = parse_secs)]
+    idle_timeout: Duration,
+    /// TCP: close a session when one record takes longer than this to arrive (0: never).
+    #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_secs)]
+    record_timeout: Duration,
+    /// TCP: close a session when a write blocks this long: the host reads nothing (0: never).
+    #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_secs)]
+    write_timeout: Duration,
+    /// TCP: failed authentications an address may have before it must wait.
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    auth_free_failures: u32,
+    /// TCP: the first wait after the free failures; it doubles with each further failure
+    /// (0: no backoff).
+    #[arg(long, value_name = "SECS", default_value = "1", value_parser = parse_secs)]
+    auth_backoff: Duration,
+    /// TCP: the longest wait; an address is forgotten this long after its wait ended.
+    #[arg(long, value_name = "SECS", default_value = "300", value_parser = parse_secs)]
+    auth_backoff_max: Duration,
+    /// Lines per minute of each kind that peers can cause (failed authentications, refusals,
+    /// timeouts, evictions); the rest are counted in one summary line (0: no limit).
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    log_limit: u32,
+    /// The window of --log-limit (tests).
+    #[arg(long, value_name = "SECS", default_value = "60", value_parser = parse_secs, hide = true)]
+    log_window: Duration,
+}
+
+impl TcpLimitArgs {
+    fn limits(&self) -> Limits {
+        let some = |d: Duration| (!d.is_zero()).then_some(d);
+        let backoff = BackoffPolicy {
+            free_failures: self.auth_free_failures,
+            initial: self.auth_backoff,
+            max: self.auth_backoff_max.max(self.auth_backoff),
+            max_peers: if self.auth_backoff.is_zero() { 0 } else { BackoffPolicy::default().max_peers },
+        };
+        Limits {
+            handshake_timeout: self.handshake_timeout.max(Duration::from_millis(100)),
+            max_pending: self.max_pending as usize,
+            idle_timeout: some(self.idle_timeout),
+            record_timeout: some(self.record_timeout),
+            write_timeout: some(self.write_timeout),
+            backoff,
+            log_limit: self.log_limit,
+            log_window: self.log_window.max(Duration::from_secs(1)),
+        }
+    }
+}
+
+/// Seconds, whole or decimal (`10`, `0.5`).
+fn parse_secs(s: &str) -> Result<Duration, String> {
+    let v: f64 = s.trim().parse().map_err(|_| format!("'{s}' is not a number of seconds"))?;
+    if !(0.0..=1e9).contains(&v) {
+        return Err(format!("'{s}': seconds from 0 to 1e9"));
+    }
+    Ok(Duration::from_secs_f64(v))
 }
 
 // ---- Jobs: memory budget and isolation (models that cannot kill the daemon).
@@ -265,6 +337,12 @@ fn serve(args: ServeArgs) -> Result<()> {
         ..DaemonConfig::default()
     };
     args.jobs.configure(board.as_ref(), &mut config);
+    config.activate_hook = board.as_ref().and_then(|b| {
+        let command = b.activate_hook.clone()?;
+        let timeout = b.activate_hook_timeout_s.map_or(rba_device::hook::DEFAULT_TIMEOUT, Duration::from_secs);
+        log::info!("activation hook: {command:?} (timeout {} s)", timeout.as_secs());
+        Some(rba_device::hook::HookConfig { command, timeout })
+    });
     let mut daemon = Daemon::new(store, config);
     // Link: the command line, else the profile's default.
     let (serial, tcp) = match (&args.serial, &args.tcp, &board) {
@@ -278,24 +356,40 @@ fn serve(args: ServeArgs) -> Result<()> {
     };
     let server_config =
         |key| ServerConfig { key, identity: Some(identity.clone()), max_upload: quota, ..ServerConfig::default() };
-    let idle = (args.idle_timeout > 0).then(|| Duration::from_secs(args.idle_timeout));
+    let limits = args.tcp_limits.limits();
     if let Some(addr) = tcp {
         let Some(key) = key else {
             bail!("TCP needs a pre-shared key: pass --key-file PATH or set {KEY_ENV}");
         };
         let listener = TcpListener::bind(&addr).map_err(|source| ServeError::Listen { addr: addr.clone(), source })?;
         log::info!("listening on {}", listener.local_addr()?);
-        let mut server = Server { handler: &mut daemon, config: server_config(Some(key)), shutdown, idle };
+        log::info!(
+            "TCP limits: handshake within {} s, at most {} waiting, idle timeout {}, record timeout {}, write \
+             timeout {}, backoff after {} failures from {} s up to {} s",
+            limits.handshake_timeout.as_secs_f64(),
+            limits.max_pending,
+            or_never(limits.idle_timeout),
+            or_never(limits.record_timeout),
+            or_never(limits.write_timeout),
+            limits.backoff.free_failures,
+            limits.backoff.initial.as_secs_f64(),
+            limits.backoff.max.as_secs_f64(),
+        );
+        let mut server = Server { handler: &mut daemon, config: server_config(Some(key)), shutdown, limits };
         server.serve_listener(listener)?;
     } else if let Some(path) = serial {
         let baud = args.baud.or(board.as_ref().and_then(|b| b.link.baud)).unwrap_or(115_200);
-        let mut server = Server { handler: &mut daemon, config: server_config(key), shutdown, idle: None };
+        let mut server = Server { handler: &mut daemon, config: server_config(key), shutdown, limits };
         server.serve_serial(&path, baud)?;
     } else {
         bail!("the board profile names no link address");
     }
     log::info!("shut down");
     Ok(())
+}
+
+fn or_never(d: Option<Duration>) -> String {
+    d.map_or_else(|| "never".into(), |d| format!("{} s", d.as_secs_f64()))
 }
 
 /// The device's long-term key from `dir/identity.key`, created at first
@@ -384,7 +478,7 @@ fn main() {
     init_logging();
     let cli = Cli::parse();
     let r = match cli.command {
-        Command::Serve(a) => serve(a),
+        Command::Serve(a) => serve(*a),
         Command::Info(a) => info(a),
         Command::Worker => std::process::exit(rba_device::worker::worker_main()),
         Command::Keygen(a) => keygen(a),

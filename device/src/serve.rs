@@ -1,6 +1,10 @@
 //! Serving sessions: one host at a time, over TCP, a serial link or
 //! in-memory links, until shutdown. A session that ends (the host left, the
 //! link broke) is followed by the next one.
+//!
+//! On TCP, connections wait in [`admission`](crate::admission) (one thread,
+//! non-blocking sockets) until their host has proved the key; only then
+//! do they reach the session, on the caller's thread.
 
 use std::io::{self, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -9,9 +13,10 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use rba_protocol::mem::MemLink;
-use rba_protocol::secure::{Outcome, ServerHandshake};
 use rba_protocol::serial::{open_serial, SerialError, SerialLink};
-use rba_protocol::{serve, DeviceHandler, Identity, ServerConfig, SessionEnd};
+use rba_protocol::{serve, serve_proved, DeviceHandler, Identity, ServerConfig, SessionEnd};
+
+use crate::admission::{Admission, Admitted, Limits};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -39,13 +44,10 @@ const POLL: Duration = Duration::from_millis(200);
 /// reader thread ends quickly after the host leaves).
 const MEMORY_POLL: Duration = Duration::from_millis(50);
 
-/// Ends the session's reader at shutdown, or after `idle` without input
-/// while no job runs (a host that vanished without closing the link).
+/// Ends the session's reader at shutdown.
 struct Guarded<R> {
     inner: R,
     stop: Arc<AtomicBool>,
-    idle: Option<Duration>,
-    last: Instant,
 }
 
 impl<R: Read> Read for Guarded<R> {
@@ -53,20 +55,14 @@ impl<R: Read> Read for Guarded<R> {
         if self.stop.load(Ordering::SeqCst) {
             return Ok(0);
         }
-        match self.inner.read(buf) {
-            Ok(n) => {
-                self.last = Instant::now();
-                Ok(n)
-            }
-            Err(e) if matches!(e.kind(), io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock) => {
-                if self.idle.is_some_and(|idle| self.last.elapsed() > idle) {
-                    log::info!("closing an idle session");
-                    return Ok(0);
-                }
-                Err(e)
-            }
-            Err(e) => Err(e),
-        }
+        self.inner.read(buf)
+    }
+}
+
+fn serve_error(e: rba_protocol::ServerError) -> ServeError {
+    match e {
+        rba_protocol::ServerError::Io(e) => ServeError::Io(e),
+        rba_protocol::ServerError::Identity(e) => ServeError::Identity(e.to_string()),
     }
 }
 
@@ -77,36 +73,28 @@ pub struct Server<'a, H: DeviceHandler> {
     pub handler: &'a mut H,
     pub config: ServerConfig,
     pub shutdown: Arc<AtomicBool>,
-    /// Close a TCP session after this long without a request.
-    pub idle: Option<Duration>,
+    /// What TCP peers are allowed (deadlines, pending connections,
+    /// backoff); serial and memory links use none of it.
+    pub limits: Limits,
 }
 
 impl<H: DeviceHandler> Server<'_, H> {
-    fn session<R, W>(&mut self, reader: R, writer: W, idle: Option<Duration>) -> Result<SessionEnd, ServeError>
+    fn session<R, W>(&mut self, reader: R, writer: W) -> Result<SessionEnd, ServeError>
     where
         R: Read + Send + 'static,
         W: Write + Send + 'static,
     {
-        self.session_with(reader, writer, idle, self.config.allow_restart)
+        self.session_with(reader, writer, self.config.allow_restart)
     }
 
-    fn session_with<R, W>(
-        &mut self,
-        reader: R,
-        writer: W,
-        idle: Option<Duration>,
-        allow_restart: bool,
-    ) -> Result<SessionEnd, ServeError>
+    fn session_with<R, W>(&mut self, reader: R, writer: W, allow_restart: bool) -> Result<SessionEnd, ServeError>
     where
         R: Read + Send + 'static,
         W: Write + Send + 'static,
     {
-        let reader = Guarded { inner: reader, stop: self.shutdown.clone(), idle, last: Instant::now() };
+        let reader = Guarded { inner: reader, stop: self.shutdown.clone() };
         let config = ServerConfig { allow_restart, ..self.config.clone() };
-        serve(self.handler, &config, reader, writer).map_err(|e| match e {
-            rba_protocol::ServerError::Io(e) => ServeError::Io(e),
-            rba_protocol::ServerError::Identity(e) => ServeError::Identity(e.to_string()),
-        })
+        serve(self.handler, &config, reader, writer).map_err(serve_error)
     }
 
     /// The identity sessions use (made once here if the config has none,
@@ -118,21 +106,24 @@ impl<H: DeviceHandler> Server<'_, H> {
         self.config.identity.clone().ok_or_else(|| ServeError::Identity("no identity".into()))
     }
 
-    /// One session over a TCP connection (keyed only; a handshake preamble
-    /// inside the session is an integrity failure, not a restart).
-    pub fn serve_stream(&mut self, stream: TcpStream) -> Result<SessionEnd, ServeError> {
-        if self.config.key.is_none() {
-            let _ = stream.shutdown(std::net::Shutdown::Both);
-            return Err(ServeError::KeyRequired);
-        }
-        self.ensure_identity()?;
+    /// The session of a host admission let through (it proved the key): the
+    /// idle, record and write timeouts of [`Server::limits`] apply.
+    fn serve_admitted(&mut self, a: Admitted) -> Result<SessionEnd, ServeError> {
+        let Admitted { stream, channel, unsent, .. } = a;
         stream.set_nonblocking(false)?;
         stream.set_nodelay(true)?;
         stream.set_read_timeout(Some(POLL))?;
-        let reader = stream.try_clone()?;
-        let writer = stream.try_clone()?;
-        let idle = self.idle;
-        let r = self.session_with(reader, writer, idle, false);
+        stream.set_write_timeout(self.limits.write_timeout)?;
+        let mut writer = stream.try_clone()?;
+        writer.write_all(&unsent)?;
+        let reader = Guarded { inner: stream.try_clone()?, stop: self.shutdown.clone() };
+        let config = ServerConfig {
+            allow_restart: false,
+            idle_timeout: self.limits.idle_timeout,
+            record_timeout: self.limits.record_timeout,
+            ..self.config.clone()
+        };
+        let r = serve_proved(self.handler, &config, reader, writer, channel).map_err(serve_error);
         if matches!(r, Ok(SessionEnd::Integrity)) {
             linger(&stream);
         }
@@ -140,65 +131,48 @@ impl<H: DeviceHandler> Server<'_, H> {
         r
     }
 
-    /// Accepts connections until shutdown, serving one at a time; a host
-    /// that connects while another is served gets `Error(Busy)`.
+    /// Accepts connections until shutdown and serves one host at a time.
+    /// Connections wait in admission (one thread) until their host proved
+    /// the key; a host that does so while another is served gets `Busy`.
     pub fn serve_listener(&mut self, listener: TcpListener) -> Result<(), ServeError> {
-        if self.config.key.is_none() {
+        let Some(key) = self.config.key.clone() else {
             return Err(ServeError::KeyRequired);
-        }
+        };
         let identity = self.ensure_identity()?;
         listener.set_nonblocking(true)?;
-        let (tx, rx) = mpsc::channel::<(TcpStream, String)>();
+        // Capacity 1: admission lets a host through only while no session runs.
+        let (tx, rx) = mpsc::sync_channel::<Admitted>(1);
         let in_session = Arc::new(AtomicBool::new(false));
-        let acceptor = {
-            let shutdown = self.shutdown.clone();
-            let in_session = in_session.clone();
-            std::thread::Builder::new().name("rba-accept".into()).spawn(move || {
-                while !shutdown.load(Ordering::SeqCst) {
-                    match listener.accept() {
-                        Ok((stream, peer)) => {
-                            if in_session.swap(true, Ordering::SeqCst) {
-                                log::info!("{peer}: busy with another host, refusing");
-                                let identity = identity.clone();
-                                let _ = std::thread::Builder::new()
-                                    .name("rba-busy".into())
-                                    .spawn(move || refuse_busy(stream, &identity));
-                            } else if tx.send((stream, peer.to_string())).is_err() {
-                                return;
-                            }
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                            std::thread::sleep(Duration::from_millis(50))
-                        }
-                        Err(e) => {
-                            log::info!("accept failed: {e}");
-                            std::thread::sleep(Duration::from_millis(200));
-                        }
-                    }
-                }
-            })?
-        };
+        let admission =
+            Admission::new(identity, key, self.limits.clone(), in_session.clone(), self.shutdown.clone(), tx);
+        let admission =
+            std::thread::Builder::new().name("rba-admission".into()).spawn(move || admission.run(&listener))?;
         while !self.shutdown.load(Ordering::SeqCst) {
             match rx.recv_timeout(POLL) {
-                Ok((stream, peer)) => {
+                Ok(admitted) => {
+                    let peer = admitted.peer;
                     log::info!("{peer}: session started");
-                    match self.serve_stream(stream) {
+                    let r = self.serve_admitted(admitted);
+                    // Free the slot before saying so: a host that reads the
+                    // line and connects is served.
+                    in_session.store(false, Ordering::SeqCst);
+                    match r {
                         Ok(SessionEnd::Closed) => log::info!("{peer}: session ended"),
-                        Ok(SessionEnd::AuthFailed) => log::info!("{peer}: authentication failed, disconnected"),
+                        Ok(SessionEnd::TimedOut) => log::info!("{peer}: session ended: timed out"),
+                        Ok(SessionEnd::AuthFailed) => log::info!("{peer}: session ended: authentication failed"),
                         Ok(SessionEnd::Integrity) => {
                             log::info!("{peer}: session failed: a record failed authentication (tampered link)")
                         }
                         Ok(SessionEnd::Refused) => log::info!("{peer}: session failed: handshake refused"),
                         Err(e) => log::info!("{peer}: session failed: {e}"),
                     }
-                    in_session.store(false, Ordering::SeqCst);
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
             }
         }
         drop(rx);
-        let _ = acceptor.join();
+        let _ = admission.join();
         Ok(())
     }
 
@@ -240,7 +214,7 @@ impl<H: DeviceHandler> Server<'_, H> {
             };
             let (reader, writer) =
                 p.split().map_err(|e| SerialError::Open { path: path.into(), reason: e.to_string() })?;
-            match self.session_with(reader, writer, None, true) {
+            match self.session_with(reader, writer, true) {
                 Ok(end) => log::info!("{path}: session ended ({end:?})"),
                 Err(e) => log::info!("{path}: session failed: {e}"),
             }
@@ -259,7 +233,7 @@ impl<H: DeviceHandler> Server<'_, H> {
                 Ok(mut link) => {
                     link.set_read_timeout(Some(MEMORY_POLL));
                     let reader = link.try_clone()?;
-                    ends.push(self.session(reader, link, None)?);
+                    ends.push(self.session(reader, link)?);
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
@@ -286,30 +260,4 @@ fn linger(stream: &TcpStream) {
             Err(_) => return,
         }
     }
-}
-
-/// Answers the handshake of a host that came while another is served
-/// with `Busy` (a version-1 host: with `VersionMismatch`), then closes.
-fn refuse_busy(mut stream: TcpStream, identity: &Identity) {
-    let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let mut handshake = ServerHandshake::busy(identity);
-    let mut buf = [0u8; 4096];
-    while Instant::now() < deadline {
-        match stream.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => {
-                let fed = handshake.feed(&buf[..n]);
-                if !fed.reply.is_empty() {
-                    let _ = stream.write_all(&fed.reply);
-                }
-                if !matches!(fed.outcome, Outcome::Pending) {
-                    break;
-                }
-            }
-            Err(e) if matches!(e.kind(), io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock) => {}
-            Err(_) => break,
-        }
-    }
-    let _ = stream.shutdown(std::net::Shutdown::Both);
 }

@@ -5,6 +5,7 @@
 //! <root>/bundles/<name>         published eval bundles
 //! <root>/staging/upload.part    bytes of the upload in progress (at most one)
 //! <root>/staging/upload.json    what they are: kind, name, size, SHA-256
+//! <root>/apps/<app>/...         applications and their active models ([`crate::apps`])
 //! ```
 //!
 //! An upload only ever writes under `staging/`; publishing is an fsync and a
@@ -18,15 +19,18 @@
 //! Errors name artifacts ("cannot read model 'x'"), never file system paths:
 //! they reach the host.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use rba_protocol::{hex, is_valid_name, ArtifactInfo, ArtifactKind, RemoteError, Sha256Digest, UploadBegin};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+
+use crate::apps::Apps;
 
 const PART: &str = "upload.part";
 const SIDECAR: &str = "upload.json";
@@ -132,6 +136,7 @@ pub struct Store {
     quota: u64,
     staged: Option<Staged>,
     digests: HashMap<(ArtifactKind, String), Cached>,
+    apps: Apps,
 }
 
 impl Store {
@@ -143,7 +148,8 @@ impl Store {
             let p = root.join(d);
             fs::create_dir_all(&p).map_err(io_err(format!("cannot create the store's {d} directory")))?;
         }
-        let mut store = Store { root, quota, staged: None, digests: HashMap::new() };
+        let apps = Apps::open(&root)?;
+        let mut store = Store { root, quota, staged: None, digests: HashMap::new(), apps };
         store.recover()?;
         Ok(store)
     }
@@ -154,6 +160,11 @@ impl Store {
 
     pub fn quota(&self) -> u64 {
         self.quota
+    }
+
+    /// The applications and their active models.
+    pub fn apps(&self) -> &Apps {
+        &self.apps
     }
 
     fn dir(&self, kind: ArtifactKind) -> PathBuf {
@@ -218,20 +229,22 @@ impl Store {
         Ok(())
     }
 
-    /// Bytes held: published artifacts plus the staged upload.
+    /// Bytes held: published artifacts, the applications' generations
+    /// (a model hard-linked from `models/` counts once) and the staged upload.
     pub fn used(&self) -> u64 {
         let mut total = 0;
+        let mut seen = HashSet::new();
         for kind in [ArtifactKind::Model, ArtifactKind::EvalBundle] {
             if let Ok(entries) = fs::read_dir(self.dir(kind)) {
                 total += entries
                     .flatten()
                     .filter_map(|e| e.metadata().ok())
-                    .filter(|m| m.is_file())
+                    .filter(|m| m.is_file() && seen.insert((m.dev(), m.ino())))
                     .map(|m| m.len())
                     .sum::<u64>();
             }
         }
-        total + self.staged_len()
+        total + self.apps.used(&mut seen) + self.staged_len()
     }
 
     /// Bytes that can still be stored: the quota left, or the file
@@ -495,8 +508,9 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     fs::rename(&tmp, path).map_err(io_err(ctx()))
 }
 
-/// Makes a rename durable (best effort: not every file system supports it).
-fn sync_dir(dir: &Path) {
+/// Makes a rename or a new entry durable (best effort: not every file
+/// system supports it). Shared with `apps`.
+pub(crate) fn sync_dir(dir: &Path) {
     if let Ok(d) = File::open(dir) {
         let _ = d.sync_all();
     }

@@ -14,6 +14,8 @@
 //!   evaluation.
 //! - [`board`]: reaching boards and asking them to deploy, benchmark and
 //!   evaluate.
+//! - [`fleet`]: one command on many boards of an inventory (a bounded pool of
+//!   workers, canaries, per-board outcomes).
 //! - [`report`]: the JSON reports (typed, versioned), terminal tables, HTML.
 //! - [`progress`]: how long work reports itself (the CLI draws bars).
 //! - [`demo`]: the embedded demo models and digits.
@@ -23,6 +25,7 @@ pub mod compact;
 pub mod data;
 pub mod demo;
 pub mod fit;
+pub mod fleet;
 pub mod model;
 pub mod progress;
 pub mod report;

@@ -4,7 +4,9 @@
 
 use rba_host::calibrate::{capture, CaptureOptions};
 use rba_host::compact::surgery::{replace_spans, Span, Translator};
-use rba_host::compact::{fit_span, refit_sequentially, select, Budget, HeldOut, TranslatorKind};
+use rba_host::compact::{
+    fit_span, refit_sequentially, select, Budget, CacheOptions, HeldOut, SelectOptions, TranslatorKind,
+};
 use rba_host::data::{Dataset, Holdout, Preprocess, PreprocessOptions};
 use rba_host::demo::{DemoModel, Digits, Split};
 use rba_host::model::cost;
@@ -21,9 +23,11 @@ fn linear_blocks_are_replaced_exactly_from_streamed_statistics() {
     let batches =
         (0..64).step_by(16).map(|s| Ok::<_, String>(calib.slice_axis(nd::Axis(0), (s..s + 16).into()).to_owned()));
     let stats = capture(&model, batches, Some(64), &CaptureOptions::default(), &Silent).expect("capture");
-    let held = HeldOut::new(&model.onnx, random_input(&[32, 5, 8], 2), None, 16).expect("held-out");
+    let held = HeldOut::with_boundaries(&model, random_input(&[32, 5, 8], 2), None, 16, &CacheOptions::default(), 1)
+        .expect("held-out");
     let budget = Budget::Spans(vec![Span::new(1, 3)]);
-    let sel = select(&model, &stats, &held, &budget, TranslatorKind::Linear, &Silent).expect("select");
+    let sel = select(&model, &stats, &held, &budget, TranslatorKind::Linear, &SelectOptions::default(), &Silent)
+        .expect("select");
     assert_eq!(sel.replacements.len(), 1);
     assert!(sel.replacements[0].fit_residual < 1e-6, "a linear block is fitted exactly");
     let x = random_input(&[8, 5, 8], 3);
@@ -40,12 +44,23 @@ fn impossible_budget_writes_nothing_and_says_the_best() {
             .expect("capture");
     let held = HeldOut::new(&model.onnx, random_input(&[16, 5, 8], 2), None, 16).expect("held-out");
     // The metric would have to rise by 50 points.
-    let err = select(&model, &stats, &held, &Budget::MaxDrop(-0.5), TranslatorKind::Linear, &Silent).unwrap_err();
+    let err = select(
+        &model,
+        &stats,
+        &held,
+        &Budget::MaxDrop(-0.5),
+        TranslatorKind::Linear,
+        &SelectOptions::default(),
+        &Silent,
+    )
+    .unwrap_err();
     assert!(
         err.to_string().starts_with("no block can be removed within the budget; the best single removal reaches"),
         "{err}"
     );
-    let err = select(&model, &stats, &held, &Budget::Remove(5), TranslatorKind::Linear, &Silent).unwrap_err();
+    let err =
+        select(&model, &stats, &held, &Budget::Remove(5), TranslatorKind::Linear, &SelectOptions::default(), &Silent)
+            .unwrap_err();
     assert!(err.to_string().contains("only 3 of the requested 5 blocks"), "{err}");
 }
 
@@ -63,8 +78,10 @@ fn demo_vit_two_blocks_fold_away_with_a_small_verified_drop() {
     let stats = capture(&model, batches, Some(500), &options, &Silent).expect("capture");
     let (inputs, labels) = held_out.load_all(&pre).expect("held-out images");
     assert_eq!(inputs.shape()[0], 300, "the validation digits");
-    let held = HeldOut::new(&model.onnx, inputs, labels, 50).expect("held-out");
-    let sel = select(&model, &stats, &held, &Budget::Remove(2), TranslatorKind::Folded, &Silent).expect("select");
+    let held = HeldOut::with_boundaries(&model, inputs, labels, 50, &CacheOptions::default(), 2).expect("held-out");
+    let sel =
+        select(&model, &stats, &held, &Budget::Remove(2), TranslatorKind::Folded, &SelectOptions::default(), &Silent)
+            .expect("select");
     // Selection's contract is on the held-out split it measured.
     assert!(sel.baseline.metric() - sel.result.metric() <= 0.01, "{:?} -> {:?}", sel.baseline, sel.result);
     // Block 1 has no block before it to fold into: never a candidate.

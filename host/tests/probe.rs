@@ -285,3 +285,87 @@ fn spatial_and_flat_features_on_the_demo_models() {
         }
     }
 }
+
+/// A probed model's head has seen its validation images; when `compact`
+/// verifies on the same data source, the held-out accuracy of those images
+/// is inflated, so compact leaves them out (and warns), or refuses when
+/// nothing would be left.
+#[test]
+fn compact_leaves_out_the_held_out_images_a_probe_head_saw() {
+    let rba = env!("CARGO_BIN_EXE_rba");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let probe = |val: &str, out: &Path| {
+        let o = Command::new(rba)
+            .args(["probe", "demo:vit", "--data", "demo", "--feature", VIT_FEATURE, "--samples", "400"])
+            .args(["--val-samples", val, "--batch", "50", "--out"])
+            .arg(out)
+            .output()
+            .expect("rba probe");
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    };
+    let compact = |model: &Path, out: &Path| {
+        Command::new(rba)
+            .arg("compact")
+            .arg(model)
+            .args(["--data", "demo", "--samples", "200", "--batch", "50", "--spans", "9..10", "--out"])
+            .arg(out)
+            .output()
+            .expect("rba compact")
+    };
+
+    // 100 of the 300 validation digits (demo:val, compact's held-out set) fitted the head.
+    let probed = dir.path().join("probed-100.onnx");
+    probe("100", &probed);
+    let model = OnnxModel::load(&probed).expect("probed");
+    let record: probe::ProbeRecord =
+        serde_json::from_str(model.metadata()[probe::METADATA_KEY]).expect("the record parses");
+    let images = record.images.expect("the record lists the images");
+    assert_eq!((images.train.len(), images.val.len(), images.source_items), (400, 100, 1797));
+    let held_out = Dataset::open("demo:val").expect("val");
+    let seen = match probe::seen_by_head(&model, &held_out) {
+        probe::HeadSeen::Images { seen, .. } => seen,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(seen, images.val.iter().copied().collect(), "exactly the probe's validation digits");
+    // Other data (the test digits share the source but the head saw none of them).
+    assert_eq!(probe::seen_by_head(&model, &Dataset::open("demo:test").expect("test")), probe::HeadSeen::Nothing);
+
+    let slim = dir.path().join("slim.onnx");
+    let out = compact(&probed, &slim);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("was fitted on 100 of the 300 held-out images of demo:val") && stderr.contains("inflated"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("note: left out the 100 held-out images the probe head saw; verifying on the remaining 200"),
+        "{stderr}"
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(slim.with_extension("report.json")).expect("report")).expect("json");
+    assert_eq!(report["compaction"]["held_out"]["images"], 200);
+    assert_eq!(report["compaction"]["held_out"]["excluded_seen_by_probe"], 100);
+
+    // Every validation digit fitted the head: nothing is left to verify on.
+    let all = dir.path().join("probed-all.onnx");
+    probe("500", &all);
+    let out = compact(&all, &dir.path().join("none.onnx"));
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("all 300 held-out images of demo:val were used to fit the probe head"), "{stderr}");
+    assert!(!dir.path().join("none.onnx").exists());
+
+    // A record from before images were recorded: a warning only.
+    let mut old = model.clone();
+    let mut v: serde_json::Value = serde_json::from_str(model.metadata()[probe::METADATA_KEY]).expect("json");
+    v.as_object_mut().expect("object").remove("images");
+    old.set_metadata(probe::METADATA_KEY, v.to_string());
+    let old_path = dir.path().join("probed-old.onnx");
+    old.save(&old_path, &DataPlacement::Inline).expect("save");
+    let out = compact(&old_path, &dir.path().join("old-slim.onnx"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("warning: the probe head of") && stderr.contains("the same data source"), "{stderr}");
+    assert!(!stderr.contains("left out"), "{stderr}");
+}

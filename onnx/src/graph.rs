@@ -230,3 +230,140 @@ pub fn prune(graph: &mut GraphProto) {
     let produced: HashSet<String> = graph.node.iter().flat_map(|n| n.output.iter().cloned()).collect();
     graph.value_info.retain(|v| produced.contains(v.name()));
 }
+
+/// The part of a graph after a cut tensor, as a graph of its own: `boundary`
+/// becomes its only input (declared by `input`), the outputs stay, and
+/// every node that neither depends on `boundary` nor is a constant
+/// computation (one that reads no graph input at all) is dropped.
+#[derive(Debug, Clone)]
+pub struct Tail {
+    pub graph: GraphProto,
+    /// Tensors the tail still reads from before the cut (shape computations
+    /// on the original input, say), in node order, each once. They must be
+    /// supplied as initializers before the tail can run.
+    pub needs: Vec<String>,
+}
+
+/// Cuts `graph` at the tensor `boundary` (see [`Tail`]). `input` declares
+/// the boundary tensor as the tail's graph input; it must carry the
+/// boundary's name. Fails when `boundary` is neither produced by a node nor
+/// a graph input, or is not read on the way to an output.
+pub fn tail_after(graph: &GraphProto, boundary: &str, input: super::proto::ValueInfoProto) -> Result<Tail, String> {
+    if input.name() != boundary {
+        return Err(format!("the tail's input is named '{}', not '{boundary}'", input.name()));
+    }
+    let initializers: HashSet<&str> = graph.initializer.iter().map(|t| t.name()).collect();
+    let graph_inputs: HashSet<&str> =
+        graph.input.iter().map(|i| i.name()).filter(|n| !initializers.contains(n)).collect();
+    let produced = graph.node.iter().any(|n| n.output.iter().any(|o| o == boundary));
+    if !produced && !graph_inputs.contains(boundary) {
+        return Err(format!("tensor '{boundary}' is neither produced by a node nor a graph input"));
+    }
+    // Nodes are in topological order in our graphs (surgery keeps it so),
+    // but do not rely on it: index them.
+    let index = GraphIndex::new(graph)?;
+    // Tensors that depend on a graph input through any node (shape ops
+    // included), and those that depend on the boundary.
+    let mut on_input: HashSet<&str> = graph_inputs.clone();
+    let mut on_boundary: HashSet<&str> = HashSet::from([boundary]);
+    for &i in &index.order {
+        let node = &graph.node[i];
+        let reads = |set: &HashSet<&str>| node.input.iter().any(|t| set.contains(t.as_str()));
+        let (inp, bnd) = (reads(&on_input), reads(&on_boundary));
+        for o in node.output.iter().filter(|o| !o.is_empty() && o.as_str() != boundary) {
+            if inp {
+                on_input.insert(o);
+            }
+            if bnd {
+                on_boundary.insert(o);
+            }
+        }
+    }
+    // Keep what follows the boundary, and constant computations.
+    let keep: Vec<bool> = graph
+        .node
+        .iter()
+        .map(|n| {
+            let outs: Vec<&str> = n.output.iter().map(String::as_str).filter(|o| !o.is_empty()).collect();
+            !outs.contains(&boundary)
+                && (n.input.iter().any(|t| on_boundary.contains(t.as_str()))
+                    || outs.iter().all(|o| !on_input.contains(o)))
+        })
+        .collect();
+    let mut tail = graph.clone();
+    let mut it = keep.iter();
+    tail.node.retain(|_| *it.next().unwrap_or(&false));
+    tail.input = vec![input];
+    prune(&mut tail);
+    let defined: HashSet<&str> = tail
+        .node
+        .iter()
+        .flat_map(|n| n.output.iter().map(String::as_str))
+        .chain(tail.initializer.iter().map(|t| t.name()))
+        .chain([boundary])
+        .collect();
+    let mut needs: Vec<String> = Vec::new();
+    let read = tail.node.iter().flat_map(|n| n.input.iter()).chain(tail.output.iter().filter_map(|o| o.name.as_ref()));
+    for t in read {
+        if !t.is_empty() && !defined.contains(t.as_str()) && !needs.contains(t) {
+            needs.push(t.clone());
+        }
+    }
+    let leads_on = tail.node.iter().any(|n| n.input.iter().any(|t| t == boundary));
+    if !leads_on && !tail.output.iter().any(|o| o.name() == boundary) {
+        return Err(format!("tensor '{boundary}' does not lead to an output"));
+    }
+    Ok(Tail { graph: tail, needs })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::build::{f32_tensor, f32_value_info, node, Dim};
+
+    /// x -> Relu -> Relu = b -> Reshape(b, Shape(x)) -> + k -> y, with k
+    /// from a Constant node: the part after b reads Shape(x) from before it.
+    fn graph() -> GraphProto {
+        let dims = [Dim::Named("n".into()), Dim::Fixed(4)];
+        let mut k = node("Constant", "k", &[], &["k"]);
+        k.attribute.push(crate::proto::AttributeProto {
+            name: Some("value".into()),
+            r#type: Some(crate::proto::attribute_proto::AttributeType::Tensor as i32),
+            t: Some(f32_tensor("kv", &[4], &[1.0, 2.0, 3.0, 4.0])),
+            ..Default::default()
+        });
+        GraphProto {
+            input: vec![f32_value_info("x", &dims)],
+            output: vec![f32_value_info("y", &dims)],
+            node: vec![
+                node("Relu", "r1", &["x"], &["a"]),
+                node("Relu", "r2", &["a"], &["b"]),
+                node("Shape", "shape", &["x"], &["s"]),
+                node("Reshape", "reshape", &["b", "s"], &["c"]),
+                k,
+                node("Add", "add", &["c", "k"], &["y"]),
+            ],
+            initializer: vec![f32_tensor("unused", &[2], &[0.0, 0.0])],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_tail_keeps_what_follows_the_cut_and_constants_and_names_what_it_needs() {
+        let g = graph();
+        let input = f32_value_info("b", &[Dim::Named("n".into()), Dim::Fixed(4)]);
+        let tail = tail_after(&g, "b", input.clone()).unwrap();
+        let names: Vec<&str> = tail.graph.node.iter().map(|n| n.name()).collect();
+        assert_eq!(names, ["reshape", "k", "add"]);
+        assert_eq!(tail.needs, ["s"], "Shape(x) is computed before the cut");
+        assert_eq!(tail.graph.input, [input]);
+        assert!(tail.graph.initializer.is_empty(), "unused initializers are pruned");
+        // At the input itself, the tail is the whole graph.
+        let whole = tail_after(&g, "x", f32_value_info("x", &[Dim::Named("n".into()), Dim::Fixed(4)])).unwrap();
+        assert_eq!(whole.graph.node.len(), 6);
+        assert!(whole.needs.is_empty());
+        assert!(tail_after(&g, "nope", f32_value_info("nope", &[])).is_err());
+        assert!(tail_after(&g, "b", f32_value_info("other", &[])).is_err());
+    }
+}

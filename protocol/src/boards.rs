@@ -38,6 +38,17 @@ pub struct BoardProfile {
     /// margin); unset: half the memory available when the job starts.
     #[serde(default)]
     pub memory_budget_bytes: Option<u64>,
+    /// Run after the active model of an application changed (activation or
+    /// rollback), without a shell: program and arguments, e.g.
+    /// `["systemctl", "reload", "inspection.service"]`. It gets `RBA_APP`,
+    /// `RBA_MODEL`, `RBA_SHA256`, `RBA_GENERATION`, `RBA_EVENT` and
+    /// `RBA_ACTIVE_MODEL` (the stable path of the active model) in its
+    /// environment; its exit status is logged and reported to the host.
+    #[serde(default)]
+    pub activate_hook: Option<Vec<String>>,
+    /// Seconds the hook may run before it is killed (default 30).
+    #[serde(default)]
+    pub activate_hook_timeout_s: Option<u64>,
     pub link: LinkProfile,
     #[serde(default)]
     pub sensors: SensorProfile,
@@ -186,6 +197,12 @@ impl BoardProfile {
         }
         if p.onnxruntime.tensorrt.builder_optimization_level.is_some_and(|l| l > 5) {
             return Err(invalid("onnxruntime.tensorrt.builder_optimization_level is 0 to 5"));
+        }
+        if p.activate_hook.as_ref().is_some_and(|h| h.first().is_none_or(|prog| prog.is_empty())) {
+            return Err(invalid("activate_hook needs a program: [\"program\", \"arg\", ...]"));
+        }
+        if p.activate_hook_timeout_s == Some(0) {
+            return Err(invalid("activate_hook_timeout_s must be at least 1"));
         }
         match p.link.default {
             LinkKind::Serial if p.link.serial.is_none() => {
@@ -337,6 +354,13 @@ mod tests {
         let typo = text.replace("[link]", "memory_budget = 1\n[link]");
         let e = BoardProfile::parse(&format!("{typo}tcp='0.0.0.0:7878'\n"), Path::new("x.toml")).unwrap_err();
         assert!(e.to_string().contains("memory_budget"), "{e}");
+        // The activation hook: a program and its arguments, no shell.
+        let hook = text.replace("[link]", "activate_hook = ['systemctl', 'reload', 'x.service']\n[link]");
+        let b = BoardProfile::parse(&format!("{hook}tcp='0.0.0.0:7878'\n"), Path::new("x.toml")).unwrap();
+        assert_eq!(b.activate_hook.unwrap(), ["systemctl", "reload", "x.service"]);
+        let empty = text.replace("[link]", "activate_hook = []\n[link]");
+        let e = BoardProfile::parse(&format!("{empty}tcp='0.0.0.0:7878'\n"), Path::new("x.toml")).unwrap_err();
+        assert!(e.to_string().contains("activate_hook needs a program"), "{e}");
         let zero = text.replace("[link]", "memory_budget_bytes = 0\n[link]");
         assert!(BoardProfile::parse(&format!("{zero}tcp='0.0.0.0:7878'\n"), Path::new("x.toml")).is_err());
     }

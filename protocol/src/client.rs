@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
+use crate::activation::{ActivateRequest, ActivationResult, AppStatus, RollbackRequest};
 use crate::auth::PreSharedKey;
 use crate::error::{FrameError, RemoteError};
 use crate::frame::{FrameDecoder, FrameEncoder, DEFAULT_MAX_FRAME, MIN_MAX_FRAME};
@@ -121,6 +122,10 @@ pub enum ClientError {
     Frame(#[from] FrameError),
     #[error("protocol violation: {0}")]
     Unexpected(String),
+    /// The device refuses connections from this address for a while after
+    /// failed authentications from it (PROTOCOL.md 4.8).
+    #[error("the device refuses connections from this address for now, after failed authentications from it; try again later")]
+    RetryLater,
     #[error("upload gave up after {attempts} attempt(s): {last}")]
     RetriesExhausted { attempts: u32, last: Box<ClientError> },
 }
@@ -164,6 +169,7 @@ impl From<ConnectError> for ClientError {
                 ClientHandshakeError::Refused(Status::Busy) => ClientError::Remote(RemoteError::Busy),
                 ClientHandshakeError::Refused(Status::KeyRequired) => ClientError::Remote(RemoteError::AuthRequired),
                 ClientHandshakeError::Refused(Status::NoKey) => ClientError::DeviceHasNoKey,
+                ClientHandshakeError::Refused(Status::RetryLater) => ClientError::RetryLater,
                 ClientHandshakeError::Refused(s) => ClientError::Unexpected(format!("the device refused: {s:?}")),
                 ClientHandshakeError::VersionMismatch { supported, requested } => {
                     ClientError::Remote(RemoteError::VersionMismatch { supported, requested })
@@ -491,6 +497,40 @@ impl<T: Read + Write> Client<T> {
         match self.job(Request::Compare(req.clone()), &mut progress)? {
             Response::Compare(r) => Ok(r),
             other => Err(unexpected("Compare", &other)),
+        }
+    }
+
+    /// Gates and activation on the device (PROTOCOL.md 5.5). `progress`
+    /// may return `Break` to cancel while the gates are measured.
+    pub fn activate(
+        &mut self,
+        req: &ActivateRequest,
+        mut progress: impl FnMut(&Progress) -> ControlFlow<()>,
+    ) -> Result<ActivationResult, ClientError> {
+        match self.job(Request::Activate(req.clone()), &mut progress)? {
+            Response::Activation(r) => Ok(*r),
+            other => Err(unexpected("Activation", &other)),
+        }
+    }
+
+    /// Restores the application's previous model.
+    pub fn rollback(
+        &mut self,
+        req: &RollbackRequest,
+        mut progress: impl FnMut(&Progress) -> ControlFlow<()>,
+    ) -> Result<ActivationResult, ClientError> {
+        match self.job(Request::Rollback(req.clone()), &mut progress)? {
+            Response::Activation(r) => Ok(*r),
+            other => Err(unexpected("Activation", &other)),
+        }
+    }
+
+    /// Applications (`None`: all) with their active models and the last
+    /// `history` entries of their histories.
+    pub fn app_status(&mut self, app: Option<&str>, history: u32) -> Result<Vec<AppStatus>, ClientError> {
+        match self.call(Request::AppStatus { app: app.map(str::to_string), history })? {
+            Response::Apps(a) => Ok(a),
+            other => Err(unexpected("Apps", &other)),
         }
     }
 

@@ -12,6 +12,8 @@
 //! - [`auth`]: the pre-shared key.
 //! - [`stats`], [`bundle`], [`name`]: shared helpers.
 //! - [`rng`]: the one splitmix64 generator; [`hex()`]: lower-case hex.
+//! - [`activation`], [`gate`], [`time`]: active models per application, the
+//!   gates a model must pass on the board, history timestamps.
 //!
 //! What host and board share beyond the wire (feature `std`), so that neither
 //! reaches into the other's crate:
@@ -30,15 +32,18 @@
 
 extern crate alloc;
 
+pub mod activation;
 pub mod auth;
 pub mod bundle;
 pub mod error;
 pub mod frame;
+pub mod gate;
 mod hex;
 pub mod message;
 pub mod name;
 pub mod rng;
 pub mod stats;
+pub mod time;
 
 #[cfg(feature = "std")]
 pub mod boards;
@@ -57,13 +62,18 @@ pub mod server;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+pub use activation::{
+    ActivateRequest, ActivationOutcome, ActivationResult, ActiveModel, AppStatus, HistoryEntry, HistoryEvent,
+    HookOutcome, RollbackRequest,
+};
 pub use auth::{PreSharedKey, KEY_LEN};
 pub use bundle::{BundleError, EvalBundle, TensorF32};
 pub use error::{FrameError, RemoteError};
 pub use frame::{decode_envelope, encode_frame, FrameDecoder, FrameEncoder, DEFAULT_MAX_FRAME, MAX_CHUNK};
-pub use hex::hex;
+pub use gate::{parse_gates, Gate, GateCheck, GateFigures, GateMetric, GateOp, GateParseError, GateUnit};
+pub use hex::{hex, unhex32};
 pub use message::*;
-pub use name::{is_valid_name, validate_name};
+pub use name::{is_valid_app_name, is_valid_name, validate_app_name, validate_name};
 pub use stats::LatencyStats;
 
 #[cfg(feature = "std")]
@@ -71,7 +81,7 @@ pub use client::{Client, ClientConfig, ClientError, Session, UploadProgress};
 #[cfg(feature = "std")]
 pub use secure::{fingerprint, Identity};
 #[cfg(feature = "std")]
-pub use server::{serve, serve_tcp, DeviceHandler, Job, ServerConfig, ServerError, SessionEnd};
+pub use server::{serve, serve_proved, serve_tcp, DeviceHandler, Job, ServerConfig, ServerError, SessionEnd};
 
 /// Version of the wire format. Peers must agree exactly.
 pub const PROTOCOL_VERSION: u16 = 2;

@@ -11,6 +11,7 @@ use core::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::activation::{ActivateRequest, ActivationResult, AppStatus, RollbackRequest};
 use crate::error::RemoteError;
 use crate::stats::LatencyStats;
 
@@ -67,6 +68,17 @@ pub enum Request {
     Ping {
         nonce: u64,
     },
+    /// Make a published model an application's active model, if its gates
+    /// hold on the board (a job; answered `Activation`).
+    Activate(ActivateRequest),
+    /// Applications, their active models and histories (`app: None`: all;
+    /// `history`: most entries per application). Answered `Apps`.
+    AppStatus {
+        app: Option<String>,
+        history: u32,
+    },
+    /// Restore an application's previous model (a job; answered `Activation`).
+    Rollback(RollbackRequest),
 }
 
 /// Server (device) to client (host). Exactly one per request.
@@ -102,6 +114,11 @@ pub enum Response {
         nonce: u64,
     },
     Error(RemoteError),
+    /// Answer to `Activate` and `Rollback` (boxed: by far the largest
+    /// answer; the bytes on the wire are those of the value).
+    Activation(Box<ActivationResult>),
+    /// Answer to `AppStatus`, sorted by application name.
+    Apps(Vec<AppStatus>),
 }
 
 /// Capability bits announced in the handshake.
@@ -115,7 +132,9 @@ impl Capabilities {
     pub const COMPARE: u64 = 1 << 3;
     pub const CANCEL: u64 = 1 << 4;
     pub const EVAL_BUNDLES: u64 = 1 << 5;
-    pub const ALL: Capabilities = Capabilities(0b11_1111);
+    /// Activate, AppStatus, Rollback.
+    pub const ACTIVATION: u64 = 1 << 6;
+    pub const ALL: Capabilities = Capabilities(0b111_1111);
 
     pub fn has(self, bit: u64) -> bool {
         self.0 & bit == bit
@@ -606,6 +625,8 @@ pub enum Phase {
     WarmUp,
     Measuring,
     Evaluating,
+    /// Switching the active model, running the activation hook.
+    Activating,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -22,6 +22,25 @@ pub fn validate_name(name: &str) -> Result<(), RemoteError> {
     }
 }
 
+/// An application name (a directory on the board, `apps/<app>`):
+/// `[A-Za-z0-9_-]{1,64}`, starting with a letter or a digit.
+pub fn is_valid_app_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && name.as_bytes()[0].is_ascii_alphanumeric()
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'))
+}
+
+pub fn validate_app_name(name: &str) -> Result<(), RemoteError> {
+    if is_valid_app_name(name) {
+        Ok(())
+    } else {
+        Err(RemoteError::BadRequest(alloc::format!(
+            "invalid application name {name:?}: use [A-Za-z0-9_-]{{1,64}}, starting with a letter or a digit"
+        )))
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -36,5 +55,11 @@ mod tests {
             assert!(!is_valid_name(bad), "{bad}");
         }
         assert_eq!(validate_name("a/b"), Err(RemoteError::InvalidName("a/b".into())));
+        for ok in ["inspect", "line-3_cam", "0", &"a".repeat(64)] {
+            assert!(is_valid_app_name(ok), "{ok}");
+        }
+        for bad in ["", "-x", "_x", "a.b", "..", "a/b", "a b", "é", &"a".repeat(65)] {
+            assert!(!is_valid_app_name(bad), "{bad}");
+        }
     }
 }

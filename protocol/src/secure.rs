@@ -122,6 +122,11 @@ pub enum Status {
     VersionMismatch,
     /// Unknown mode byte.
     BadMode,
+    /// The device refuses connections from this address for a while, after
+    /// failed authentications from it (PROTOCOL.md 4.8). Sent right after
+    /// the connection is accepted, before the preamble is read, so its
+    /// echo is all-zero.
+    RetryLater,
 }
 
 impl Status {
@@ -133,6 +138,7 @@ impl Status {
             Status::NoKey => 3,
             Status::VersionMismatch => 4,
             Status::BadMode => 5,
+            Status::RetryLater => 6,
         }
     }
 
@@ -144,6 +150,7 @@ impl Status {
             3 => Status::NoKey,
             4 => Status::VersionMismatch,
             5 => Status::BadMode,
+            6 => Status::RetryLater,
             _ => return None,
         })
     }
@@ -337,6 +344,9 @@ pub struct Channel {
     remote_static: Option<[u8; 32]>,
     handshake_hash: [u8; 32],
     leftover: Vec<u8>,
+    /// The plaintext of the peer's first record, when [`FirstRecord`]
+    /// already decrypted it (the reader starts with it, at record 1).
+    first: Option<Vec<u8>>,
 }
 
 impl std::fmt::Debug for Channel {
@@ -350,7 +360,15 @@ impl Channel {
         let remote_static = hs.get_remote_static().and_then(|k| <[u8; 32]>::try_from(k).ok());
         let handshake_hash = <[u8; 32]>::try_from(hs.get_handshake_hash()).unwrap_or([0; 32]);
         let transport = hs.into_stateless_transport_mode().map_err(|e| HandshakeError::Noise(format!("{e}")))?;
-        Ok(Channel { transport: Arc::new(transport), plaintext: false, mode, remote_static, handshake_hash, leftover })
+        Ok(Channel {
+            transport: Arc::new(transport),
+            plaintext: false,
+            mode,
+            remote_static,
+            handshake_hash,
+            leftover,
+            first: None,
+        })
     }
 
     /// A channel that passes bytes through unencrypted, for the baseline
@@ -386,33 +404,150 @@ impl Channel {
         &self.leftover
     }
 
+    /// The plaintext of the peer's first record, if [`FirstRecord`]
+    /// decrypted it (the reader of this channel delivers it first).
+    pub fn first_record(&self) -> Option<&[u8]> {
+        self.first.as_deref()
+    }
+
+    /// The device's wait for the host's first record (the host's proof of
+    /// the key), driven by bytes like [`ServerHandshake`]; the bytes that
+    /// followed the handshake count.
+    pub fn await_first_record(mut self) -> FirstRecord {
+        let buf = std::mem::take(&mut self.leftover);
+        FirstRecord { channel: Some(self), buf, body_len: None }
+    }
+
+    fn reader(&mut self) -> RecordReader {
+        let mut r = RecordReader {
+            plaintext: self.plaintext,
+            ..RecordReader::new(self.transport.clone(), std::mem::take(&mut self.leftover))
+        };
+        if let Some(first) = self.first.take() {
+            // Record 0 was decrypted already (nonces 0 and 1).
+            let n = first.len().min(r.plain.len());
+            r.plain[..n].copy_from_slice(&first[..n]);
+            r.plain_len = n;
+            r.nonce = 1;
+        }
+        r
+    }
+
     /// One stream that reads and writes records.
-    pub fn stream<S: Read + Write>(self, inner: S) -> SecureStream<S> {
+    pub fn stream<S: Read + Write>(mut self, inner: S) -> SecureStream<S> {
         SecureStream {
             inner,
-            reader: RecordReader {
-                plaintext: self.plaintext,
-                ..RecordReader::new(self.transport.clone(), self.leftover)
-            },
+            reader: self.reader(),
             writer: RecordWriter { plaintext: self.plaintext, ..RecordWriter::new(self.transport) },
         }
     }
 
     /// Separate halves (e.g. a reader thread and a writer behind a lock).
-    pub fn split<R: Read, W: Write>(self, r: R, w: W) -> (SecureReader<R>, SecureWriter<W>) {
+    pub fn split<R: Read, W: Write>(mut self, r: R, w: W) -> (SecureReader<R>, SecureWriter<W>) {
         (
-            SecureReader {
-                inner: r,
-                rec: RecordReader {
-                    plaintext: self.plaintext,
-                    ..RecordReader::new(self.transport.clone(), self.leftover)
-                },
-            },
+            SecureReader { inner: r, rec: self.reader() },
             SecureWriter {
                 inner: w,
                 rec: RecordWriter { plaintext: self.plaintext, ..RecordWriter::new(self.transport) },
             },
         )
+    }
+}
+
+/// What one [`FirstRecord::feed`] found.
+#[derive(Debug)]
+pub enum Proof {
+    /// Feed more bytes.
+    Pending,
+    /// The host's first record authenticated: it holds the key. The
+    /// channel's reader delivers that record's plaintext first.
+    Proved(Box<Channel>),
+    /// The first record did not authenticate (a wrong key, a replayed or
+    /// made-up record): the host did not prove the key. Close the link.
+    Failed(IntegrityError),
+}
+
+/// The device's side after message 2: waits for the host's first record
+/// and decrypts it, without I/O or a clock (one thread can drive many).
+/// A host without the key fails at the record's 18-byte header; only a
+/// host with the key makes the device buffer a whole record.
+pub struct FirstRecord {
+    /// `None` once finished.
+    channel: Option<Channel>,
+    buf: Vec<u8>,
+    body_len: Option<usize>,
+}
+
+impl std::fmt::Debug for FirstRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FirstRecord").field("buffered", &self.buf.len()).finish()
+    }
+}
+
+impl FirstRecord {
+    /// Takes the bytes that arrived; see [`Proof`].
+    pub fn feed(&mut self, bytes: &[u8]) -> Proof {
+        let Some(channel) = &self.channel else {
+            return Proof::Failed(IntegrityError::Poisoned);
+        };
+        self.buf.extend_from_slice(bytes);
+        if channel.plaintext {
+            return self.proved(None, 0);
+        }
+        let body_len = match self.body_len {
+            Some(l) => l,
+            None => {
+                if self.buf.len() < HEADER_LEN {
+                    return Proof::Pending;
+                }
+                let mut len = [0u8; HEADER_LEN];
+                if channel.transport.read_message(0, &self.buf[..HEADER_LEN], &mut len).is_err() {
+                    self.channel = None;
+                    return Proof::Failed(if self.buf.starts_with(&MAGIC) {
+                        IntegrityError::UnexpectedPreamble
+                    } else {
+                        IntegrityError::FirstRecord
+                    });
+                }
+                let l = usize::from(u16::from_be_bytes([len[0], len[1]]));
+                if l < TAG_LEN {
+                    self.channel = None;
+                    return Proof::Failed(IntegrityError::Length { index: 0, len: l });
+                }
+                self.body_len = Some(l);
+                l
+            }
+        };
+        if self.buf.len() < HEADER_LEN + body_len {
+            return Proof::Pending;
+        }
+        let mut plain = vec![0u8; body_len];
+        let body = &self.buf[HEADER_LEN..HEADER_LEN + body_len];
+        match channel.transport.read_message(1, body, &mut plain) {
+            Ok(n) => {
+                plain.truncate(n);
+                self.proved(Some(plain), HEADER_LEN + body_len)
+            }
+            Err(_) => {
+                self.channel = None;
+                Proof::Failed(IntegrityError::FirstRecord)
+            }
+        }
+    }
+
+    fn proved(&mut self, first: Option<Vec<u8>>, used: usize) -> Proof {
+        let Some(mut channel) = self.channel.take() else {
+            return Proof::Failed(IntegrityError::Poisoned);
+        };
+        channel.leftover = self.buf.split_off(used.min(self.buf.len()));
+        channel.first = first;
+        self.buf = Vec::new();
+        Proof::Proved(Box::new(channel))
+    }
+
+    /// Bytes buffered (at most one record and what came with it).
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
     }
 }
 
@@ -436,6 +571,9 @@ struct RecordReader {
     allow_restart: bool,
     restarted: bool,
     plaintext: bool,
+    /// Return `WouldBlock` after a read of the link that completed no
+    /// record, instead of reading on (a caller that keeps deadlines).
+    yield_partial: bool,
 }
 
 enum Parsed {
@@ -463,6 +601,7 @@ impl RecordReader {
             allow_restart: false,
             restarted: false,
             plaintext: false,
+            yield_partial: false,
         }
     }
 
@@ -579,11 +718,24 @@ impl RecordReader {
                     }
                     return Ok(0);
                 }
-                Ok(n) => self.hi += n,
+                Ok(n) => {
+                    self.hi += n;
+                    if self.yield_partial {
+                        if let Parsed::Record = self.parse()? {
+                            continue;
+                        }
+                        return Err(io::ErrorKind::WouldBlock.into());
+                    }
+                }
                 // Timeouts leave a partial record buffered for the next call.
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    /// Bytes of a record that has not arrived whole are buffered.
+    fn partial(&self) -> bool {
+        self.body_len.is_some() || self.hi > self.lo
     }
 
     /// Records decrypted so far.
@@ -661,6 +813,19 @@ impl<R> SecureReader<R> {
     /// Records decrypted so far (0: the peer has not proved the keys yet).
     pub fn records(&self) -> u64 {
         self.rec.records()
+    }
+
+    /// Make `read` return `WouldBlock` after each read of the link that
+    /// completed no record (the bytes stay buffered), so that the caller
+    /// can keep deadlines however slowly the bytes of a record trickle in.
+    pub fn yield_partial_records(&mut self, yield_partial: bool) {
+        self.rec.yield_partial = yield_partial;
+    }
+
+    /// Part of a record is buffered: the rest has not arrived yet (as seen
+    /// when `read` returns a timeout or `WouldBlock`).
+    pub fn partial_record(&self) -> bool {
+        self.rec.partial()
     }
 
     pub fn get_ref(&self) -> &R {
@@ -911,6 +1076,12 @@ impl ServerHandshake {
     /// `VersionMismatch`), then fails.
     pub fn busy(identity: &Identity) -> ServerHandshake {
         ServerHandshake { busy: true, ..ServerHandshake::new(identity, None) }
+    }
+
+    /// Whether to answer the preamble with [`Status::Busy`] (decided when
+    /// message 1 is complete: set it before each [`ServerHandshake::feed`]).
+    pub fn set_busy(&mut self, busy: bool) {
+        self.busy = busy;
     }
 
     /// Takes the bytes that arrived; see [`Fed`].
@@ -1538,6 +1709,85 @@ mod tests {
         let mut buf = [0u8; 64];
         assert_eq!(reader.read(&mut buf).unwrap(), 5);
         assert!(reader.read(&mut buf).is_err(), "three bytes are not a record");
+    }
+
+    #[test]
+    fn the_first_record_is_proved_byte_by_byte_and_read_first() {
+        for step in [1, 5, 18, 19, 4096] {
+            let (c, s, _) = pair(Some(&key(6)), 4096);
+            let wire = records(c, &[b"hello record".to_vec(), b"second".to_vec()]);
+            let mut first = s.await_first_record();
+            let mut proved = None;
+            for piece in wire.chunks(step) {
+                match first.feed(piece) {
+                    Proof::Pending => assert!(first.buffered() <= HEADER_LEN + 64 + step),
+                    Proof::Proved(ch) => {
+                        proved = Some(ch);
+                        break;
+                    }
+                    Proof::Failed(e) => panic!("step {step}: {e}"),
+                }
+            }
+            let ch = proved.expect("proved");
+            assert_eq!(ch.first_record(), Some(&b"hello record"[..]));
+            // The rest of the wire after what the proof consumed.
+            let used = HEADER_LEN + b"hello record".len() + TAG_LEN;
+            let rest = wire[used..].iter().skip(ch.leftover().len()).copied().collect::<Vec<u8>>();
+            let mut reader = (*ch).split(io::Cursor::new(rest), io::sink()).0;
+            assert_eq!(reader.records(), 1);
+            let (got, err) = drain(&mut reader);
+            assert!(err.is_none(), "{err:?}");
+            assert_eq!(got, b"hello recordsecond");
+            assert_eq!(reader.records(), 2);
+        }
+    }
+
+    #[test]
+    fn a_first_record_without_the_key_fails_at_its_header() {
+        let id = Identity::generate().unwrap();
+        // The host holds another key: the device's side completes, the
+        // host's first record does not decrypt.
+        let (c, hello) = ClientHandshake::start(Some(&key(1))).unwrap();
+        let Outcome::Established(s) = ServerHandshake::new(&id, Some(&key(2))).feed(&hello).outcome else { panic!() };
+        drop(c);
+        // What a host with key 1 would send: a record under other keys.
+        let (other, _, _) = pair(Some(&key(1)), 4096);
+        let wire = records(other, &[b"hello".to_vec()]);
+        let mut first = s.await_first_record();
+        assert!(matches!(first.feed(&wire[..HEADER_LEN - 1]), Proof::Pending));
+        assert!(matches!(first.feed(&wire[HEADER_LEN - 1..HEADER_LEN]), Proof::Failed(IntegrityError::FirstRecord)));
+        assert!(matches!(first.feed(b"more"), Proof::Failed(_)), "finished");
+        // A new preamble instead of a record; a header claiming 3 bytes.
+        let (_, s, _) = pair(Some(&key(2)), 4096);
+        let mut first = s.await_first_record();
+        let (_, again) = ClientHandshake::start(Some(&key(2))).unwrap();
+        assert!(matches!(first.feed(&again), Proof::Failed(IntegrityError::UnexpectedPreamble)));
+    }
+
+    #[test]
+    fn a_reader_that_yields_partial_records_returns_after_each_read() {
+        let (c, s, _) = pair(Some(&key(8)), 4096);
+        let wire = records(c, &[b"abc".to_vec()]);
+        let mut r = Trickle { data: wire.clone(), pos: 0, step: 4, tick: true };
+        let mut reader = SecureReader { inner: &mut r, rec: RecordReader::new(s.transport.clone(), Vec::new()) };
+        reader.yield_partial_records(true);
+        let mut buf = [0u8; 16];
+        let mut would_block = 0;
+        let got = loop {
+            match reader.read(&mut buf) {
+                Ok(n) => break buf[..n].to_vec(),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    would_block += 1;
+                    assert!(reader.partial_record());
+                }
+                Err(e) if e.kind() == io::ErrorKind::TimedOut => {}
+                Err(e) => panic!("{e}"),
+            }
+        };
+        assert_eq!(got, b"abc");
+        assert!(!reader.partial_record());
+        // One return per 4-byte read but the last.
+        assert_eq!(would_block, wire.len().div_ceil(4) - 1);
     }
 
     #[test]

@@ -17,15 +17,16 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
+use crate::activation::{ActivateRequest, ActivationResult, AppStatus, RollbackRequest, MAX_STATUS_HISTORY};
 use crate::auth::PreSharedKey;
 use crate::error::RemoteError;
 use crate::frame::{decode_envelope, FrameDecoder, FrameEncoder, DEFAULT_MAX_FRAME, MAX_CHUNK, MIN_MAX_FRAME};
 use crate::message::*;
-use crate::name::validate_name;
+use crate::name::{validate_app_name, validate_name};
 use crate::secure::{
     self, integrity_error, is_restart, AcceptError, Channel, HandshakeError, Identity, IntegrityError, SecureReader,
     SecureWriter, ServerHandshake,
@@ -57,6 +58,12 @@ pub struct ServerConfig {
     /// lines, where a host can leave without the link closing). On TCP a
     /// preamble inside a session is an integrity failure.
     pub allow_restart: bool,
+    /// End a session after this long without a complete request while
+    /// none is being served (bytes of an unfinished record do not count).
+    pub idle_timeout: Option<Duration>,
+    /// End a session when a record takes longer than this to arrive
+    /// whole, counted from the first of its bytes the server waits on.
+    pub record_timeout: Option<Duration>,
 }
 
 impl Default for ServerConfig {
@@ -68,6 +75,8 @@ impl Default for ServerConfig {
             max_chunk: MAX_CHUNK,
             max_upload: 4 << 30,
             allow_restart: true,
+            idle_timeout: None,
+            record_timeout: None,
         }
     }
 }
@@ -117,6 +126,22 @@ pub trait DeviceHandler {
 
     /// Runs of A and B must be interleaved.
     fn compare(&mut self, req: &CompareRequest, job: &Job) -> Result<CompareResult, RemoteError>;
+
+    /// Gates on the board, then the switch of the active model (PROTOCOL.md
+    /// 5.5; names already validated).
+    fn activate(&mut self, _req: &ActivateRequest, _job: &Job) -> Result<ActivationResult, RemoteError> {
+        Err(RemoteError::Unsupported("this device has no active models".into()))
+    }
+
+    /// Applications (`None`: all), with at most `history` entries each.
+    fn app_status(&mut self, _app: Option<&str>, _history: u32) -> Result<Vec<AppStatus>, RemoteError> {
+        Err(RemoteError::Unsupported("this device has no active models".into()))
+    }
+
+    /// Restores an application's previous model.
+    fn rollback(&mut self, _req: &RollbackRequest, _job: &Job) -> Result<ActivationResult, RemoteError> {
+        Err(RemoteError::Unsupported("this device has no active models".into()))
+    }
 }
 
 /// Handle given to a running job: report progress, observe cancellation.
@@ -178,6 +203,10 @@ pub enum SessionEnd {
     /// The handshake was refused: another protocol version (told so), a
     /// keyless host on a keyed device or the reverse, garbage.
     Refused,
+    /// The server ended the session: no request within the idle timeout, a
+    /// record slower than the record timeout, or the host read nothing
+    /// for as long as the link's write timeout.
+    TimedOut,
 }
 
 /// The writing half of a session: frames, encrypted into records.
@@ -198,6 +227,12 @@ struct Shared {
     stop: AtomicBool,
     /// A record failed authentication: serve nothing more.
     broken: AtomicBool,
+    /// A request is being served (the idle timer does not run).
+    serving: AtomicBool,
+    /// When the last complete request arrived or was answered.
+    activity: Mutex<Instant>,
+    /// Why the server ended the session (a deadline passed).
+    timed_out: Mutex<Option<String>>,
 }
 
 impl Shared {
@@ -217,8 +252,30 @@ impl Shared {
             };
             encoder.encode(&err, buf).map_err(io::Error::other)?;
         }
-        sink.write_all(buf)?;
-        sink.flush()
+        let r = sink.write_all(buf).and_then(|()| sink.flush());
+        if let Err(e) = &r {
+            if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) {
+                // The link's write timeout: the host reads nothing. A job
+                // running for it stops; the session ends.
+                self.end_timed_out("the host read nothing for as long as the write timeout".into());
+            }
+        }
+        r
+    }
+
+    /// Ends the session for a passed deadline (the first reason stays).
+    fn end_timed_out(&self, why: String) {
+        self.timed_out.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(why);
+        self.broken.store(true, Ordering::SeqCst);
+        self.cancel.store(true, Ordering::SeqCst);
+    }
+
+    fn touch(&self) {
+        *self.activity.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+    }
+
+    fn idle_for(&self) -> Duration {
+        self.activity.lock().unwrap_or_else(|e| e.into_inner()).elapsed()
     }
 
     fn respond(&self, id: u32, r: Response) -> io::Result<()> {
@@ -263,15 +320,38 @@ enum ReaderEnd<R> {
     Restart(R, Vec<u8>),
 }
 
+/// A duration in seconds as people write it (`600`, `2.5`).
+fn secs(d: Duration) -> String {
+    let s = d.as_secs_f64();
+    if s.fract() == 0.0 {
+        format!("{}", d.as_secs())
+    } else {
+        format!("{s}")
+    }
+}
+
+/// The deadlines the reader keeps.
+#[derive(Clone, Copy)]
+struct Deadlines {
+    idle: Option<Duration>,
+    record: Option<Duration>,
+}
+
 fn reader_loop<R: Read>(
     mut reader: SecureReader<R>,
     max_frame: usize,
+    deadlines: Deadlines,
     shared: Arc<Shared>,
     tx: mpsc::SyncSender<Incoming>,
 ) -> ReaderEnd<R> {
     let mut decoder = FrameDecoder::new(max_frame);
     let mut buf = vec![0u8; 64 * 1024];
     let done = |r: &SecureReader<R>| ReaderEnd::Done { records: r.records() };
+    // Return after every read of the link, whole record or not: the
+    // deadlines below hold however slowly bytes trickle in.
+    reader.yield_partial_records(true);
+    // Since when the reader waits for the rest of a record.
+    let mut partial_since: Option<Instant> = None;
     loop {
         if shared.stop.load(Ordering::SeqCst) {
             return done(&reader);
@@ -285,7 +365,26 @@ fn reader_loop<R: Read>(
                     io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
                 ) =>
             {
-                continue
+                if reader.partial_record() {
+                    let since = *partial_since.get_or_insert_with(Instant::now);
+                    if let Some(limit) = deadlines.record.filter(|l| since.elapsed() > *l) {
+                        let why = format!("a record took longer than {} s to arrive", secs(limit));
+                        log::info!("closing the session: {why}");
+                        shared.end_timed_out(why);
+                        return done(&reader);
+                    }
+                } else {
+                    partial_since = None;
+                }
+                if let Some(limit) = deadlines.idle {
+                    if !shared.serving.load(Ordering::SeqCst) && shared.idle_for() > limit {
+                        let why = format!("no request for {} s", secs(limit));
+                        log::info!("closing an idle session: {why}");
+                        shared.end_timed_out(why);
+                        return done(&reader);
+                    }
+                }
+                continue;
             }
             Err(e) if is_restart(&e) => {
                 shared.broken.store(true, Ordering::SeqCst);
@@ -321,9 +420,13 @@ fn reader_loop<R: Read>(
                     if running {
                         shared.cancel.store(true, Ordering::SeqCst);
                     }
+                    shared.touch();
                     let _ = shared.respond(*id, Response::CancelAck { was_running: running });
                     return;
                 }
+            }
+            if matches!(item, Incoming::Frame(_) | Incoming::Undecodable(_)) {
+                shared.touch();
             }
             if tx.send(item).is_err() {
                 gone = true;
@@ -332,12 +435,17 @@ fn reader_loop<R: Read>(
         if gone {
             return done(&reader);
         }
+        // Time spent waiting for the queue to drain is not the host's.
+        partial_since = reader.partial_record().then(Instant::now);
     }
 }
 
 /// Serves one session over a TCP connection (read timeout set so the
 /// reader thread notices the end of the session; socket shut down after).
 /// TCP requires a key: without one the connection is closed at once.
+/// This blocks on the handshake without a deadline (tests, benchmarks): a
+/// daemon facing a network runs handshakes elsewhere with deadlines and
+/// hands proved connections to [`serve_proved`] (PROTOCOL.md 4.8).
 pub fn serve_tcp<H: DeviceHandler>(
     handler: &mut H,
     config: &ServerConfig,
@@ -401,6 +509,30 @@ where
     }
 }
 
+/// Serves one session whose host already proved the key: `channel` comes
+/// from [`secure::FirstRecord`] (its first record decrypted), so the
+/// handshake ran elsewhere, e.g. on a thread that drives many pending
+/// connections (a TCP daemon). No restart: a preamble inside the session
+/// is an integrity failure. Give `reader` a read timeout, as for [`serve`].
+pub fn serve_proved<H, R, W>(
+    handler: &mut H,
+    config: &ServerConfig,
+    reader: R,
+    writer: W,
+    channel: Channel,
+) -> Result<SessionEnd, ServerError>
+where
+    H: DeviceHandler,
+    R: Read + Send + 'static,
+    W: Write + Send + 'static,
+{
+    let config = ServerConfig { allow_restart: false, ..config.clone() };
+    match run_session(handler, &config, reader, Box::new(writer), channel)? {
+        Ran::End(end) => Ok(end),
+        Ran::Restart(..) => Ok(SessionEnd::Closed),
+    }
+}
+
 /// [`serve`] without the secure channel: the unencrypted baseline of the
 /// link benchmarks (feature `testing`; never used by the daemon).
 #[cfg(feature = "testing")]
@@ -452,13 +584,17 @@ where
         ready: AtomicBool::new(false),
         stop: AtomicBool::new(false),
         broken: AtomicBool::new(false),
+        serving: AtomicBool::new(false),
+        activity: Mutex::new(Instant::now()),
+        timed_out: Mutex::new(None),
     });
     let (tx, rx) = mpsc::sync_channel(MAX_QUEUED_REQUESTS);
     let reader_shared = shared.clone();
     let max_frame = config.max_frame;
+    let deadlines = Deadlines { idle: config.idle_timeout, record: config.record_timeout };
     let reader_thread: JoinHandle<ReaderEnd<R>> = std::thread::Builder::new()
         .name("rba-session-reader".into())
-        .spawn(move || reader_loop(secure_reader, max_frame, reader_shared, tx))?;
+        .spawn(move || reader_loop(secure_reader, max_frame, deadlines, reader_shared, tx))?;
     let mut session = Session {
         config,
         shared: &shared,
@@ -479,16 +615,26 @@ where
             break Ok(Some(e));
         }
         if shared.broken.load(Ordering::SeqCst) {
-            // The reader found a bad record behind this one: serve nothing more.
+            // The reader found a bad record behind this one, or a deadline
+            // passed: serve nothing more.
             continue;
         }
-        match session.handle(handler, item) {
+        shared.serving.store(true, Ordering::SeqCst);
+        let r = session.handle(handler, item);
+        shared.touch();
+        shared.serving.store(false, Ordering::SeqCst);
+        match r {
             Ok(()) => {}
+            Err(_) if shared.timed_out.lock().unwrap_or_else(|e| e.into_inner()).is_some() => break Ok(None),
             Err(e) if is_link_closed(&e) => break Ok(None),
             Err(e) => break Err(ServerError::Io(e)),
         }
     };
     shared.stop.store(true, Ordering::SeqCst);
+    if let Some(why) = shared.timed_out.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        log::info!("session timed out: {why}");
+        return Ok(Ran::End(SessionEnd::TimedOut));
+    }
     let broken = result?;
     if let Some(e) = broken {
         let authenticated = !matches!(e, IntegrityError::FirstRecord);
@@ -661,6 +807,24 @@ impl Session<'_> {
             // that got here found nothing running.
             Request::Cancel { .. } => Ok(Response::CancelAck { was_running: false }),
             Request::Ping { nonce } => Ok(Response::Pong { nonce }),
+            Request::Activate(r) => {
+                validate_app_name(&r.app)?;
+                validate_name(&r.model)?;
+                check_opt_name(&r.eval_bundle)?;
+                self.run_job(id, |job| h.activate(&r, job)).map(|a| Response::Activation(Box::new(a)))
+            }
+            Request::AppStatus { app, history } => {
+                if let Some(a) = &app {
+                    validate_app_name(a)?;
+                }
+                let mut apps = h.app_status(app.as_deref(), history.min(MAX_STATUS_HISTORY))?;
+                apps.sort_by(|a, b| a.app.cmp(&b.app));
+                Ok(Response::Apps(apps))
+            }
+            Request::Rollback(r) => {
+                validate_app_name(&r.app)?;
+                self.run_job(id, |job| h.rollback(&r, job)).map(|a| Response::Activation(Box::new(a)))
+            }
         }
     }
 

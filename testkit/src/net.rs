@@ -31,12 +31,14 @@ pub fn tcp_config() -> ClientConfig {
 
 /// Connects and handshakes. A device serves one host at a time and answers
 /// `Busy` to a host that arrives while it still winds down the previous
-/// session (e.g. right after a broken link): retried for a few seconds.
+/// session (e.g. right after a broken link), and "retry later" while the
+/// address backs off after failed authentications (on loopback every test
+/// peer shares 127.0.0.1): retried for a few seconds.
 pub fn connect_tcp(addr: SocketAddr, config: &ClientConfig) -> Result<Client<TcpStream>, ClientError> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         match Client::connect_tcp(addr, config.clone()) {
-            Err(ClientError::Remote(RemoteError::Busy)) if Instant::now() < deadline => {
+            Err(ClientError::Remote(RemoteError::Busy) | ClientError::RetryLater) if Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(50))
             }
             r => return r,

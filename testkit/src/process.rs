@@ -6,7 +6,7 @@ use std::ffi::OsStr;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -32,6 +32,19 @@ pub fn device_binary() -> PathBuf {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
         cmd.current_dir(crate::workspace()).args(["build", "--quiet", "--workspace", "--all-targets"]);
+        // `cargo test` describes the test's package in these; ring's build
+        // script tracks some, so inheriting them would rebuild ring and
+        // everything above it here, and again at the next plain build.
+        for (name, _) in std::env::vars_os() {
+            let n = name.to_string_lossy();
+            if n.starts_with("CARGO_PKG_")
+                || n.starts_with("CARGO_MANIFEST_")
+                || n == "CARGO_CRATE_NAME"
+                || n == "CARGO_PRIMARY_PACKAGE"
+            {
+                cmd.env_remove(&name);
+            }
+        }
         if profile_dir.file_name().is_some_and(|n| n == "release") {
             cmd.arg("--release");
         }
@@ -54,6 +67,28 @@ pub fn rba_binary() -> PathBuf {
     let bin = device_binary().with_file_name("rba");
     assert!(bin.is_file(), "{} missing after the build", bin.display());
     bin
+}
+
+/// `rba ARGS` with its own known-boards file and no key from the
+/// environment, so a test never depends on the developer's settings.
+pub fn rba_command(args: &[&str], known: &Path) -> Command {
+    let mut cmd = Command::new(rba_binary());
+    cmd.args(args).env("RBA_KNOWN_BOARDS", known).env_remove("RBA_KEY").stdin(Stdio::null());
+    cmd
+}
+
+/// Runs an `rba` command, echoing its arguments, time and output (shown
+/// when the test fails).
+pub fn run_logged(mut cmd: Command, args: &[&str]) -> Output {
+    let started = Instant::now();
+    let out = cmd.output().expect("rba runs");
+    eprintln!("$ rba {} ({:.1} s)\n{}", args.join(" "), started.elapsed().as_secs_f64(), output_text(&out));
+    out
+}
+
+/// A process's stdout then its stderr.
+pub fn output_text(out: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
 }
 
 /// A running `rba-device` process (native, or the ARM build under
@@ -107,8 +142,13 @@ impl DeviceProcess {
 
     /// `rba-device serve --tcp 127.0.0.1:<random>` with [`KEY`], storing in `dir`.
     pub fn tcp(dir: &Path) -> DeviceProcess {
+        DeviceProcess::tcp_with(dir, &[])
+    }
+
+    /// [`DeviceProcess::tcp`] with more arguments (e.g. `--handshake-timeout 2`).
+    pub fn tcp_with(dir: &Path, args: &[&str]) -> DeviceProcess {
         let mut cmd = DeviceProcess::native(&["serve", "--tcp", "127.0.0.1:0"], dir);
-        cmd.env("RBA_DEVICE_KEY", KEY);
+        cmd.args(args).env("RBA_DEVICE_KEY", KEY);
         DeviceProcess::start(cmd)
     }
 
@@ -147,10 +187,10 @@ impl DeviceProcess {
             let (started, ended) = {
                 let lines = self.lines.lock().unwrap();
                 let count = |needles: &[&str]| lines.iter().filter(|l| needles.iter().any(|n| l.contains(n))).count();
-                (
-                    count(&[": session started"]),
-                    count(&[": session ended", ": session failed", ": authentication failed"]),
-                )
+                // Connections that never became a session (refused, failed
+                // authentication) are not counted: only authenticated hosts
+                // start one.
+                (count(&[": session started"]), count(&[": session ended", ": session failed"]))
             };
             if started == ended {
                 return;
@@ -166,10 +206,24 @@ impl DeviceProcess {
 
     /// A `kB` field of `/proc/<pid>/status` (`VmRSS`, `VmHWM`), in bytes.
     pub fn status_bytes(&self, field: &str) -> u64 {
+        self.status_value(field) * 1024
+    }
+
+    /// The number in a field of `/proc/<pid>/status` (`Threads`, or a `kB` field).
+    pub fn status_value(&self, field: &str) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
         let line = status.lines().find(|l| l.starts_with(&format!("{field}:"))).unwrap();
-        let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
-        kib * 1024
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+
+    /// The daemon's threads now.
+    pub fn threads(&self) -> u64 {
+        self.status_value("Threads")
+    }
+
+    /// The stderr lines containing `needle`.
+    pub fn count_lines(&self, needle: &str) -> usize {
+        self.lines.lock().unwrap().iter().filter(|l| l.contains(needle)).count()
     }
 
     /// Still running (not exited, not a zombie)?

@@ -12,7 +12,7 @@ use std::collections::HashSet;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -22,32 +22,20 @@ use rba_protocol::secure::{self, Identity, ServerHandshake};
 use rba_protocol::*;
 use rba_testkit::daemon::store_files;
 use rba_testkit::net::{connect_tcp, tcp_config, At, Dir, Faults, Proxy, Script, Unit};
-use rba_testkit::process::{device_binary, rba_binary, DeviceProcess};
+use rba_testkit::process::{device_binary, output_text, rba_binary, rba_command, run_logged, DeviceProcess};
 use rba_testkit::{test_key, write_key_file, KEY};
 
 const RESNET: &str = "resnet-digits";
 
 /// The `rba` binary with a key file and its own known-boards file.
 fn rba(args: &[&str], key_file: &Path, known: &Path) -> Output {
-    let mut cmd = Command::new(rba_binary());
-    cmd.args(args)
-        .arg("--key-file")
-        .arg(key_file)
-        .env("RBA_KNOWN_BOARDS", known)
-        .env_remove("RBA_KEY")
-        .stdin(Stdio::null());
-    let out = cmd.output().unwrap();
-    eprintln!(
-        "$ rba {}\n{}{}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
+    let mut cmd = rba_command(args, known);
+    cmd.arg("--key-file").arg(key_file);
+    run_logged(cmd, args)
 }
 
 fn text(out: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    output_text(out)
 }
 
 /// A scratch directory with the test key in a 0600 key file.

@@ -3,8 +3,10 @@
 //! has its library). The handler only dispatches; the jobs live in
 //! `bench.rs` (benchmark, compare) and `evaluate.rs`, and run where the
 //! [`Isolation`] says: in a worker process per job, or on the daemon's
-//! thread ([`Daemon::execute`]).
+//! thread ([`Daemon::execute`]). Activation (gates, the switch of an
+//! application's active model, the hook) and rollback are in `activate.rs`.
 
+pub(crate) mod activate;
 pub(crate) mod bench;
 pub(crate) mod evaluate;
 
@@ -16,12 +18,13 @@ use std::time::Instant;
 use rba_onnx::budget::human_bytes;
 use rba_protocol::boards::OnnxRuntimeProfile;
 use rba_protocol::{
-    ArtifactInfo, ArtifactKind, BenchmarkRequest, BenchmarkResult, CompareRequest, CompareResult, DeviceHandler,
-    DeviceIdentity, DeviceInfo, EvalRequest, EvalResult, Job, Phase, RemoteError, RuntimeInfo, RuntimeKind,
-    RuntimeRequest, UploadBegin,
+    ActivateRequest, ActivationResult, AppStatus, ArtifactInfo, ArtifactKind, BenchmarkRequest, BenchmarkResult,
+    CompareRequest, CompareResult, DeviceHandler, DeviceIdentity, DeviceInfo, EvalRequest, EvalResult, Job, Phase,
+    RemoteError, RollbackRequest, RuntimeInfo, RuntimeKind, RuntimeRequest, UploadBegin,
 };
 
 use crate::accelerator::Accelerator;
+use crate::hook::HookConfig;
 use crate::job::{self, JobContext, JobOutput, JobSpec, Work};
 use crate::limits::MemoryBudget;
 use crate::measure::Caps;
@@ -58,6 +61,9 @@ pub struct DaemonConfig {
     pub onnxruntime: OrtConfig,
     /// Where the accelerator's readings are.
     pub accelerator: Accelerator,
+    /// Run after an application's active model changed (board profile's
+    /// `activate_hook`).
+    pub activate_hook: Option<HookConfig>,
 }
 
 /// ONNX Runtime on this board.
@@ -92,6 +98,7 @@ impl Default for DaemonConfig {
             max_threads: crate::sensors::cores(),
             onnxruntime: OrtConfig::default(),
             accelerator: Accelerator::default(),
+            activate_hook: None,
         }
     }
 }
@@ -375,5 +382,17 @@ impl DeviceHandler for Daemon {
 
     fn compare(&mut self, req: &CompareRequest, job: &Job) -> Result<CompareResult, RemoteError> {
         self.run_comparison(req, job)
+    }
+
+    fn activate(&mut self, req: &ActivateRequest, job: &Job) -> Result<ActivationResult, RemoteError> {
+        self.run_activation(req, job)
+    }
+
+    fn app_status(&mut self, app: Option<&str>, history: u32) -> Result<Vec<AppStatus>, RemoteError> {
+        self.app_statuses(app, history)
+    }
+
+    fn rollback(&mut self, req: &RollbackRequest, job: &Job) -> Result<ActivationResult, RemoteError> {
+        self.run_rollback(req, job)
     }
 }

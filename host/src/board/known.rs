@@ -140,6 +140,23 @@ impl KnownBoards {
     }
 }
 
+/// Serialises pinning on first use within this process (the boards of a
+/// fleet connect in parallel; each pin rewrites the whole file).
+static PIN_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Reads the file at `path` again and pins `target` to `fingerprint` if it
+/// has no pin yet, under a process-wide lock, so that boards pinned in
+/// parallel all end up in the file. Returns what the file said before.
+pub fn pin_if_new(path: &Path, target: &str, fingerprint: &str) -> Result<Check, KnownError> {
+    let _guard = PIN_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let mut kb = KnownBoards::load(path)?;
+    let check = kb.check(target, fingerprint);
+    if check == Check::New {
+        kb.pin(target, fingerprint)?;
+    }
+    Ok(check)
+}
+
 fn is_blank(line: &str) -> bool {
     let t = line.trim();
     t.is_empty() || t.starts_with('#')
@@ -208,6 +225,23 @@ mod tests {
             assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
         }
         assert_eq!(KnownBoards::load(&path).unwrap().get("host19:7878").unwrap().line, 20);
+    }
+
+    #[test]
+    fn pins_made_in_parallel_all_land_in_the_file() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("known_boards");
+        std::thread::scope(|s| {
+            for i in 0..16 {
+                let path = &path;
+                s.spawn(move || assert_eq!(pin_if_new(path, &format!("10.0.0.{i}:7878"), A).unwrap(), Check::New));
+            }
+        });
+        let kb = KnownBoards::load(&path).unwrap();
+        for i in 0..16 {
+            assert_eq!(kb.check(&format!("10.0.0.{i}:7878"), A), Check::Matches);
+        }
+        assert!(matches!(pin_if_new(&path, "10.0.0.3:7878", B).unwrap(), Check::Changed(_)));
     }
 
     #[test]

@@ -15,7 +15,10 @@
 //! - [`session`]: a connected [`Device`]: deploy, benchmark, evaluate.
 //! - [`bench`]: benchmark options and the A/B speedup interval.
 //! - [`bundle`]: eval bundles built from datasets.
+//! - [`activate`]: deploying for production: upload, gates on the device,
+//!   the switch of an application's active model.
 
+pub mod activate;
 pub mod bench;
 pub mod bundle;
 pub mod emulated;
@@ -32,6 +35,7 @@ use crate::data::DataError;
 use crate::model::run::RunError;
 use crate::onnx::OnnxError;
 
+pub use activate::{deploy_and_activate, ActivationPlan, BoardActivation};
 pub use bench::{speedup_ci, AbComparison, BenchOptions, BenchReport, Speedup};
 pub use bundle::{build_eval_bundle, EvalSet};
 pub use session::{device_name, BenchArm, Deployed, Device, ModelArtifact, Pinning};
@@ -123,6 +127,10 @@ fn describe_client_error(e: &ClientError) -> String {
         ClientError::Remote(RemoteError::Busy) => {
             "the device is busy with another host; try again when it is done".into()
         }
+        ClientError::RetryLater => "the device refuses connections from this address for a while, after failed \
+             authentications from it (a wrong key, here or on another host behind the same address); try again \
+             later"
+            .into(),
         ClientError::DeviceHasNoKey => "the device has no pre-shared key configured, so it cannot prove it is the \
              device you mean: refusing it (give the device the key: rba-device serve --key-file FILE; or, on a \
              serial link you trust, drop --key-file)"

@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use rba_protocol::client::upload_resumable;
 use rba_protocol::{
-    hex, ArtifactKind, BenchmarkRequest, BenchmarkResult, Client, ClientConfig, ClientError, CompareRequest,
-    DeviceIdentity, DeviceInfo, EvalBundle, EvalRequest, EvalResult, RemoteError, RuntimeRequest, Session,
+    hex, ActivateRequest, ActivationResult, AppStatus, ArtifactKind, BenchmarkRequest, BenchmarkResult, Client,
+    ClientConfig, ClientError, CompareRequest, DeviceIdentity, DeviceInfo, EvalBundle, EvalRequest, EvalResult,
+    RemoteError, RollbackRequest, RuntimeRequest, Session,
 };
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -193,7 +194,8 @@ impl Device {
         };
         // A TCP daemon serves one host at a time and answers Busy until it
         // has noticed that the previous host (often this same user's last
-        // command) left: give it a moment before reporting it.
+        // command) left: give it a moment before reporting it. Likewise a
+        // short backoff after failed authentications from this address.
         let mut busy_retries = if quick { 2 } else { 10 };
         // Boards reached over a link are pinned on first use; the ones rba
         // starts itself get a fresh identity every time.
@@ -213,7 +215,7 @@ impl Device {
         }
         let client = loop {
             match connector.connect() {
-                Err(ClientError::Remote(RemoteError::Busy)) if busy_retries > 0 => {
+                Err(ClientError::Remote(RemoteError::Busy) | ClientError::RetryLater) if busy_retries > 0 => {
                     busy_retries -= 1;
                     std::thread::sleep(Duration::from_millis(200));
                 }
@@ -236,15 +238,24 @@ impl Device {
         let session = client.session().cloned().ok_or_else(|| setup("no session after the handshake".into()))?;
         let fingerprint = session.fingerprint();
         let pin_note = match pinning {
-            Some((name, mut kb)) => match kb.check(&name, &fingerprint) {
-                Check::New => {
-                    kb.pin(&name, &fingerprint)?;
-                    Some(format!(
-                        "note: pinned the identity of new board {name} ({fingerprint}) in {}",
-                        kb.path().display()
-                    ))
+            // Pinned on first use under a lock, reading the file again: the
+            // boards of a fleet connect in parallel.
+            Some((name, kb)) => match known::pin_if_new(kb.path(), &name, &fingerprint)? {
+                Check::New => Some(format!(
+                    "note: pinned the identity of new board {name} ({fingerprint}) in {}",
+                    kb.path().display()
+                )),
+                Check::Changed(pin) => {
+                    return Err(BoardError::IdentityChanged(Box::new(super::IdentityChange {
+                        device: label.clone(),
+                        file: kb.path().display().to_string(),
+                        target: name,
+                        line: pin.line,
+                        pinned: pin.fingerprint,
+                        proved: fingerprint,
+                    })))
                 }
-                _ => None,
+                Check::Matches => None,
             },
             None if target.pin_name().is_some() && !pinning_off => Some(format!(
                 "note: {label} ({fingerprint}) not pinned: set ${} or $HOME for a known-boards file",
@@ -458,9 +469,7 @@ impl Device {
         bundle: &EvalBundle,
         runtime: Option<&RuntimeRequest>,
     ) -> Result<EvalResult, BoardError> {
-        let bytes = bundle.encode()?;
-        let name = format!("eval-{}", &hex(&Sha256::digest(&bytes))[..16]);
-        self.upload(ArtifactKind::EvalBundle, &name, &bytes)?;
+        let name = self.upload_bundle(bundle)?;
         let task = self.progress.task(&format!("evaluate {model}"), None, Unit::Steps);
         let req = EvalRequest { model: model.into(), bundle: name, threads: None, runtime: runtime.cloned() };
         self.with_client(|c| {
@@ -469,5 +478,52 @@ impl Device {
                 ControlFlow::Continue(())
             })
         })
+    }
+
+    /// Uploads an eval bundle under a name made of its digest (skipped
+    /// when the device has it); returns the name.
+    pub fn upload_bundle(&mut self, bundle: &EvalBundle) -> Result<String, BoardError> {
+        let bytes = bundle.encode()?;
+        let name = format!("eval-{}", &hex(&Sha256::digest(&bytes))[..16]);
+        self.upload(ArtifactKind::EvalBundle, &name, &bytes)?;
+        Ok(name)
+    }
+
+    /// Gates on the device, then the switch of the application's active
+    /// model if they all hold (PROTOCOL.md 5.5); the model (and bundle)
+    /// must be on the device.
+    pub fn activate(&mut self, req: &ActivateRequest) -> Result<ActivationResult, BoardError> {
+        let task = self.progress.task(&format!("activate {} as {}", req.model, req.app), None, Unit::Steps);
+        let what = format!("activate {} as {}", req.model, req.app);
+        let r = self.with_client(|c| {
+            c.activate(req, |p| {
+                task.message(&format!("{what}: {:?}", p.phase));
+                ControlFlow::Continue(())
+            })
+        });
+        drop(task);
+        r
+    }
+
+    /// Restores the application's previous model (`from_generation`: the
+    /// generation the caller saw active).
+    pub fn rollback(&mut self, app: &str, from_generation: Option<u64>) -> Result<ActivationResult, BoardError> {
+        let task = self.progress.task(&format!("roll back {app}"), None, Unit::Steps);
+        let req = RollbackRequest { app: app.into(), from_generation };
+        let r = self.with_client(|c| c.rollback(&req, |_| ControlFlow::Continue(())));
+        drop(task);
+        r
+    }
+
+    /// Applications (`None`: all) with their active models and the last
+    /// `history` entries of their histories.
+    pub fn app_status(&mut self, app: Option<&str>, history: u32) -> Result<Vec<AppStatus>, BoardError> {
+        match self.with_client(|c| c.app_status(app, history)) {
+            // An application never activated on this board.
+            Err(BoardError::Device { source: ClientError::Remote(RemoteError::NotFound(_)), .. }) if app.is_some() => {
+                Ok(Vec::new())
+            }
+            r => r,
+        }
     }
 }

@@ -1,18 +1,37 @@
 //! Streaming calibration batches into [`Statistics`]: rows are buffered and
-//! folded into the f64 sums a few thousand at a time (matrix products over
-//! many rows at once run several times faster than per batch; the buffer's
-//! size is fixed, so memory still does not grow with the number of images).
+//! folded into the f64 sums one *group* of images at a time (matrix products
+//! over many rows at once run several times faster than per batch; the
+//! buffer's size is fixed, so memory still does not grow with the number of
+//! images).
+//!
+//! A group is a fixed number of consecutive images ([`group_images`]), so
+//! every image's rows always fall into the same f32 product chunks, whatever
+//! else is captured with them: the statistics of a shard made of whole
+//! groups are exactly that shard's share of a one-shot capture (METHOD.md,
+//! "Calibration statistics").
 
 use faer::Par;
 
-use super::statistics::{pair_index, Statistics};
+use super::statistics::{boundary_layout, pair_index, Statistics};
+use crate::fit::compensated;
 use crate::model::blocks::{BlockMap, FeatureLayout};
 use crate::model::run::nd;
 
 pub use super::statistics::CaptureError;
 
-/// Token rows buffered before the statistics are updated.
-const FLUSH_TOKEN_ROWS: usize = 2048;
+/// Token rows (of boundary 0) a group holds at least, when batches are full.
+pub const FLUSH_TOKEN_ROWS: usize = 2048;
+
+/// Images per group for `batch` images per forward pass: the fewest whole
+/// batches holding at least [`FLUSH_TOKEN_ROWS`] token rows of boundary 0.
+/// Groups are whole batches, so a shard made of groups runs the model on
+/// exactly the batches a one-shot capture runs.
+pub fn group_images(blocks: &BlockMap, batch: usize) -> Result<usize, CaptureError> {
+    let batch = batch.max(1);
+    let (shape, _, d) = boundary_layout(blocks, 0)?;
+    let tokens = (shape.iter().skip(1).product::<usize>() / d.max(1)).max(1);
+    Ok(batch * FLUSH_TOKEN_ROWS.div_ceil(batch * tokens).max(1))
+}
 
 /// Statistics being accumulated; [`Accumulator::finish`] gives the finished
 /// [`Statistics`].
@@ -23,6 +42,8 @@ pub struct Accumulator {
     /// first, then branches).
     pending: Vec<Views>,
     pending_images: usize,
+    /// Images per flush.
+    group: usize,
 }
 
 /// One boundary activation for a batch, rearranged for the statistics.
@@ -100,11 +121,12 @@ fn cosine_from(ab: f64, aa: f64, bb: f64) -> f64 {
 
 impl Accumulator {
     /// Empty statistics for the boundaries of `blocks` (shapes at batch 1),
-    /// with fit statistics for spans of up to `max_span` blocks.
-    pub fn new(blocks: &BlockMap, max_span: usize) -> Result<Self, CaptureError> {
+    /// with fit statistics for spans of up to `max_span` blocks, folded in
+    /// every `group` images (see [`group_images`]).
+    pub fn new(blocks: &BlockMap, max_span: usize, group: usize) -> Result<Self, CaptureError> {
         let stats = Statistics::new(blocks, max_span)?;
         let pending = vec![Views::default(); stats.boundaries.len()];
-        Ok(Self { stats, pending, pending_images: 0 })
+        Ok(Self { stats, pending, pending_images: 0, group: group.max(1) })
     }
 
     /// Also accumulates fold statistics for these `(boundary, branch tensor)`
@@ -112,7 +134,7 @@ impl Accumulator {
     pub fn with_branches(self, sites: &[(usize, String)]) -> Self {
         let stats = self.stats.with_branches(sites);
         let pending = vec![Views::default(); stats.boundaries.len() + stats.branches.len()];
-        Self { stats, pending, pending_images: 0 }
+        Self { stats, pending, pending_images: 0, group: self.group }
     }
 
     /// The tensors to capture, in the order `update` takes them.
@@ -124,9 +146,10 @@ impl Accumulator {
 
     /// Adds one batch: `activations[k]` is captured tensor `k`'s (boundaries,
     /// then branches) for `valid` real images (a padded last batch has extra
-    /// rows, which are ignored).
+    /// rows, which are ignored). The rows are folded in whenever a group is
+    /// complete, splitting the batch at the group's end if needed.
     pub fn update(&mut self, activations: &[nd::ArrayD<f32>], valid: usize, par: Par) -> Result<(), CaptureError> {
-        let mut all = Vec::with_capacity(activations.len());
+        let mut acts = Vec::with_capacity(activations.len());
         for (k, act) in activations.iter().enumerate().take(self.pending.len()) {
             let (name, shape, layout) = self.stats.captured(k);
             if act.shape()[1..] != shape[1..] {
@@ -136,28 +159,36 @@ impl Accumulator {
                     expected: shape.to_vec(),
                 });
             }
-            let act = act.slice_axis(nd::Axis(0), (0..valid).into()).to_owned();
+            let act = act.slice_axis(nd::Axis(0), (0..valid).into());
             if act.iter().any(|v| !v.is_finite()) {
                 return Err(CaptureError::NonFinite(name.to_string()));
             }
-            all.push(views(&act, layout));
+            acts.push((act, layout));
         }
-        for (buffer, v) in self.pending.iter_mut().zip(all) {
-            buffer.tokens.extend_from_slice(&v.tokens);
-            buffer.images.extend_from_slice(&v.images);
+        let mut done = 0;
+        while done < valid {
+            let take = (self.group - self.pending_images).min(valid - done);
+            for (buffer, (act, layout)) in self.pending.iter_mut().zip(&acts) {
+                let part = act.slice_axis(nd::Axis(0), (done..done + take).into()).to_owned();
+                let v = views(&part, *layout);
+                buffer.tokens.extend_from_slice(&v.tokens);
+                buffer.images.extend_from_slice(&v.images);
+            }
+            self.pending_images += take;
+            self.stats.images += take;
+            done += take;
+            if self.pending_images == self.group {
+                self.flush(par);
+            }
         }
-        self.pending_images += valid;
-        let rows = self.pending.first().map_or(0, |b| b.tokens.len() / self.stats.boundaries[0].tokens.dim().max(1));
-        if rows >= FLUSH_TOKEN_ROWS {
-            self.flush(par);
-        }
-        self.stats.images += valid;
         Ok(())
     }
 
-    /// Folds in the buffered rows and returns the finished statistics.
+    /// Folds in the buffered rows and returns the finished statistics,
+    /// normalized (see [`Statistics::normalize`]).
     pub fn finish(mut self, par: Par) -> Statistics {
         self.flush(par);
+        self.stats.normalize();
         self.stats
     }
 
@@ -179,13 +210,21 @@ impl Accumulator {
             let (x, y) = (&all[span.start].tokens, &all[span.end].tokens);
             span.cross.update(x, y, par);
             let d = self.stats.boundaries[span.start].tokens.dim();
+            // Plain sums over the group's rows, each added once with its
+            // rounding error: the terms depend on the group only.
+            let (mut cos, mut angle, mut dist) = (0f64, 0f64, 0f64);
             for (a, b) in x.chunks_exact(d).zip(y.chunks_exact(d)) {
                 let (c, dd) = cosine_and_distance(a, b);
-                span.cosine_sum += c;
-                span.angle_sum += c.acos() / std::f64::consts::PI;
-                span.token_dist_sq += dd;
+                cos += c;
+                angle += c.acos() / std::f64::consts::PI;
+                dist += dd;
             }
-            span.image_dist_sq += dist_sq(&all[span.start].images, &all[span.end].images);
+            let image_dist = dist_sq(&all[span.start].images, &all[span.end].images);
+            let r = &mut span.residue;
+            compensated::add(&mut span.cosine_sum, &mut r.cosine_sum, cos);
+            compensated::add(&mut span.angle_sum, &mut r.angle_sum, angle);
+            compensated::add(&mut span.token_dist_sq, &mut r.token_dist_sq, dist);
+            compensated::add(&mut span.image_dist_sq, &mut r.image_dist_sq, image_dist);
         }
         let n = self.stats.boundaries.len();
         for (k, branch) in self.stats.branches.iter_mut().enumerate() {
@@ -204,10 +243,10 @@ impl Accumulator {
                 let k = pair_index(n, i, j);
                 self.stats.image_cross[k].update(&all[i].images, &all[j].images, par);
                 if let Some(sum) = self.stats.sample_cosine_sum[k].as_mut() {
-                    let per = all[i].tokens.len() / images.max(1);
-                    for (a, b) in all[i].tokens.chunks_exact(per).zip(all[j].tokens.chunks_exact(per)) {
-                        *sum += cosine(a, b);
-                    }
+                    let res = &mut self.stats.sample_cosine_residue[k];
+                    let per = (all[i].tokens.len() / images.max(1)).max(1);
+                    let pairs = all[i].tokens.chunks_exact(per).zip(all[j].tokens.chunks_exact(per));
+                    compensated::add(sum, res, pairs.map(|(a, b)| cosine(a, b)).sum());
                 }
             }
         }

@@ -4,6 +4,9 @@
 
 use serde::Serialize;
 
+use tract_linalg::multithread::{multithread_tract_scope, Executor};
+
+use super::tail::{BoundaryCache, CacheOptions};
 use super::CompactError;
 use crate::model::run::{argmax_rows, nd, predict, Runner};
 use crate::model::Model;
@@ -15,6 +18,11 @@ pub struct HeldOut {
     pub labels: Option<Vec<usize>>,
     pub reference: nd::Array2<f32>,
     pub batch: usize,
+    /// The original model's boundary activations on these images, for
+    /// tail-only selection ([`HeldOut::with_boundaries`]).
+    pub cache: Option<BoundaryCache>,
+    /// Why there is no cache although one was asked for.
+    pub no_cache: Option<String>,
 }
 
 /// How a model does on the held-out data.
@@ -51,7 +59,29 @@ impl HeldOut {
         batch: usize,
     ) -> Result<Self, CompactError> {
         let reference = predict(original, &inputs, batch)?;
-        Ok(Self { inputs, labels, reference, batch })
+        Ok(Self { inputs, labels, reference, batch, cache: None, no_cache: None })
+    }
+
+    /// Like [`HeldOut::new`], and keeps the original model's boundary
+    /// activations from the same pass (in memory within `options.budget`,
+    /// else in a temporary file) so that selection can run candidates' tails
+    /// only. The pass runs tract's matrix products on `threads` threads.
+    pub fn with_boundaries(
+        original: &Model,
+        inputs: nd::ArrayD<f32>,
+        labels: Option<Vec<usize>>,
+        batch: usize,
+        options: &CacheOptions,
+        threads: usize,
+    ) -> Result<Self, CompactError> {
+        let executor = if threads > 1 { Executor::multithread(threads) } else { Executor::SingleThread };
+        match multithread_tract_scope(executor, || super::tail::capture(original, &inputs, batch, options)) {
+            Ok((reference, cache)) => Ok(Self { inputs, labels, reference, batch, cache: Some(cache), no_cache: None }),
+            // Whatever stops the capture (a boundary tract cannot expose, a
+            // spill file that cannot be written), selection still works
+            // on whole models; a model that cannot run fails here too.
+            Err(e) => Ok(Self { no_cache: Some(e.to_string()), ..Self::new(&original.onnx, inputs, labels, batch)? }),
+        }
     }
 
     pub fn measure(&self, model: &OnnxModel) -> Result<Quality, CompactError> {

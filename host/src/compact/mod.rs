@@ -5,10 +5,14 @@
 //! - [`select`]: the greedy search under a budget.
 //! - [`surgery`]: replacing spans in the ONNX graph.
 //! - [`evaluate`]: held-out quality, and models side by side.
+//! - [`verify`]: measuring candidates during selection (whole models, or
+//!   in parallel only their tails, see [`tail`]).
 
 pub mod evaluate;
 pub mod select;
 pub mod surgery;
+pub mod tail;
+pub mod verify;
 
 use serde::Serialize;
 
@@ -22,6 +26,8 @@ use surgery::{replace_spans, Span, SurgeryError, Translator};
 
 pub use evaluate::HeldOut;
 pub use select::select;
+pub use tail::CacheOptions;
+pub use verify::{SelectOptions, SelectionMode, Verification};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CompactError {
@@ -39,10 +45,12 @@ pub enum CompactError {
     Budget(String),
     #[error(transparent)]
     Model(#[from] crate::model::ModelError),
+    #[error("held-out activation cache: {0}")]
+    Cache(String),
 }
 
 /// Which map stands in for a span.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TranslatorKind {
     Linear,
@@ -204,6 +212,8 @@ pub struct Selection {
     /// Spearman correlation between each proxy score of the single-block
     /// spans and their measured metric drop.
     pub proxy_spearman: Vec<(String, f64)>,
+    /// How candidates were measured.
+    pub verification: Verification,
     #[serde(skip)]
     pub model: OnnxModel,
 }

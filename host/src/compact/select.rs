@@ -4,7 +4,10 @@
 
 use super::evaluate::{quality, HeldOut, Quality};
 use super::surgery::{check_spans, Span};
-use super::{build, spans_of, Budget, CompactError, ModelCost, Replacement, Selection, TranslatorKind, Trial};
+use super::verify::{Candidate, SelectOptions, Step, Verifier};
+use super::{
+    build, fit_span, spans_of, Budget, CompactError, ModelCost, Replacement, Selection, TranslatorKind, Trial,
+};
 use crate::calibrate::scores::SpanScore;
 use crate::calibrate::Statistics;
 use crate::model::blocks::Block;
@@ -12,35 +15,45 @@ use crate::model::Model;
 use crate::onnx::OnnxModel;
 use crate::progress::Progress;
 
-/// Greedy selection under a budget, every step verified on held-out data;
-/// each step is reported to `progress` as a note.
+/// Greedy selection under a budget, every step verified on held-out data
+/// as `options` says; each step is reported to `progress` as a note.
 pub fn select(
     model: &Model,
     stats: &Statistics,
     held: &HeldOut,
     budget: &Budget,
     kind: TranslatorKind,
+    options: &SelectOptions,
     progress: &dyn Progress,
 ) -> Result<Selection, CompactError> {
     let baseline = quality(&held.reference, &held.reference, held.labels.as_deref());
+    let verifier = Verifier::new(model, stats, held, options, progress);
     if let Budget::Spans(spans) = budget {
         let spans = check_spans(&model.blocks, spans)?;
-        let (m, replacements, result) = resolve(model, stats, held, &spans, kind)?;
+        let (m, replacements, result) = resolve(model, stats, &verifier, &spans, kind)?;
         return Ok(Selection {
             replacements,
             baseline,
             result,
             trials: Vec::new(),
             proxy_spearman: Vec::new(),
+            verification: verifier.verification(),
             model: m,
         });
     }
     let costs = Costs { blocks: &model.blocks.blocks, original: ModelCost::of(model), kind: kind_for_search(kind) };
-    let mut search =
-        Search { model, stats, held, costs: &costs, removed: Vec::new(), trials: Vec::new(), single_drops: Vec::new() };
+    let mut search = Search {
+        model,
+        stats,
+        verifier: &verifier,
+        costs: &costs,
+        removed: Vec::new(),
+        trials: Vec::new(),
+        single_drops: Vec::new(),
+    };
     let mut best_model: Option<(OnnxModel, Vec<Replacement>, Quality)> = None;
     while !costs.met(budget, &search.removed) {
-        let mut measured = search.measure_next(&baseline)?;
+        let mut measured = search.measure_next(&baseline, progress)?;
         if let Budget::MaxDrop(p) = budget {
             measured.retain(|(_, q)| baseline.metric() - q.metric() <= *p + 1e-12);
         }
@@ -52,7 +65,7 @@ pub fn select(
             q.metric(),
             baseline.metric()
         ));
-        best_model = Some(resolve(model, stats, held, &spans_of(&search.removed), kind)?);
+        best_model = Some(resolve(model, stats, &verifier, &spans_of(&search.removed), kind)?);
     }
     if let Budget::Remove(k) = budget {
         if search.removed.len() < *k {
@@ -71,7 +84,16 @@ pub fn select(
         )));
     };
     let proxy_spearman = proxy_spearman(&stats.span_scores(), &search.single_drops);
-    Ok(Selection { replacements, baseline, result, trials: search.trials, proxy_spearman, model: model_out })
+    let trials = std::mem::take(&mut search.trials);
+    Ok(Selection {
+        replacements,
+        baseline,
+        result,
+        trials,
+        proxy_spearman,
+        verification: verifier.verification(),
+        model: model_out,
+    })
 }
 
 fn sorted(blocks: &[usize]) -> Vec<usize> {
@@ -84,7 +106,7 @@ fn sorted(blocks: &[usize]) -> Vec<usize> {
 struct Search<'a> {
     model: &'a Model,
     stats: &'a Statistics,
-    held: &'a HeldOut,
+    verifier: &'a Verifier<'a>,
     costs: &'a Costs<'a>,
     /// Blocks removed so far, in the order chosen.
     removed: Vec<usize>,
@@ -96,26 +118,52 @@ struct Search<'a> {
 
 impl Search<'_> {
     /// Measures every replaceable block not yet removed, added to the
-    /// removed ones. Candidates that cannot be built (no statistics for
-    /// the merged span, no fold site) are skipped.
-    fn measure_next(&mut self, baseline: &Quality) -> Result<Vec<(usize, Quality)>, CompactError> {
-        let mut measured = Vec::new();
+    /// removed ones (with `--verify-top K` only the `K` whose changed span
+    /// fits best). Candidates that cannot be built (no statistics for the
+    /// merged span, no fold site) are skipped.
+    fn measure_next(
+        &mut self,
+        baseline: &Quality,
+        progress: &dyn Progress,
+    ) -> Result<Vec<(usize, Quality)>, CompactError> {
         let replaceable: Vec<usize> =
             self.model.blocks.blocks.iter().filter(|b| b.replaceable()).map(|b| b.index).collect();
+        let mut candidates: Vec<(usize, Vec<usize>, Candidate, f64)> = Vec::new();
         for b in replaceable.into_iter().filter(|b| !self.removed.contains(b)) {
-            let mut candidate = self.removed.clone();
-            candidate.push(b);
-            let spans: Vec<(Span, TranslatorKind)> =
-                spans_of(&candidate).into_iter().map(|s| (s, self.costs.kind)).collect();
-            let Ok((m, _)) = build(self.model, self.stats, &spans) else { continue };
-            let q = self.held.measure(&m)?;
-            let cost = self.costs.after(&candidate);
-            self.trials.push(Trial { removed_blocks: sorted(&candidate), quality: q, cost });
+            let mut removed = self.removed.clone();
+            removed.push(b);
+            let spans: Candidate = spans_of(&removed).into_iter().map(|s| (s, self.costs.kind)).collect();
+            // The fit of the span that changes with this candidate ranks it
+            // for --verify-top (and a span without statistics is skipped).
+            let Some(&(changed, _)) = spans.iter().find(|(s, _)| s.blocks().contains(&b)) else { continue };
+            let Ok((_, fit)) = fit_span(self.stats, changed, self.costs.kind) else { continue };
+            candidates.push((b, removed, spans, fit.relative_residual));
+        }
+        let built = candidates.len();
+        if let Some(k) = self.verifier.options().verify_top {
+            // Stable: ties keep index order; NaN fits last.
+            candidates.sort_by(|a, b| a.3.is_nan().cmp(&b.3.is_nan()).then(a.3.total_cmp(&b.3)));
+            candidates.truncate(k);
+            candidates.sort_by_key(|c| c.0);
+        }
+        let qualities = self.verifier.measure(&candidates.iter().map(|c| c.2.clone()).collect::<Vec<_>>())?;
+        let mut measured = Vec::new();
+        for ((b, removed, _, _), q) in candidates.into_iter().zip(qualities) {
+            let Some(q) = q else { continue };
+            let cost = self.costs.after(&removed);
+            self.trials.push(Trial { removed_blocks: sorted(&removed), quality: q, cost });
             if self.removed.is_empty() {
                 self.single_drops.push((b, baseline.metric() - q.metric()));
             }
             measured.push((b, q));
         }
+        if let Some(k) = self.verifier.options().verify_top {
+            progress.note(&format!(
+                "verified {} of {built} candidates (--verify-top {k}: best by fit 1-R^2)",
+                measured.len()
+            ));
+        }
+        self.verifier.record_step(Step { candidates: built, verified: measured.len() });
         Ok(measured)
     }
 }
@@ -185,26 +233,32 @@ fn proxy_spearman(scores: &[SpanScore], single_drops: &[(usize, f64)]) -> Vec<(S
 fn resolve(
     model: &Model,
     stats: &Statistics,
-    held: &HeldOut,
+    verifier: &Verifier,
     spans: &[Span],
     kind: TranslatorKind,
 ) -> Result<(OnnxModel, Vec<Replacement>, Quality), CompactError> {
     let mut chosen: Vec<(Span, TranslatorKind)> = spans.iter().map(|s| (*s, kind)).collect();
     if kind == TranslatorKind::Auto {
         for k in 0..chosen.len() {
+            let options =
+                [TranslatorKind::Linear, TranslatorKind::Affine, TranslatorKind::Folded, TranslatorKind::Identity];
+            let trials: Vec<Candidate> = options
+                .iter()
+                .map(|&option| {
+                    let mut trial = chosen.clone();
+                    trial[k].1 = option;
+                    // Spans not yet resolved use linear meanwhile.
+                    for t in trial.iter_mut().skip(k + 1) {
+                        t.1 = TranslatorKind::Linear;
+                    }
+                    trial
+                })
+                .collect();
+            // Options that cannot be built (folding needs a suitable block
+            // before the span) measure as None.
             let mut best: Option<(Quality, TranslatorKind)> = None;
-            for option in
-                [TranslatorKind::Linear, TranslatorKind::Affine, TranslatorKind::Folded, TranslatorKind::Identity]
-            {
-                let mut trial = chosen.clone();
-                trial[k].1 = option;
-                // Spans not yet resolved use linear meanwhile.
-                for t in trial.iter_mut().skip(k + 1) {
-                    t.1 = TranslatorKind::Linear;
-                }
-                // Folding needs a suitable block before the span.
-                let Ok((m, _)) = build(model, stats, &trial) else { continue };
-                let q = held.measure(&m)?;
+            for (q, option) in verifier.measure(&trials)?.into_iter().zip(options) {
+                let Some(q) = q else { continue };
                 if best.as_ref().is_none_or(|(b, _)| q.better_than(b)) {
                     best = Some((q, option));
                 }
@@ -213,7 +267,12 @@ fn resolve(
         }
     }
     let (m, r) = build(model, stats, &chosen)?;
-    let q = held.measure(&m)?;
+    let q = verifier.measure(std::slice::from_ref(&chosen))?.pop().flatten().ok_or_else(|| {
+        CompactError::Budget(format!(
+            "the chosen spans {:?} cannot be built",
+            chosen.iter().map(|c| c.0).collect::<Vec<_>>()
+        ))
+    })?;
     Ok((m, r, q))
 }
 

@@ -132,6 +132,16 @@ pub enum Holdout {
     Count(usize),
 }
 
+impl std::fmt::Display for Holdout {
+    /// As `--holdout` takes it: `0.2` or `100`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Holdout::Fraction(x) => write!(f, "{x}"),
+            Holdout::Count(n) => write!(f, "{n}"),
+        }
+    }
+}
+
 impl std::str::FromStr for Holdout {
     type Err = String;
     /// `0.2` or `20%` is a fraction, `100` a count.
@@ -174,7 +184,7 @@ pub fn split_indices(n: usize, holdout: Holdout, seed: u64) -> Result<(Vec<usize
 }
 
 enum Source {
-    Folder { files: Vec<PathBuf>, labels: Option<Vec<usize>>, classes: Option<Vec<String>> },
+    Folder { root: PathBuf, files: Vec<PathBuf>, labels: Option<Vec<usize>>, classes: Option<Vec<String>> },
     Tensors { path: PathBuf, inputs: nd::ArrayD<f32>, labels: Option<Vec<usize>> },
     Demo { digits: Digits, labels: Vec<usize> },
 }
@@ -314,7 +324,7 @@ impl Dataset {
             labels.resize(files.len(), class);
             classes.push(dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
         }
-        let source = Source::Folder { files, labels: Some(labels), classes: Some(classes) };
+        let source = Source::Folder { root: root.to_path_buf(), files, labels: Some(labels), classes: Some(classes) };
         Ok(Self::new(source, root.display().to_string()))
     }
 
@@ -325,7 +335,7 @@ impl Dataset {
         if files.is_empty() {
             return Err(DataError::Empty { path: root.display().to_string(), what: "images (.png/.jpg/.jpeg)".into() });
         }
-        let source = Source::Folder { files, labels: None, classes: None };
+        let source = Source::Folder { root: root.to_path_buf(), files, labels: None, classes: None };
         Ok(Self::new(source, root.display().to_string()))
     }
 
@@ -441,6 +451,79 @@ impl Dataset {
             Source::Tensors { path, .. } => format!("{}[{i}]", path.display()),
             Source::Demo { .. } => format!("<embedded digits #{i}>"),
         }
+    }
+
+    /// The items in use as indices into the data source (sorted file list,
+    /// tensor index, digit index), in order.
+    pub fn source_indices(&self) -> &[usize] {
+        &self.items
+    }
+
+    /// Items in the whole data source (not only this view).
+    pub fn source_len(&self) -> usize {
+        match &*self.source {
+            Source::Folder { files, .. } => files.len(),
+            Source::Tensors { inputs, .. } => inputs.shape().first().copied().unwrap_or(0),
+            Source::Demo { labels, .. } => labels.len(),
+        }
+    }
+
+    /// How item `i` of the source is named, independently of where the data
+    /// is mounted: its path relative to the folder, or its index.
+    fn item_id(&self, i: usize) -> String {
+        match &*self.source {
+            Source::Folder { root, files, .. } => {
+                let rel = files[i].strip_prefix(root).unwrap_or(&files[i]);
+                rel.components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/")
+            }
+            Source::Tensors { .. } | Source::Demo { .. } => i.to_string(),
+        }
+    }
+
+    /// What kind of source this is, for fingerprints: `folder`, `tensors
+    /// FILE_NAME [shape]` or `demo digits`.
+    fn source_kind(&self) -> String {
+        match &*self.source {
+            Source::Folder { .. } => "folder".into(),
+            Source::Tensors { path, inputs, .. } => format!(
+                "tensors {} {:?}",
+                path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+                inputs.shape()
+            ),
+            Source::Demo { .. } => "demo digits".into(),
+        }
+    }
+
+    fn hash_items(&self, items: impl Iterator<Item = usize>) -> String {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        h.update(self.source_kind().as_bytes());
+        h.update(b"\n");
+        for i in items {
+            h.update(self.item_id(i).as_bytes());
+            h.update(b"\n");
+        }
+        rba_protocol::hex(&h.finalize())
+    }
+
+    /// SHA-256 (hex) of the items in use, in order, by name (relative
+    /// paths, or indices for tensors and the digits): the same images give
+    /// the same fingerprint wherever the data is mounted. Contents are not
+    /// read.
+    pub fn fingerprint(&self) -> String {
+        self.hash_items(self.items.iter().copied())
+    }
+
+    /// [`Dataset::fingerprint`] of the whole data source (every item, not
+    /// only this view's): `demo`, `demo:train` and `demo:val` share one.
+    pub fn source_fingerprint(&self) -> String {
+        self.hash_items(0..self.source_len())
+    }
+
+    /// This view without the items whose source index is in `drop`.
+    pub fn without(&self, drop: &std::collections::HashSet<usize>) -> Dataset {
+        let items = self.items.iter().copied().filter(|i| !drop.contains(i)).collect();
+        self.with_items(items, self.name.clone())
     }
 
     fn with_items(&self, items: Vec<usize>, name: String) -> Dataset {

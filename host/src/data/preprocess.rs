@@ -16,7 +16,8 @@ use crate::onnx::OnnxModel;
 pub const METADATA_KEY: &str = "rba.preprocess";
 
 /// Memory layout of one model input: channels first or last.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Layout {
     Nchw,
     Nhwc,
@@ -43,7 +44,7 @@ impl FromStr for Layout {
 }
 
 /// A height and width, parsed from `H,W`, `HxW` or a single number (square).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Hw {
     pub h: usize,
     pub w: usize,
@@ -78,7 +79,8 @@ impl FromStr for Hw {
 }
 
 /// How images are resized before cropping.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Resize {
     /// Keep the image size.
     None,
@@ -359,7 +361,7 @@ fn hf_size(v: &Value, crop_follows: bool) -> Result<Resize, String> {
 /// rounded down), channel conversion (gray replicated to RGB; RGB to gray by
 /// ITU-R 601 luma 0.299 R + 0.587 G + 0.114 B; alpha dropped), then per value
 /// `(raw * scale - mean[c]) / std[c]`, then layout.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Preprocess {
     pub resize: Resize,
     pub crop: Option<Hw>,

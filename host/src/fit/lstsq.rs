@@ -9,43 +9,101 @@
 use faer::linalg::matmul::matmul;
 use faer::linalg::solvers::Solve;
 use faer::{Accum, Mat, MatRef, Par, Side};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+
+use super::compensated;
 
 /// First and second moments of one tensor's rows.
-#[derive(Debug, Clone)]
+///
+/// Every sum is kept with its [`compensated`] residue: `sum`, `gram` and
+/// `sq_norm` hold the sums rounded to f64 (what fits and scores read), the
+/// `residue` what that rounding left out, so two `Moments` merge exactly
+/// ([`Moments::merge`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Moments {
     pub rows: f64,
     pub sum: Vec<f64>,
     /// `X^T X`.
+    #[serde(with = "mat_serde")]
     pub gram: Mat<f64>,
     /// `sum ||x||^2` (the trace of `gram`, kept exact for scores).
     pub sq_norm: f64,
+    pub residue: MomentsResidue,
 }
 
-/// Cross products of two tensors' rows (`X^T Y`).
-#[derive(Debug, Clone)]
+/// The compensation terms of a [`Moments`]; `gram` stays `0 x 0` until the
+/// first Gram product (targets of folded fits never have one).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MomentsResidue {
+    pub sum: Vec<f64>,
+    #[serde(with = "mat_serde")]
+    pub gram: Mat<f64>,
+    pub sq_norm: f64,
+}
+
+/// Cross products of two tensors' rows (`X^T Y`), with their residue.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Cross {
+    #[serde(with = "mat_serde")]
     pub xy: Mat<f64>,
+    #[serde(with = "mat_serde")]
+    pub residue: Mat<f64>,
+}
+
+/// Two statistics that cannot be added: their shapes differ.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{what}: {a} vs {b}")]
+pub struct ShapeMismatch {
+    pub what: &'static str,
+    pub a: String,
+    pub b: String,
 }
 
 /// Rows per f32 matrix product before its result is added in f64: long
 /// enough for an efficient product, short enough that f32 rounding stays
 /// near 1e-6 relative.
-const PRODUCT_ROWS: usize = 64;
+pub const PRODUCT_ROWS: usize = 64;
 
-/// Adds `a^T b` (f32 products over row chunks, f64 accumulation) into `acc`.
-fn add_product(acc: &mut Mat<f64>, a: MatRef<'_, f32>, b: MatRef<'_, f32>, par: Par) {
+/// Adds `a^T b` into `(acc, residue)`: f32 products over row chunks of
+/// [`PRODUCT_ROWS`], summed in f64 in chunk order, and that sum added with
+/// its rounding error (see [`compensated`]). The result depends only on the
+/// rows given in this call, not on what was added before: a capture that
+/// always passes the same rows together (a group of images) gets the same
+/// terms however its images are split into shards.
+fn add_product(acc: &mut Mat<f64>, residue: &mut Mat<f64>, a: MatRef<'_, f32>, b: MatRef<'_, f32>, par: Par) {
+    if residue.nrows() != acc.nrows() || residue.ncols() != acc.ncols() {
+        *residue = Mat::zeros(acc.nrows(), acc.ncols());
+    }
     let mut chunk = Mat::<f32>::zeros(a.ncols(), b.ncols());
     let rows = a.nrows();
+    let single = rows <= PRODUCT_ROWS;
+    // Plain f64 sums over the chunks of this call (one TwoSum per element
+    // per call, not per chunk: it would cost a sixth of a capture).
+    let mut total = if single { Mat::<f64>::zeros(0, 0) } else { Mat::<f64>::zeros(acc.nrows(), acc.ncols()) };
     for start in (0..rows).step_by(PRODUCT_ROWS) {
         let n = PRODUCT_ROWS.min(rows - start);
         let (ac, bc) = (a.subrows(start, n), b.subrows(start, n));
         matmul(&mut chunk, Accum::Replace, ac.transpose(), bc, 1.0f32, par);
+        if single {
+            break;
+        }
         // Column slices rather than `acc[(i, j)]`: no per-element bounds
         // checks, and the loop vectorises (it was 30% of a ViT-S capture).
-        for j in 0..acc.ncols() {
-            for (s, &v) in acc.col_as_slice_mut(j).iter_mut().zip(chunk.col_as_slice(j)) {
+        for j in 0..total.ncols() {
+            for (s, &v) in total.col_as_slice_mut(j).iter_mut().zip(chunk.col_as_slice(j)) {
                 *s += v as f64;
+            }
+        }
+    }
+    for j in 0..acc.ncols() {
+        let values = acc.col_as_slice_mut(j).iter_mut().zip(residue.col_as_slice_mut(j));
+        if single {
+            for ((s, r), &v) in values.zip(chunk.col_as_slice(j)) {
+                compensated::add(s, r, v as f64);
+            }
+        } else {
+            for ((s, r), &v) in values.zip(total.col_as_slice(j)) {
+                compensated::add(s, r, v);
             }
         }
     }
@@ -56,9 +114,64 @@ pub fn rows_view(data: &[f32], cols: usize) -> MatRef<'_, f32> {
     MatRef::from_row_major_slice(data, data.len() / cols.max(1), cols)
 }
 
+fn shape_of(m: &Mat<f64>) -> String {
+    format!("{}x{}", m.nrows(), m.ncols())
+}
+
+/// Adds the pairs `(b, b_res)` into `(a, a_res)` element-wise; a `0 x 0`
+/// residue counts as zeros.
+fn add_mat(a: &mut Mat<f64>, a_res: &mut Mat<f64>, b: &Mat<f64>, b_res: &Mat<f64>) {
+    let has_res = |m: &Mat<f64>, r: &Mat<f64>| r.nrows() == m.nrows() && r.ncols() == m.ncols();
+    if !has_res(a, a_res) && !has_res(b, b_res) {
+        // Neither was ever summed into (a fold target's Gram): keep the
+        // residue unallocated unless the addition itself rounds.
+        let mut res = Mat::<f64>::zeros(a.nrows(), a.ncols());
+        let mut rounded = false;
+        for j in 0..a.ncols() {
+            for ((h, l), &v) in a.col_as_slice_mut(j).iter_mut().zip(res.col_as_slice_mut(j)).zip(b.col_as_slice(j)) {
+                compensated::add_pair(h, l, v, 0.0);
+                rounded |= *l != 0.0;
+            }
+        }
+        if rounded {
+            *a_res = res;
+        }
+        return;
+    }
+    if a_res.nrows() != a.nrows() || a_res.ncols() != a.ncols() {
+        *a_res = Mat::zeros(a.nrows(), a.ncols());
+    }
+    let b_has_res = b_res.nrows() == b.nrows() && b_res.ncols() == b.ncols();
+    for j in 0..a.ncols() {
+        let (av, ar) = (a.col_as_slice_mut(j), a_res.col_as_slice_mut(j));
+        if b_has_res {
+            compensated::add_pairs(av, ar, b.col_as_slice(j), b_res.col_as_slice(j));
+        } else {
+            for ((h, l), &v) in av.iter_mut().zip(ar.iter_mut()).zip(b.col_as_slice(j)) {
+                compensated::add_pair(h, l, v, 0.0);
+            }
+        }
+    }
+}
+
+fn normalize_mat(a: &mut Mat<f64>, res: &mut Mat<f64>) {
+    if res.nrows() != a.nrows() || res.ncols() != a.ncols() {
+        return;
+    }
+    for j in 0..a.ncols() {
+        compensated::normalize_all(a.col_as_slice_mut(j), res.col_as_slice_mut(j));
+    }
+}
+
 impl Moments {
     pub fn new(d: usize) -> Self {
-        Self { rows: 0.0, sum: vec![0.0; d], gram: Mat::zeros(d, d), sq_norm: 0.0 }
+        Self {
+            rows: 0.0,
+            sum: vec![0.0; d],
+            gram: Mat::zeros(d, d),
+            sq_norm: 0.0,
+            residue: MomentsResidue { sum: vec![0.0; d], gram: Mat::zeros(0, 0), sq_norm: 0.0 },
+        }
     }
 
     pub fn dim(&self) -> usize {
@@ -69,7 +182,7 @@ impl Moments {
     pub fn update(&mut self, x: &[f32], par: Par) {
         let d = self.dim();
         let view = rows_view(x, d);
-        add_product(&mut self.gram, view, view, par);
+        add_product(&mut self.gram, &mut self.residue.gram, view, view, par);
         self.update_target(x);
     }
 
@@ -77,28 +190,146 @@ impl Moments {
     /// for a fit's *target*, whose Gram the fit never reads.
     pub fn update_target(&mut self, y: &[f32]) {
         let d = self.dim();
+        if self.residue.sum.len() != d {
+            self.residue.sum = vec![0.0; d];
+        }
+        // Plain sums over these rows, then added with their rounding error
+        // (as in `add_product`: the terms depend on this call's rows only).
+        let (mut sum, mut sq) = (vec![0f64; d], 0f64);
         for row in y.chunks_exact(d) {
-            for (s, &v) in self.sum.iter_mut().zip(row) {
+            for (s, &v) in sum.iter_mut().zip(row) {
                 *s += v as f64;
             }
-            self.sq_norm += row.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>();
+            sq += row.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>();
         }
+        for ((s, r), v) in self.sum.iter_mut().zip(self.residue.sum.iter_mut()).zip(sum) {
+            compensated::add(s, r, v);
+        }
+        compensated::add(&mut self.sq_norm, &mut self.residue.sq_norm, sq);
         self.rows += (y.len() / d.max(1)) as f64;
     }
 
     pub fn mean(&self) -> Vec<f64> {
         self.sum.iter().map(|s| s / self.rows.max(1.0)).collect()
     }
+
+    /// Rounds every sum to its nearest f64 (the residue keeps the rest).
+    pub fn normalize(&mut self) {
+        if self.residue.sum.len() == self.sum.len() {
+            compensated::normalize_all(&mut self.sum, &mut self.residue.sum);
+        }
+        normalize_mat(&mut self.gram, &mut self.residue.gram);
+        compensated::normalize(&mut self.sq_norm, &mut self.residue.sq_norm);
+    }
+
+    /// Adds `other`'s rows: the moments of both row sets together.
+    pub fn merge(&mut self, other: &Moments) -> Result<(), ShapeMismatch> {
+        if self.dim() != other.dim() || self.gram.nrows() != other.gram.nrows() {
+            return Err(ShapeMismatch {
+                what: "moments",
+                a: format!("{} features", self.dim()),
+                b: format!("{} features", other.dim()),
+            });
+        }
+        self.rows += other.rows;
+        if self.residue.sum.len() != self.sum.len() {
+            self.residue.sum = vec![0.0; self.sum.len()];
+        }
+        if other.residue.sum.len() == other.sum.len() {
+            compensated::add_pairs(&mut self.sum, &mut self.residue.sum, &other.sum, &other.residue.sum);
+        } else {
+            let zeros = vec![0.0; other.sum.len()];
+            compensated::add_pairs(&mut self.sum, &mut self.residue.sum, &other.sum, &zeros);
+        }
+        add_mat(&mut self.gram, &mut self.residue.gram, &other.gram, &other.residue.gram);
+        compensated::add_pair(&mut self.sq_norm, &mut self.residue.sq_norm, other.sq_norm, other.residue.sq_norm);
+        Ok(())
+    }
 }
 
 impl Cross {
     pub fn new(dx: usize, dy: usize) -> Self {
-        Self { xy: Mat::zeros(dx, dy) }
+        Self { xy: Mat::zeros(dx, dy), residue: Mat::zeros(0, 0) }
+    }
+
+    /// Cross products without residue (e.g. computed from other statistics).
+    pub fn from_mat(xy: Mat<f64>) -> Self {
+        Self { xy, residue: Mat::zeros(0, 0) }
     }
 
     pub fn update(&mut self, x: &[f32], y: &[f32], par: Par) {
         let (dx, dy) = (self.xy.nrows(), self.xy.ncols());
-        add_product(&mut self.xy, rows_view(x, dx), rows_view(y, dy), par);
+        add_product(&mut self.xy, &mut self.residue, rows_view(x, dx), rows_view(y, dy), par);
+    }
+
+    /// Rounds every sum to its nearest f64 (the residue keeps the rest).
+    pub fn normalize(&mut self) {
+        normalize_mat(&mut self.xy, &mut self.residue);
+    }
+
+    /// Adds `other`'s rows.
+    pub fn merge(&mut self, other: &Cross) -> Result<(), ShapeMismatch> {
+        if self.xy.nrows() != other.xy.nrows() || self.xy.ncols() != other.xy.ncols() {
+            return Err(ShapeMismatch { what: "cross products", a: shape_of(&self.xy), b: shape_of(&other.xy) });
+        }
+        add_mat(&mut self.xy, &mut self.residue, &other.xy, &other.residue);
+        Ok(())
+    }
+}
+
+/// `Mat<f64>` as `(rows, cols, column-major values)`; values are stored
+/// bit for bit (postcard writes f64 as 8 little-endian bytes).
+mod mat_serde {
+    use faer::Mat;
+    use serde::de::{Error, SeqAccess, Visitor};
+    use serde::ser::SerializeTuple;
+    use serde::{Deserializer, Serializer};
+
+    struct Values<'a>(&'a Mat<f64>);
+
+    impl serde::Serialize for Values<'_> {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            use serde::ser::SerializeSeq;
+            let m = self.0;
+            let mut seq = s.serialize_seq(Some(m.nrows() * m.ncols()))?;
+            for j in 0..m.ncols() {
+                for v in m.col_as_slice(j) {
+                    seq.serialize_element(v)?;
+                }
+            }
+            seq.end()
+        }
+    }
+
+    pub fn serialize<S: Serializer>(m: &Mat<f64>, s: S) -> Result<S::Ok, S::Error> {
+        let mut t = s.serialize_tuple(3)?;
+        t.serialize_element(&(m.nrows() as u64))?;
+        t.serialize_element(&(m.ncols() as u64))?;
+        t.serialize_element(&Values(m))?;
+        t.end()
+    }
+
+    struct MatVisitor;
+
+    impl<'de> Visitor<'de> for MatVisitor {
+        type Value = Mat<f64>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a matrix as (rows, cols, column-major values)")
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Mat<f64>, A::Error> {
+            let rows: u64 = seq.next_element()?.ok_or_else(|| A::Error::invalid_length(0, &self))?;
+            let cols: u64 = seq.next_element()?.ok_or_else(|| A::Error::invalid_length(1, &self))?;
+            let values: Vec<f64> = seq.next_element()?.ok_or_else(|| A::Error::invalid_length(2, &self))?;
+            let (rows, cols) = (rows as usize, cols as usize);
+            if rows.checked_mul(cols) != Some(values.len()) {
+                return Err(A::Error::custom(format!("a {rows}x{cols} matrix with {} values", values.len())));
+            }
+            Ok(Mat::from_fn(rows, cols, |i, j| values[j * rows + i]))
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Mat<f64>, D::Error> {
+        d.deserialize_tuple(3, MatVisitor)
     }
 }
 

@@ -200,15 +200,86 @@ pub struct ProbeRecord {
     pub solver: Solver,
     pub method: String,
     pub output: Option<String>,
+    /// Which images of the data source the head saw (absent from records
+    /// written before rba recorded them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub images: Option<ProbeImages>,
 }
 
 /// The images a probe was fitted and validated on.
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct ProbeData {
     pub train: String,
     pub train_images: usize,
     pub val: String,
     pub val_images: usize,
+}
+
+/// The images a probe saw, as indices into its data source, so that
+/// `rba compact` can keep them out of its held-out set.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct ProbeImages {
+    /// [`Dataset::source_fingerprint`] of the data source.
+    pub source: String,
+    /// Items in the data source.
+    pub source_items: usize,
+    /// Source indices of the training and the validation images (both
+    /// influence the head: validation picks lambda, and by default the
+    /// head is refitted on train + validation).
+    pub train: Vec<usize>,
+    pub val: Vec<usize>,
+}
+
+/// How a probed model's head relates to held-out data ([`seen_by_head`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum HeadSeen {
+    /// No probe record, another data source, or none of the held-out images.
+    Nothing,
+    /// The head was fitted on these held-out images (source indices).
+    Images { data: ProbeData, seen: std::collections::HashSet<usize> },
+    /// The record (written before rba recorded images) names a data
+    /// source of the same name: the held-out images may have been seen.
+    Unknown { data: ProbeData },
+}
+
+/// The data source a dataset name refers to: `demo:val` and `demo` are the
+/// embedded digits; any other name is its own source.
+fn source_name(name: &str) -> &str {
+    if name == "demo" || name.starts_with("demo:") {
+        "demo"
+    } else {
+        name
+    }
+}
+
+/// Whether `model` carries a probe head (`rba.probe`) fitted on images of
+/// `held_out`'s data source, and which of `held_out`'s images it saw.
+pub fn seen_by_head(model: &OnnxModel, held_out: &Dataset) -> HeadSeen {
+    let meta = model.metadata();
+    let Some(record) = meta.get(METADATA_KEY).and_then(|j| serde_json::from_str::<ProbeRecord>(j).ok()) else {
+        return HeadSeen::Nothing;
+    };
+    match &record.images {
+        Some(images) if images.source == held_out.source_fingerprint() => {
+            let all: HashSet<usize> = images.train.iter().chain(&images.val).copied().collect();
+            let seen: std::collections::HashSet<usize> =
+                held_out.source_indices().iter().copied().filter(|i| all.contains(i)).collect();
+            if seen.is_empty() {
+                HeadSeen::Nothing
+            } else {
+                HeadSeen::Images { data: record.data, seen }
+            }
+        }
+        Some(_) => HeadSeen::Nothing,
+        None => {
+            let here = source_name(held_out.name());
+            if source_name(&record.data.train) == here || source_name(&record.data.val) == here {
+                HeadSeen::Unknown { data: record.data }
+            } else {
+                HeadSeen::Nothing
+            }
+        }
+    }
 }
 
 /// The model cut at `tensor`: it becomes the only output and everything
@@ -374,7 +445,7 @@ impl Stats {
         let mut yc = Moments::new(k);
         yc.rows = n;
         yc.sq_norm = self.y.sq_norm - n * my.iter().map(|v| v * v).sum::<f64>();
-        let cc = Cross { xy: Mat::from_fn(d, k, |i, j| self.xy.xy[(i, j)] - n * mx[i] * my[j]) };
+        let cc = Cross::from_mat(Mat::from_fn(d, k, |i, j| self.xy.xy[(i, j)] - n * mx[i] * my[j]));
         let f = fit::fit(FitKind::Ridge { relative_lambda }, &xc, &yc, &cc)?;
         let lambda = relative_lambda * (0..d).map(|i| xc.gram[(i, i)]).sum::<f64>() / d as f64;
         let bias = (0..k).map(|j| my[j] - (0..d).map(|i| mx[i] * f.weight[(i, j)]).sum::<f64>()).collect();
@@ -513,6 +584,12 @@ pub fn probe(
         method: "ridge regression on one-hot targets, unpenalised bias, lambda relative to trace(centred Gram)/D"
             .to_string(),
         output: out.graph().output.first().map(|o| o.name().to_string()),
+        images: Some(ProbeImages {
+            source: train.source_fingerprint(),
+            source_items: train.source_len(),
+            train: train.source_indices().to_vec(),
+            val: val.source_indices().to_vec(),
+        }),
     };
     out.set_metadata(METADATA_KEY, serde_json::to_string(&record).unwrap_or_default());
     // The head only fits inputs preprocessed as here: record it so later

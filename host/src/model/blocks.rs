@@ -44,7 +44,7 @@ pub enum BlockError {
 
 /// How features are laid out in a boundary tensor, which decides the form a
 /// translator takes in the graph.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FeatureLayout {
     /// Features on the last axis (`[B, T, D]` tokens, `[B, D]`, NHWC maps): a MatMul.

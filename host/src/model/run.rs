@@ -94,6 +94,14 @@ impl Runner {
 
     /// Runs one batch; the input must have exactly `input_shape`.
     pub fn run(&self, input: nd::ArrayD<f32>) -> Result<Vec<nd::ArrayD<f32>>, RunError> {
+        let run = |e: anyhow::Error| RunError::Run { path: self.path.clone(), reason: format!("{e:#}") };
+        let result = self.run_values(input)?;
+        result.into_iter().map(|v| tract::to_f32_array(v).map_err(run)).collect()
+    }
+
+    /// Runs one batch and returns the outputs as tract computed them, of
+    /// whatever element type (shape computations are integers).
+    pub fn run_values(&self, input: nd::ArrayD<f32>) -> Result<TVec<TValue>, RunError> {
         if input.shape() != self.input_shape.as_slice() {
             return Err(RunError::Input {
                 path: self.path.clone(),
@@ -102,8 +110,7 @@ impl Runner {
             });
         }
         let run = |e: anyhow::Error| RunError::Run { path: self.path.clone(), reason: format!("{e:#}") };
-        let result = self.plan.run(tvec!(Tensor::from(input).into())).map_err(run)?;
-        result.into_iter().map(|v| tract::to_f32_array(v).map_err(run)).collect()
+        self.plan.run(tvec!(Tensor::from(input).into())).map_err(run)
     }
 }
 

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::nan_as_null;
 use crate::compact::evaluate::Quality;
-use crate::compact::{ModelCost, Replacement, Selection, Trial};
+use crate::compact::{ModelCost, Replacement, Selection, Trial, Verification};
 use crate::model::run::RunError;
 use crate::model::Model;
 
@@ -42,6 +42,10 @@ pub struct Calibration {
 pub struct DataUsed {
     pub source: String,
     pub images: usize,
+    /// Held-out images left out because the model's probe head was fitted
+    /// on them (`rba.probe`); absent when none were.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub excluded_seen_by_probe: Option<usize>,
 }
 
 /// The full report: the record plus every verified candidate.
@@ -59,6 +63,10 @@ pub struct CompactionReport {
     /// single blocks (null where undefined).
     #[serde(with = "nan_as_null::pairs")]
     pub proxy_spearman: Vec<(String, f64)>,
+    /// How the candidates were measured (absent in reports written before
+    /// tail-only selection).
+    #[serde(default)]
+    pub verification: Option<Verification>,
 }
 
 /// What the maps were fitted on, for [`Calibration::fitted_on`].
@@ -88,6 +96,7 @@ impl CompactionReport {
             compacted: ModelCost::of_onnx(&selection.model)?,
             trials: selection.trials.clone(),
             proxy_spearman: selection.proxy_spearman.clone(),
+            verification: Some(selection.verification.clone()),
         })
     }
 }

@@ -8,6 +8,10 @@
 
 use std::fmt::Write;
 
+mod fleet;
+
+pub use fleet::fleet_page;
+
 use super::analysis::{AnalysisReport, SPAN_COLUMNS};
 use super::compaction::CompactionReport;
 use super::device::DeviceReport;
@@ -1347,10 +1351,11 @@ pub(crate) mod tests {
                     images: 500,
                     fitted_on: "original model activations".into(),
                 },
-                held_out: DataUsed { source: "demo:val".into(), images: 300 },
+                held_out: DataUsed { source: "demo:val".into(), images: 300, excluded_seen_by_probe: None },
                 baseline: Quality { accuracy: Some(0.99), agreement: 1.0, output_cosine: 1.0 },
                 result: quality(0.98),
             },
+            verification: None,
             trials: vec![
                 trial(&[5], 0.985, 9000),
                 trial(&[4], 0.97, 9000),

@@ -4,18 +4,23 @@
 //! - [`analysis`]: `rba analyze`'s report.
 //! - [`compaction`]: `rba compact`'s report and the model's `rba.compaction` record.
 //! - [`device`]: `rba bench --json`'s report.
+//! - [`fleet`]: `rba fleet ... --json`'s report and its table; [`apps`]: the
+//!   text of activations, rollbacks and application status.
 //! - [`text`]: terminal tables and number formatting.
 //! - [`html`]: the HTML page, with inline SVG charts.
 
 pub mod analysis;
+pub mod apps;
 pub mod compaction;
 pub mod device;
+pub mod fleet;
 pub mod html;
 pub mod text;
 
 pub use analysis::AnalysisReport;
 pub use compaction::CompactionReport;
 pub use device::DeviceReport;
+pub use fleet::FleetReport;
 
 /// JSON has no NaN: serde_json writes it as `null`; these read `null` back
 /// as NaN so a report round-trips.

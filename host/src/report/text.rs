@@ -6,7 +6,7 @@ use rba_protocol::{DeviceIdentity, EvalResult, RuntimeInfo, RuntimeKind, Runtime
 use super::analysis::{AnalysisReport, SPAN_COLUMNS};
 use crate::board::BenchReport;
 use crate::compact::evaluate::EvalRow;
-use crate::compact::Selection;
+use crate::compact::{Selection, SelectionMode, Verification};
 use crate::fit::probe::Probe;
 use crate::model::cost;
 use crate::model::inspect::{Inspection, TensorSummary};
@@ -347,9 +347,37 @@ pub fn selection(model: &Model, s: &Selection) -> String {
         s.result.output_cosine
     );
     out += &format!("parameters {} -> {}\n", si(cost::total_params(graph)), si(cost::total_params(slim)));
+    out += &verification(&s.verification);
     if !s.proxy_spearman.is_empty() {
         let list: Vec<String> = s.proxy_spearman.iter().map(|(n, r)| format!("{n} {r:.2}")).collect();
         out += &format!("Spearman(proxy, measured drop) over single blocks: {}\n", list.join(", "));
+    }
+    out
+}
+
+/// How a selection measured its candidates, in one or two lines.
+pub fn verification(v: &Verification) -> String {
+    let mut out = match (v.mode, &v.cache) {
+        (SelectionMode::Full, _) => format!("verified {} candidate models on every held-out image (--selection full)", v.runs),
+        (SelectionMode::Tail, Some(c)) => format!(
+            "verified {} candidate models from their tails after cached held-out boundary activations ({}, {:.1} MiB {})",
+            v.runs,
+            c.precision,
+            c.bytes as f64 / (1u64 << 20) as f64,
+            if c.spilled { "spilled to a temporary file" } else { "in memory" }
+        ),
+        (SelectionMode::Tail, None) => format!("verified {} candidate models on every held-out image", v.runs),
+    };
+    if v.full_fallbacks > 0 {
+        out += &format!("; {} ran as whole models (no tail)", v.full_fallbacks);
+    }
+    out += "\n";
+    if let Some(k) = v.verify_top {
+        let per_step: Vec<String> = v.steps.iter().map(|s| format!("{} of {}", s.verified, s.candidates)).collect();
+        out += &format!(
+            "--verify-top {k}: verified only the {k} best candidates by fit 1-R^2 per step ({})\n",
+            per_step.join(", ")
+        );
     }
     out
 }

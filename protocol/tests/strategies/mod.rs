@@ -269,7 +269,143 @@ pub fn request() -> impl Strategy<Value = Request> {
             }),
         any::<u32>().prop_map(|target| Request::Cancel { target }),
         any::<u64>().prop_map(|nonce| Request::Ping { nonce }),
+        (s(), s(), digest(), vec(gate(), 0..4), option::of(s()), option::of(any::<u32>()), policy(), policy())
+            .prop_map(|(app, model, sha256, gates, eval_bundle, threads, warmup, runs)| Request::Activate(
+                ActivateRequest { app, model, sha256, gates, eval_bundle, threads, warmup, runs }
+            )),
+        (option::of(s()), any::<u32>()).prop_map(|(app, history)| Request::AppStatus { app, history }),
+        (s(), option::of(any::<u64>()))
+            .prop_map(|(app, from_generation)| Request::Rollback(RollbackRequest { app, from_generation })),
     ]
+}
+
+pub fn gate() -> impl Strategy<Value = Gate> {
+    let metric = prop::sample::select(GateMetric::ALL.to_vec());
+    let op = prop_oneof![Just(GateOp::Ge), Just(GateOp::Le), Just(GateOp::Gt), Just(GateOp::Lt)];
+    let unit =
+        prop_oneof![Just(GateUnit::Percent), Just(GateUnit::Millis), Just(GateUnit::Micros), Just(GateUnit::Mib)];
+    (metric, op, 0f64..1e6, unit).prop_map(|(metric, op, threshold, unit)| Gate { metric, op, threshold, unit })
+}
+
+fn figures() -> impl Strategy<Value = GateFigures> {
+    (
+        option::of(any::<u32>()),
+        option::of(0f64..1.0),
+        option::of(0f64..1.0),
+        option::of(any::<u64>()),
+        option::of(any::<u64>()),
+        option::of(any::<u64>()),
+        option::of(f()),
+        option::of(any::<u64>()),
+    )
+        .prop_map(|(samples, top1, agreement, p50_ns, p90_ns, p99_ns, mean_ns, peak_rss_bytes)| GateFigures {
+            samples,
+            top1,
+            agreement,
+            p50_ns,
+            p90_ns,
+            p99_ns,
+            mean_ns,
+            peak_rss_bytes,
+        })
+}
+
+fn check() -> impl Strategy<Value = GateCheck> {
+    (gate(), option::of(f()), any::<bool>()).prop_map(|(gate, measured, passed)| GateCheck { gate, measured, passed })
+}
+
+fn history_event() -> impl Strategy<Value = HistoryEvent> {
+    prop_oneof![Just(HistoryEvent::Activated), Just(HistoryEvent::GateFailed), Just(HistoryEvent::RolledBack)]
+}
+
+fn hook() -> impl Strategy<Value = HookOutcome> {
+    (
+        vec(s(), 0..3),
+        option::of(any::<i32>()),
+        option::of(any::<i32>()),
+        any::<bool>(),
+        option::of(s()),
+        any::<u64>(),
+        s(),
+    )
+        .prop_map(|(command, exit_code, signal, timed_out, error, duration_ms, output)| HookOutcome {
+            command,
+            exit_code,
+            signal,
+            timed_out,
+            error,
+            duration_ms,
+            output,
+        })
+}
+
+pub fn active_model() -> impl Strategy<Value = ActiveModel> {
+    (
+        (any::<u64>(), s(), digest(), any::<u64>(), any::<u64>(), history_event()),
+        (option::of(any::<u64>()), option::of(any::<u64>()), vec(check(), 0..3), figures(), option::of(s())),
+    )
+        .prop_map(
+            |(
+                (generation, model, sha256, size, activated_at_ms, event),
+                (previous_generation, rolled_back_from, checks, figures, bundle),
+            )| ActiveModel {
+                generation,
+                model,
+                sha256,
+                size,
+                activated_at_ms,
+                event,
+                previous_generation,
+                rolled_back_from,
+                checks,
+                figures,
+                bundle,
+            },
+        )
+}
+
+pub fn history_entry() -> impl Strategy<Value = HistoryEntry> {
+    (
+        (any::<u64>(), any::<u64>(), history_event(), option::of(any::<u64>()), s(), digest()),
+        (vec(check(), 0..3), figures(), option::of(hook()), any::<bool>()),
+    )
+        .prop_map(|((seq, at_ms, event, generation, model, sha256), (checks, figures, hook, recovered))| {
+            HistoryEntry { seq, at_ms, event, generation, model, sha256, checks, figures, hook, recovered }
+        })
+}
+
+fn outcome() -> impl Strategy<Value = ActivationOutcome> {
+    prop_oneof![
+        Just(ActivationOutcome::Activated),
+        Just(ActivationOutcome::AlreadyActive),
+        Just(ActivationOutcome::GateFailed),
+        Just(ActivationOutcome::RolledBack),
+        Just(ActivationOutcome::AlreadyRolledBack),
+    ]
+}
+
+pub fn activation_result() -> impl Strategy<Value = ActivationResult> {
+    (
+        (s(), outcome(), option::of(active_model()), option::of(active_model())),
+        (vec(check(), 0..3), figures(), option::of(hook())),
+    )
+        .prop_map(|((app, outcome, active, replaced), (checks, figures, hook))| ActivationResult {
+            app,
+            outcome,
+            active,
+            replaced,
+            checks,
+            figures,
+            evaluation: None,
+            benchmark: None,
+            hook,
+        })
+}
+
+pub fn app_status() -> impl Strategy<Value = AppStatus> {
+    (s(), option::of(active_model()), vec(active_model(), 0..2), vec(history_entry(), 0..3), any::<u64>()).prop_map(
+        |(app, active, previous, history, history_total)| AppStatus { app, active, previous, history, history_total },
+    )
 }
 
 fn artifact() -> impl Strategy<Value = ArtifactInfo> {
@@ -382,6 +518,8 @@ pub fn response() -> impl Strategy<Value = Response> {
         any::<bool>().prop_map(|was_running| Response::CancelAck { was_running }),
         any::<u64>().prop_map(|nonce| Response::Pong { nonce }),
         remote_error().prop_map(Response::Error),
+        activation_result().prop_map(|a| Response::Activation(Box::new(a))),
+        vec(app_status(), 0..3).prop_map(Response::Apps),
     ]
 }
 
@@ -391,7 +529,8 @@ pub fn progress() -> impl Strategy<Value = Progress> {
         Just(Phase::Loading),
         Just(Phase::WarmUp),
         Just(Phase::Measuring),
-        Just(Phase::Evaluating)
+        Just(Phase::Evaluating),
+        Just(Phase::Activating)
     ];
     (phase, any::<u64>(), option::of(any::<u64>()), option::of(s()))
         .prop_map(|(phase, done, total, message)| Progress { phase, done, total, message })

@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use rba_host::board::LinkOptions;
+use rba_host::calibrate::file::{self, DataId, ModelId, Needs, Provenance, Shards, StatsFile};
+use rba_host::calibrate::shard::Shard;
 use rba_host::calibrate::{self, CaptureOptions, Statistics};
 use rba_host::data::preprocess::parse_scale;
 use rba_host::data::{Dataset, Holdout, Hw, Layout, Preprocess, PreprocessOptions};
@@ -133,6 +135,42 @@ pub fn all_cores() -> usize {
     std::thread::available_parallelism().map_or(1, usize::from)
 }
 
+/// The model, its preprocessing and the calibration split, before capture.
+pub struct Prepared {
+    pub model: Model,
+    pub pre: Preprocess,
+    /// The whole calibration set (after the split and `--samples`).
+    pub calibration: Dataset,
+    pub held_out: Dataset,
+}
+
+/// Loads the model and splits the data, as every calibrating command does.
+pub fn prepare(args: &CalibrationArgs) -> anyhow::Result<Prepared> {
+    let model = Model::new(rba_host::demo::load_model_spec(&args.model)?, args.boundaries.as_deref())?;
+    let pre = Preprocess::for_model(&(&args.preprocess).into(), &model.onnx)?;
+    let (calibration, held_out) = Dataset::open(&args.data)?.calibration_split(args.holdout, args.seed)?;
+    let calibration = calibration.subset(Some(args.samples), Some(args.seed));
+    Ok(Prepared { model, pre, calibration, held_out })
+}
+
+/// What a statistics file captured from `prepared` records: a one-shot
+/// capture; `max_span`, `fold_sites` and `shards` are the caller's to set.
+pub fn provenance(args: &CalibrationArgs, prepared: &Prepared) -> anyhow::Result<Provenance> {
+    let Prepared { model, pre, calibration, .. } = prepared;
+    Ok(Provenance {
+        tool: file::tool(),
+        model: ModelId { name: args.model.clone(), sha256: file::model_sha256(model) },
+        boundaries: model.blocks.boundaries.clone(),
+        max_span: 0,
+        fold_sites: None,
+        preprocess: pre.clone(),
+        data: DataId::new(&args.data, calibration, args.holdout, args.seed, args.samples),
+        batch: args.batch,
+        group_images: calibrate::group_images(model, args.batch)?,
+        shards: Shards::one(Shard::WHOLE),
+    })
+}
+
 /// A model with its calibration statistics, and the held-out data left over.
 pub struct Calibrated {
     pub model: Model,
@@ -142,16 +180,49 @@ pub struct Calibrated {
     pub held_out: Dataset,
 }
 
-/// Loads the model, splits the data and captures the statistics.
-pub fn calibrate(args: &CalibrationArgs, max_span: usize, fold: bool) -> anyhow::Result<Calibrated> {
-    let model = Model::new(rba_host::demo::load_model_spec(&args.model)?, args.boundaries.as_deref())?;
-    let pre = Preprocess::for_model(&(&args.preprocess).into(), &model.onnx)?;
-    let (calibration, held_out) = Dataset::open(&args.data)?.calibration_split(args.holdout, args.seed)?;
-    let calibration = calibration.subset(Some(args.samples), Some(args.seed));
-    let options = CaptureOptions { batch: args.batch, max_span, threads: args.threads, fold };
-    let batches = calibration.batches(&pre, args.batch).map(|b| b.map(|(x, _labels)| x));
-    let stats = calibrate::capture(&model, batches, Some(calibration.len()), &options, &Terminal::stderr())?;
+/// Loads the model, splits the data and captures the statistics, or, with
+/// `stats`, reads them from a file written by `rba calibrate` for the same
+/// model, boundaries, preprocessing and calibration images.
+pub fn calibrate(
+    args: &CalibrationArgs,
+    max_span: usize,
+    fold: bool,
+    stats: Option<&std::path::Path>,
+) -> anyhow::Result<Calibrated> {
+    let prepared = prepare(args)?;
+    let stats = match stats {
+        Some(path) => {
+            let provenance = provenance(args, &prepared)?;
+            let model = &prepared.model;
+            let shown = path.display().to_string();
+            let needs = Needs { max_span, fold_sites: fold.then(|| Provenance::fold_sites(model)) };
+            let file = StatsFile::read(path)?;
+            let note = file.provenance.summary(file.statistics.images);
+            let stats = file.statistics_for(&shown, &provenance, &needs)?;
+            eprintln!("statistics from {shown}: {note}");
+            stats
+        }
+        None => {
+            let Prepared { model, pre, calibration, .. } = &prepared;
+            let options = CaptureOptions { batch: args.batch, max_span, threads: args.threads, fold };
+            let batches = calibration.batches(pre, args.batch).map(|b| b.map(|(x, _labels)| x));
+            calibrate::capture(model, batches, Some(calibration.len()), &options, &Terminal::stderr())?
+        }
+    };
+    let Prepared { model, pre, calibration, held_out } = prepared;
     Ok(Calibrated { model, pre, stats, calibration, held_out })
+}
+
+/// `--stats FILE` of `analyze` and `compact`.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct StatsArgs {
+    /// Read the calibration statistics from this file (written by `rba
+    /// calibrate`, or merged by `rba stats merge`) instead of streaming the
+    /// calibration images; it must come from the same model, boundaries,
+    /// preprocessing and calibration images (--data, --holdout, --seed,
+    /// --samples) as the flags given here.
+    #[arg(long, value_name = "FILE")]
+    pub stats: Option<PathBuf>,
 }
 
 #[cfg(test)]

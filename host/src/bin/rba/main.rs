@@ -26,6 +26,11 @@ struct Cli {
 enum Command {
     /// Show a model's inputs, outputs, size and the blocks rba detects.
     Inspect(cmd::inspect::Args),
+    /// Stream the calibration images (or one shard of them) and write their
+    /// statistics to a file, for analyze/compact --stats and stats merge.
+    Calibrate(cmd::calibrate::Args),
+    /// Statistics files: merge shards, show what a file holds.
+    Stats(cmd::stats::Args),
     /// Score every block and candidate span on calibration images; write
     /// report.json and report.html.
     Analyze(cmd::analyze::Args),
@@ -47,16 +52,27 @@ enum Command {
     /// in-process `local` board; show each device's identity.
     Devices(cmd::devices::Args),
     /// Upload a model to a board; skipped when the board already holds the
-    /// same bytes (SHA-256) under that name.
+    /// same bytes (SHA-256) under that name. With --activate APP: make it the
+    /// application's active model if every --gate holds on the board.
     Deploy(cmd::deploy::Args),
     /// Measure a model's latency on a board, or A/B-compare two models with
     /// interleaved runs; `--eval DATA` adds on-device top-1 accuracy.
     Bench(cmd::bench::Args),
+    /// A board's applications: the active model, its SHA-256, since when, the
+    /// gate figures, what a rollback restores, the history.
+    Status(cmd::status::Args),
+    /// Restore an application's previous model on a board (byte for byte).
+    Rollback(cmd::rollback::Args),
+    /// One command on every board of an inventory: status, deploy (with
+    /// gates and canaries), bench, rollback.
+    Fleet(cmd::fleet::Args),
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Inspect(a) => cmd::inspect::run(a),
+        Command::Calibrate(a) => cmd::calibrate::run(a),
+        Command::Stats(a) => cmd::stats::run(a),
         Command::Analyze(a) => cmd::analyze::run(a),
         Command::Compact(a) => cmd::compact::run(a),
         Command::Evaluate(a) => cmd::evaluate::run(a),
@@ -66,6 +82,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Devices(a) => cmd::devices::run(a),
         Command::Deploy(a) => cmd::deploy::run(a),
         Command::Bench(a) => cmd::bench::run(a),
+        Command::Status(a) => cmd::status::run(a),
+        Command::Rollback(a) => cmd::rollback::run(a),
+        Command::Fleet(a) => cmd::fleet::run(a),
     }
 }
 

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use rba_host::onnx::write_atomically;
 use rba_host::report::{analysis, html, text};
 
-use crate::args::{calibrate, Calibrated, CalibrationArgs};
+use crate::args::{calibrate, Calibrated, CalibrationArgs, StatsArgs};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -17,12 +17,15 @@ pub struct Args {
     /// Folder for report.json and report.html.
     #[arg(long, default_value = "rba-analysis")]
     out: PathBuf,
+    #[command(flatten)]
+    stats: StatsArgs,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
     let out = &args.out;
-    let Calibrated { model, stats, calibration, .. } = calibrate(&args.calibration, args.max_span, false)?;
+    let Calibrated { model, stats, calibration, .. } =
+        calibrate(&args.calibration, args.max_span, false, args.stats.stats.as_deref())?;
     let report = analysis::build(&model, &stats, calibration.name(), started);
     print!("{}", text::span_table(&report, 15));
     std::fs::create_dir_all(out).map_err(|e| anyhow::anyhow!("{}: cannot create: {e}", out.display()))?;

@@ -6,12 +6,17 @@ use std::path::PathBuf;
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use rba_host::calibrate::{self, CaptureOptions};
 use rba_host::compact::surgery::Span;
-use rba_host::compact::{self, Budget, CompactError, HeldOut, TranslatorKind};
+use rba_host::compact::{
+    self, Budget, CacheOptions, CompactError, HeldOut, SelectOptions, SelectionMode, TranslatorKind,
+};
+use rba_host::data::Dataset;
+use rba_host::fit::probe::{self, HeadSeen};
+use rba_host::onnx::OnnxModel;
 use rba_host::onnx::{write_atomically, DataPlacement};
 use rba_host::report::compaction::{self, Calibration, CompactionReport, DataUsed};
 use rba_host::report::text;
 
-use crate::args::{calibrate, Calibrated, CalibrationArgs};
+use crate::args::{calibrate, Calibrated, CalibrationArgs, StatsArgs};
 use crate::progress::Terminal;
 
 #[derive(clap::Args)]
@@ -51,6 +56,48 @@ pub struct Args {
     /// instead of on the original model's activations.
     #[arg(long)]
     sequential: bool,
+    #[command(flatten)]
+    stats: StatsArgs,
+    /// How candidates are measured: `tail` runs only the part of each
+    /// candidate after the first boundary it changes, from the held-out
+    /// activations cached once, candidates in parallel; `full` runs the whole
+    /// model for every candidate, one after the other.
+    #[arg(long, default_value = "tail", value_parser = PossibleValuesParser::new(SelectionMode::NAMES).try_map(|s| s.parse::<SelectionMode>()))]
+    selection: SelectionMode,
+    /// Per greedy step, verify only the K candidates whose changed span fits
+    /// best (lowest 1-R^2 on the calibration statistics); for big models.
+    #[arg(long, value_name = "K", value_parser = clap::value_parser!(u64).range(1..))]
+    verify_top: Option<u64>,
+    /// Memory for the cached held-out boundary activations (`--selection
+    /// tail`), e.g. 512M or 4G; past it they go to a temporary file.
+    /// Default: a quarter of the memory available.
+    #[arg(long, value_name = "BYTES", value_parser = parse_bytes)]
+    cache_budget: Option<u64>,
+    /// Cache the held-out boundary activations in f16 (half the memory;
+    /// tails start from rounded activations) instead of f32.
+    #[arg(long)]
+    cache_f16: bool,
+}
+
+/// `512M`, `4G`, `1500000` (bytes; K, M, G are powers of 1024).
+fn parse_bytes(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (digits, unit) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => (&t[..i], c.to_ascii_uppercase()),
+        _ => (t, 'B'),
+    };
+    let scale: u64 = match unit {
+        'B' => 1,
+        'K' => 1 << 10,
+        'M' => 1 << 20,
+        'G' => 1 << 30,
+        _ => return Err(format!("'{s}': unknown unit '{unit}' (use K, M or G)")),
+    };
+    let v: f64 = digits.trim().parse().map_err(|_| format!("'{s}' is not a size such as 512M or 4G"))?;
+    if !(v >= 0.0 && v.is_finite()) {
+        return Err(format!("'{s}' is not a size"));
+    }
+    Ok((v * scale as f64) as u64)
 }
 
 /// `--translator`'s values, listed in `--help`.
@@ -86,18 +133,85 @@ fn warn_if_too_few(budget: &Budget, held: &HeldOut) {
     }
 }
 
+/// A probed model (`rba.probe`) whose head was fitted on images of the
+/// held-out data would verify every candidate on images it learnt: its
+/// held-out accuracy is inflated (~100%) and cannot rank candidates. The
+/// images the record names are left out (with a note); a record that does
+/// not name them (older rba) only gets a warning.
+fn without_images_the_head_saw(
+    model: &OnnxModel,
+    name: &str,
+    held_out: Dataset,
+) -> anyhow::Result<(Dataset, Option<usize>)> {
+    match probe::seen_by_head(model, &held_out) {
+        HeadSeen::Nothing => Ok((held_out, None)),
+        HeadSeen::Unknown { data } => {
+            eprintln!(
+                "warning: the probe head of {name} was fitted on {} and {} (rba.probe), the same data source as the \
+                 held-out images ({}); if they overlap, held-out accuracy is inflated (~100%) and cannot rank \
+                 candidates. Re-probe with this rba (it records which images the head saw, and compact leaves them \
+                 out), or verify on other data",
+                data.train,
+                data.val,
+                held_out.name()
+            );
+            Ok((held_out, None))
+        }
+        HeadSeen::Images { data, seen } => {
+            let total = held_out.len();
+            eprintln!(
+                "warning: the probe head of {name} was fitted on {} of the {total} held-out images of {} \
+                 (rba.probe: train {} ({} images), validation {} ({} images)); its accuracy on them is inflated \
+                 (~100%) and cannot rank candidates",
+                seen.len(),
+                held_out.name(),
+                data.train,
+                data.train_images,
+                data.val,
+                data.val_images
+            );
+            let kept = held_out.without(&seen);
+            if kept.is_empty() {
+                anyhow::bail!(
+                    "all {total} held-out images of {} were used to fit the probe head of {name}; verify on images it \
+                     did not see: other --data, or probe with fewer --val-samples or another --holdout",
+                    held_out.name()
+                );
+            }
+            eprintln!(
+                "note: left out the {} held-out images the probe head saw; verifying on the remaining {}",
+                seen.len(),
+                kept.len()
+            );
+            Ok((kept, Some(seen.len())))
+        }
+    }
+}
+
 pub fn run(args: Args) -> anyhow::Result<()> {
     let budget = args.budget()?;
     let c = &args.calibration;
     let (batch, seed, threads) = (c.batch, c.seed, c.threads);
     let fold = matches!(args.translator, TranslatorKind::Folded | TranslatorKind::Auto);
-    let Calibrated { model, pre, stats, calibration, held_out } = calibrate(c, args.max_span, fold)?;
+    let Calibrated { model, pre, stats, calibration, held_out } =
+        calibrate(c, args.max_span, fold, args.stats.stats.as_deref())?;
+    let (held_out, excluded) = without_images_the_head_saw(&model.onnx, &c.model, held_out)?;
     let held_out = held_out.subset(Some(args.held_out_samples), Some(seed));
     let (inputs, labels) = held_out.load_all(&pre)?;
-    let held = HeldOut::new(&model.onnx, inputs, labels, batch)?;
+    let held = match args.selection {
+        SelectionMode::Full => HeldOut::new(&model.onnx, inputs, labels, batch)?,
+        SelectionMode::Tail => {
+            let mut cache = CacheOptions { f16: args.cache_f16, ..CacheOptions::default() };
+            if let Some(b) = args.cache_budget {
+                cache.budget = b;
+            }
+            HeldOut::with_boundaries(&model, inputs, labels, batch, &cache, threads)?
+        }
+    };
     warn_if_too_few(&budget, &held);
     let progress = Terminal::stderr();
-    let mut selection = compact::select(&model, &stats, &held, &budget, args.translator, &progress)?;
+    let options = SelectOptions { mode: args.selection, threads, verify_top: args.verify_top.map(|k| k as usize) };
+    let mut selection = compact::select(&model, &stats, &held, &budget, args.translator, &options, &progress)?;
     let mut fitted_on = compaction::FITTED_ON_ORIGINAL;
     if args.sequential {
         let spans: Vec<(Span, TranslatorKind)> =
@@ -122,7 +236,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         &args.out,
         &selection,
         Calibration { source: calibration.name().to_string(), images: stats.images, fitted_on: fitted_on.into() },
-        DataUsed { source: held_out.name().to_string(), images: held.len() },
+        DataUsed { source: held_out.name().to_string(), images: held.len(), excluded_seen_by_probe: excluded },
     )?;
     let mut slim = selection.model.clone();
     slim.set_metadata(compaction::METADATA_KEY, serde_json::to_string(&report.compaction)?);
@@ -132,4 +246,20 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     print!("{}", text::selection(&model, &selection));
     println!("wrote {} and {}", args.out.display(), report_path.display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_bytes;
+
+    #[test]
+    fn cache_budgets_parse_with_units() {
+        assert_eq!(parse_bytes("1500"), Ok(1500));
+        assert_eq!(parse_bytes("512M"), Ok(512 << 20));
+        assert_eq!(parse_bytes("4g"), Ok(4 << 30));
+        assert_eq!(parse_bytes("1.5K"), Ok(1536));
+        assert!(parse_bytes("12X").is_err());
+        assert!(parse_bytes("lots").is_err());
+        assert!(parse_bytes("-1G").is_err());
+    }
 }

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use rba_host::board::{self, build_eval_bundle, BenchOptions, ModelArtifact};
-use rba_host::compact::{self, evaluate, Budget, HeldOut, TranslatorKind};
+use rba_host::compact::{self, evaluate, Budget, CacheOptions, HeldOut, SelectOptions, TranslatorKind};
 use rba_host::data::{Holdout, PreprocessOptions};
 use rba_host::demo::{DemoModel, Digits, Split};
 use rba_host::model::{inspect, Model};
@@ -79,7 +79,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         preprocess: PreprocessArgs::default(),
     };
     let fold = matches!(args.translator, TranslatorKind::Folded | TranslatorKind::Auto);
-    let Calibrated { model, pre, stats, calibration: calibration_set, held_out } = calibrate(&calibration, 3, fold)?;
+    let Calibrated { model, pre, stats, calibration: calibration_set, held_out } =
+        calibrate(&calibration, 3, fold, None)?;
     print!("{}", text::inspection(&inspect::inspect(&model)));
 
     step(2, "analyze: score every block and span on 500 calibration digits");
@@ -88,9 +89,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 
     step(3, &format!("compact: remove blocks while validation accuracy drops <= {} point(s)", args.max_drop));
     let (inputs, labels) = held_out.load_all(&pre)?;
-    let held = HeldOut::new(&model.onnx, inputs, labels, calibration.batch)?;
+    let held = HeldOut::with_boundaries(
+        &model,
+        inputs,
+        labels,
+        calibration.batch,
+        &CacheOptions::default(),
+        calibration.threads,
+    )?;
     let budget = Budget::MaxDrop(args.max_drop / 100.0);
-    let selection = compact::select(&model, &stats, &held, &budget, args.translator, &Terminal::notes_on_stdout())?;
+    let options = SelectOptions { threads: calibration.threads, ..SelectOptions::default() };
+    let selection =
+        compact::select(&model, &stats, &held, &budget, args.translator, &options, &Terminal::notes_on_stdout())?;
     print!("{}", text::selection(&model, &selection));
     let slim_path = args.out.join(format!("slim-{}", which.file_name()));
     let compaction = CompactionReport::new(
@@ -102,7 +112,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             images: stats.images,
             fitted_on: compaction::FITTED_ON_ORIGINAL.into(),
         },
-        DataUsed { source: held_out.name().to_string(), images: held.len() },
+        DataUsed { source: held_out.name().to_string(), images: held.len(), excluded_seen_by_probe: None },
     )?;
     let mut slim = selection.model.clone();
     slim.set_metadata(compaction::METADATA_KEY, serde_json::to_string(&compaction.compaction)?);
