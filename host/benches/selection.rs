@@ -46,7 +46,7 @@ fn data(spec: &str, model: &Model, threads: usize) -> (Statistics, nd::ArrayD<f3
             Dataset::open("demo").unwrap().calibration_split(Holdout::Fraction(0.2), 0).unwrap();
         let calibration = calibration.subset(Some(500), Some(0));
         let batches = calibration.batches(&pre, 50).map(|b| b.map(|(x, _labels)| x));
-        let options = CaptureOptions { batch: 50, max_span: 4, threads, fold: true };
+        let options = CaptureOptions { batch: 50, max_span: 4, threads, fold: true, ..Default::default() };
         let stats = capture(model, batches, Some(500), &options, &Silent).unwrap();
         let (inputs, labels) = held_out.load_all(&pre).unwrap();
         return (stats, inputs, labels, 50);
@@ -60,7 +60,7 @@ fn data(spec: &str, model: &Model, threads: usize) -> (Statistics, nd::ArrayD<f3
         s[0] = batch.min(calibration - k * batch);
         Ok::<_, String>(random_batch(&s, 100 + k as u64))
     });
-    let options = CaptureOptions { batch, max_span: 1, threads, fold: true };
+    let options = CaptureOptions { batch, max_span: 1, threads, fold: true, ..Default::default() };
     let stats = capture(model, batches, Some(calibration), &options, &Silent).unwrap();
     let mut s = shape.clone();
     s[0] = held_out;

@@ -89,7 +89,7 @@ fn token_model_scores_match_direct_computation() {
     // Batches of 8 with a short last batch, as a dataset would stream them.
     let batches: Vec<Result<nd::ArrayD<f32>, String>> =
         (0..37).step_by(8).map(|s| Ok(x.slice_axis(nd::Axis(0), (s..(s + 8).min(37)).into()).to_owned())).collect();
-    let options = CaptureOptions { batch: 8, max_span: 3, threads: 1, fold: false };
+    let options = CaptureOptions { batch: 8, max_span: 3, threads: 1, fold: false, ..Default::default() };
     let stats = capture(&model, batches, Some(37), &options, &Silent).expect("capture");
     assert_eq!(stats.images, 37);
     let acts = direct_activations(&model, &x, false);
@@ -146,7 +146,7 @@ fn token_model_scores_match_direct_computation() {
 fn conv_model_uses_channel_rows_and_spatial_means() {
     let model = Model::new(conv_model(&[1, 2, 3], 6, 4), None).expect("blocks");
     let x = random_input(&[20, 1, 4, 4], 2);
-    let options = CaptureOptions { batch: 20, max_span: 2, threads: 1, fold: false };
+    let options = CaptureOptions { batch: 20, max_span: 2, threads: 1, fold: false, ..Default::default() };
     let stats = capture(&model, [Ok::<_, String>(x.clone())], Some(20), &options, &Silent).expect("capture");
     let acts = direct_activations(&model, &x, true);
     let mean_rows = |b: usize| -> Vec<Vec<f64>> {

@@ -74,7 +74,7 @@ fn demo_vit_two_blocks_fold_away_with_a_small_verified_drop() {
         Dataset::open("demo").unwrap().calibration_split(Holdout::Fraction(0.2), 0).expect("split");
     let calibration = calibration.subset(Some(500), Some(0));
     let batches = calibration.batches(&pre, 50).map(|b| b.map(|(x, _labels)| x));
-    let options = CaptureOptions { batch: 50, max_span: 2, threads: 1, fold: true };
+    let options = CaptureOptions { batch: 50, max_span: 2, threads: 1, fold: true, ..Default::default() };
     let stats = capture(&model, batches, Some(500), &options, &Silent).expect("capture");
     let (inputs, labels) = held_out.load_all(&pre).expect("held-out images");
     assert_eq!(inputs.shape()[0], 300, "the validation digits");
@@ -110,7 +110,7 @@ fn sequential_refit_fits_each_span_on_the_partly_compacted_model() {
     let model = Model::new(token_model(&[41, 42, 43, 44, 45, 46], 5, 8, Some(16)), None).expect("blocks");
     let calib = random_input(&[48, 5, 8], 7);
     let capture_on = |m: &Model, max_span: usize| {
-        let options = CaptureOptions { batch: 16, max_span, threads: 1, fold: true };
+        let options = CaptureOptions { batch: 16, max_span, threads: 1, fold: true, ..Default::default() };
         capture(m, [Ok::<_, String>(calib.clone())], Some(48), &options, &Silent)
             .map_err(|e| rba_host::compact::CompactError::Budget(e.to_string()))
     };

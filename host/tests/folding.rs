@@ -84,7 +84,7 @@ fn folded_fit_from_statistics_equals_least_squares_on_the_tensors() {
     const D: usize = 6;
     let model = Model::new(token_model(&[31, 32, 33, 34], T, D, Some(12)), None).unwrap();
     let inputs: Vec<nd::ArrayD<f32>> = (0..4).map(|k| random_input(&[10, T, D], 100 + k)).collect();
-    let options = CaptureOptions { batch: 10, max_span: 2, threads: 1, fold: true };
+    let options = CaptureOptions { batch: 10, max_span: 2, threads: 1, fold: true, ..Default::default() };
     let stats = capture(&model, inputs.iter().cloned().map(Ok::<_, String>), Some(40), &options, &Silent).unwrap();
     let span = Span::new(1, 3);
     let (translator, fit) = fit_span(&stats, span, TranslatorKind::Folded).unwrap();

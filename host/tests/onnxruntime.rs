@@ -66,3 +66,84 @@ fn compacted_demo_vit_runs_in_onnxruntime() {
     let digits = Digits::embedded().expect("digits");
     check_same_in_both(&slim, &digits.batch(&digits.indices(Split::Test)[..8]), DataPlacement::Inline);
 }
+
+/// `--runtime onnxruntime` on the host: the capture runs the demo ViT on
+/// ONNX Runtime (boundaries as extra graph outputs of a rewritten model);
+/// every span's statistics match tract's within float noise, and selection
+/// from either makes the same choices.
+#[test]
+fn host_capture_on_onnxruntime_matches_tract() {
+    use rba_host::calibrate::{capture, CaptureOptions};
+    use rba_host::compact::{select, Budget, CacheOptions, HeldOut, SelectOptions, TranslatorKind};
+    use rba_host::data::{Dataset, Holdout, Preprocess, PreprocessOptions};
+    use rba_host::demo::DemoModel;
+    use rba_host::model::run::{self as host_run, Runner};
+    use rba_host::progress::Silent;
+
+    let Some(lib) = onnxruntime::require_library("host capture on onnxruntime") else { return };
+    let ort = host_run::onnxruntime(Some(lib)).expect("onnxruntime");
+    let model = Model::new(DemoModel::Vit.load().expect("vit"), None).expect("blocks");
+    let pre = Preprocess::for_model(&PreprocessOptions::default(), &model.onnx).expect("preprocess");
+    let (calibration, held_out) =
+        Dataset::open("demo").unwrap().calibration_split(Holdout::Fraction(0.2), 0).expect("split");
+    let calibration = calibration.subset(Some(200), Some(0));
+
+    // The boundaries themselves, one batch: the same tensors within 1e-4.
+    let names: Vec<String> = model.blocks.boundaries.clone();
+    let (x, _) = calibration.subset(Some(8), Some(0)).load_all(&pre).expect("images");
+    let on_tract = Runner::new(&model.onnx, 8, &names).unwrap().run(x.clone()).unwrap();
+    let on_ort = Runner::on(&ort, &model.onnx, 8, &names, 2).unwrap().run(x).unwrap();
+    assert_eq!(on_tract.len(), 1 + names.len(), "the logits, then every boundary");
+    for (a, b) in on_tract.iter().zip(&on_ort) {
+        assert_eq!(a.shape(), b.shape());
+        assert!(max_abs_diff(a, b) < 1e-4, "tract and onnxruntime differ by {}", max_abs_diff(a, b));
+    }
+
+    let stats_on = |runtime: &host_run::Runtime| {
+        let batches = calibration.batches(&pre, 50).map(|b| b.map(|(x, _labels)| x));
+        let options = CaptureOptions { batch: 50, max_span: 2, threads: 2, fold: true, runtime: runtime.clone() };
+        capture(&model, batches, Some(200), &options, &Silent).expect("capture")
+    };
+    let (t, o) = (stats_on(&host_run::Runtime::Tract), stats_on(&ort));
+    assert_eq!((t.images, o.images), (200, 200));
+    let (st, so) = (t.span_scores(), o.span_scores());
+    assert_eq!(st.len(), so.len());
+    let near = |a: f64, b: f64, rel: f64| (a - b).abs() <= rel * a.abs().max(b.abs()).max(1e-6);
+    for (a, b) in st.iter().zip(&so) {
+        assert_eq!((a.start, a.end), (b.start, b.end));
+        assert!(near(a.br_all_tokens, b.br_all_tokens, 1e-4), "BR {} vs {}", a.br_all_tokens, b.br_all_tokens);
+        assert!(near(a.cosine, b.cosine, 1e-5), "cosine {} vs {}", a.cosine, b.cosine);
+        assert!(
+            (a.linear_residual - b.linear_residual).abs() < 1e-4,
+            "1-R^2 {} vs {}",
+            a.linear_residual,
+            b.linear_residual
+        );
+    }
+
+    let (inputs, labels) = held_out.subset(Some(100), Some(0)).load_all(&pre).expect("held-out");
+    let held = HeldOut::with_boundaries(&model, inputs, labels, 50, &CacheOptions::default(), 2).expect("held-out");
+    let choose = |stats| {
+        let sel = select(
+            &model,
+            stats,
+            &held,
+            &Budget::Remove(2),
+            TranslatorKind::Folded,
+            &SelectOptions::default(),
+            &Silent,
+        )
+        .expect("select");
+        sel.replacements.iter().map(|r| (r.span.start, r.span.end)).collect::<Vec<_>>()
+    };
+    assert_eq!(choose(&t), choose(&o), "the same blocks replaced");
+}
+
+/// An explicit library path that holds none is an error naming it.
+#[test]
+fn host_onnxruntime_with_a_missing_library_says_where_it_looked() {
+    let err = rba_host::model::run::onnxruntime(Some("/nonexistent/libonnxruntime.so.1.20.1".into())).unwrap_err();
+    let text = err.to_string();
+    assert!(text.starts_with("onnxruntime is not available: "), "{text}");
+    assert!(text.contains("/nonexistent/libonnxruntime.so.1.20.1"), "{text}");
+}

@@ -33,7 +33,7 @@ fn setup(which: DemoModel) -> Setup {
         Dataset::open("demo").expect("digits").calibration_split(Holdout::Fraction(0.2), 0).expect("split");
     let calibration = calibration.subset(Some(500), Some(0));
     let batches = calibration.batches(&pre, 50).map(|b| b.map(|(x, _labels)| x));
-    let options = CaptureOptions { batch: 50, max_span: 3, threads: 2, fold: true };
+    let options = CaptureOptions { batch: 50, max_span: 3, threads: 2, fold: true, ..Default::default() };
     let stats = capture(&model, batches, Some(500), &options, &Silent).expect("capture");
     // 150 held-out digits: the claim is per image, so fewer keep it (and the test's time).
     let (inputs, labels) = held_out.subset(Some(150), Some(0)).load_all(&pre).expect("held-out images");
@@ -302,7 +302,7 @@ fn tails_that_read_the_input_shape_get_it_captured() {
     g.node.insert(at + 1, node("Reshape", "b2/re", &["b2.out", "x.shape"], &["b2.re"]));
     let model = Model::new(onnx, None).expect("blocks");
     let calib = random_input(&[64, 5, 8], 1);
-    let options = CaptureOptions { batch: 16, max_span: 2, threads: 1, fold: true };
+    let options = CaptureOptions { batch: 16, max_span: 2, threads: 1, fold: true, ..Default::default() };
     let stats = capture(&model, [Ok::<_, String>(calib)], Some(64), &options, &Silent).expect("capture");
     let held = HeldOut::with_boundaries(&model, random_input(&[40, 5, 8], 2), None, 16, &CacheOptions::default(), 2)
         .expect("held-out");

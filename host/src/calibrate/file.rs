@@ -669,7 +669,7 @@ mod tests {
 
     fn small_file() -> StatsFile {
         let (model, x) = token_model_with_noise(12);
-        let options = CaptureOptions { batch: 4, max_span: 1, threads: 1, fold: false };
+        let options = CaptureOptions { batch: 4, max_span: 1, threads: 1, fold: false, ..Default::default() };
         let stats = capture(&model, [Ok::<_, String>(x)], Some(12), &options, &Silent).unwrap();
         StatsFile { provenance: provenance(&model), statistics: stats }
     }

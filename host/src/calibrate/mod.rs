@@ -14,9 +14,8 @@ pub mod shard;
 pub mod statistics;
 
 use faer::Par;
-use tract_linalg::multithread::{multithread_tract_scope, Executor};
 
-use crate::model::run::{nd, RunError, Runner};
+use crate::model::run::{nd, with_tract_threads, RunError, Runner, Runtime};
 use crate::model::Model;
 use crate::progress::{Progress, Unit};
 use accumulator::{Accumulator, CaptureError};
@@ -45,11 +44,13 @@ pub struct CaptureOptions {
     /// Also capture the statistics of folded translators, wherever a block
     /// ends in a residual Add of a linear layer.
     pub fold: bool,
+    /// What runs the model (the statistics are the same within float noise).
+    pub runtime: Runtime,
 }
 
 impl Default for CaptureOptions {
     fn default() -> Self {
-        Self { batch: 16, max_span: 3, threads: 1, fold: false }
+        Self { batch: 16, max_span: 3, threads: 1, fold: false, runtime: Runtime::Tract }
     }
 }
 
@@ -99,7 +100,7 @@ pub fn capture<E: std::fmt::Display>(
     let capture_err = |source| CalibrateError::Capture { path: path.clone(), source };
     let mut stats = accumulator(model, options)?;
     let captured = stats.captured_tensors();
-    let runner = Runner::new(&model.onnx, options.batch, &captured)?;
+    let runner = Runner::on(&options.runtime, &model.onnx, options.batch, &captured, options.threads)?;
     let outputs = runner.outputs.len() - captured.len();
     let par = if options.threads > 1 { Par::rayon(options.threads) } else { Par::Seq };
     let task = progress.task("capture", total_images.map(|n| n as u64), Unit::Images);
@@ -115,11 +116,8 @@ pub fn capture<E: std::fmt::Display>(
             }
             Ok(stats.finish(par))
         });
-        // tract's matrix products use `threads` too (tract-linalg's
-        // multithread-mm); its default executor is single-threaded.
-        let executor =
-            if options.threads > 1 { Executor::multithread(options.threads) } else { Executor::SingleThread };
-        let produced = multithread_tract_scope(executor, || -> Result<(), CalibrateError> {
+        // tract's matrix products use `threads` too.
+        let produced = with_tract_threads(options.threads, || -> Result<(), CalibrateError> {
             for batch in batches {
                 let batch = batch.map_err(|e| CalibrateError::Data(e.to_string()))?;
                 // Any batch size works: run it in pieces of the plan's batch.
@@ -190,7 +188,7 @@ mod tests {
     #[test]
     fn merged_shards_equal_the_one_shot_capture_bit_for_bit() {
         let model = Model::new(crate::demo::DemoModel::Vit.load().unwrap(), None).unwrap();
-        let options = CaptureOptions { batch: 4, max_span: 2, threads: 1, fold: true };
+        let options = CaptureOptions { batch: 4, max_span: 2, threads: 1, fold: true, ..Default::default() };
         let group = group_images(&model, options.batch).unwrap();
         // 4 images of 17 tokens per batch: 31 batches make a group of 2048+ rows.
         assert_eq!(group, 4 * 2048usize.div_ceil(4 * 17));
@@ -221,7 +219,7 @@ mod tests {
     #[test]
     fn merging_statistics_of_another_layout_is_refused() {
         let model = Model::new(crate::demo::DemoModel::Vit.load().unwrap(), None).unwrap();
-        let options = CaptureOptions { batch: 4, max_span: 2, threads: 1, fold: false };
+        let options = CaptureOptions { batch: 4, max_span: 2, threads: 1, fold: false, ..Default::default() };
         let mut a = empty(&model, &options).unwrap();
         let b = empty(&model, &CaptureOptions { max_span: 1, ..options.clone() }).unwrap();
         let err = a.merge(&b).unwrap_err();

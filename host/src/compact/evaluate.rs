@@ -4,11 +4,9 @@
 
 use serde::Serialize;
 
-use tract_linalg::multithread::{multithread_tract_scope, Executor};
-
 use super::tail::{BoundaryCache, CacheOptions};
 use super::CompactError;
-use crate::model::run::{argmax_rows, nd, predict, Runner};
+use crate::model::run::{argmax_rows, nd, predict, predict_on, with_tract_threads, Runner, Runtime};
 use crate::model::Model;
 use crate::onnx::OnnxModel;
 
@@ -74,8 +72,7 @@ impl HeldOut {
         options: &CacheOptions,
         threads: usize,
     ) -> Result<Self, CompactError> {
-        let executor = if threads > 1 { Executor::multithread(threads) } else { Executor::SingleThread };
-        match multithread_tract_scope(executor, || super::tail::capture(original, &inputs, batch, options)) {
+        match with_tract_threads(threads, || super::tail::capture(original, &inputs, batch, options)) {
             Ok((reference, cache)) => Ok(Self { inputs, labels, reference, batch, cache: Some(cache), no_cache: None }),
             // Whatever stops the capture (a boundary tract cannot expose, a
             // spill file that cannot be written), selection still works
@@ -157,19 +154,25 @@ pub fn top_k(out: &nd::Array2<f32>, labels: &[usize], k: usize) -> f64 {
     hits as f64 / labels.len().max(1) as f64
 }
 
-/// Evaluates models side by side on the same inputs; the first is the reference.
+/// Evaluates models side by side on the same inputs on `runtime` (ONNX
+/// Runtime's `threads`; tract's come from the caller's executor scope);
+/// the first is the reference.
 pub fn evaluate(
     models: &[(String, Model, u64)],
     inputs: &nd::ArrayD<f32>,
     labels: Option<&[usize]>,
     batch: usize,
     rounds: usize,
+    runtime: &Runtime,
+    threads: usize,
 ) -> Result<Vec<EvalRow>, CompactError> {
-    let outputs: Vec<nd::Array2<f32>> =
-        models.iter().map(|(_, m, _)| predict(&m.onnx, inputs, batch)).collect::<Result<_, _>>()?;
+    let outputs: Vec<nd::Array2<f32>> = models
+        .iter()
+        .map(|(_, m, _)| predict_on(runtime, &m.onnx, inputs, batch, threads))
+        .collect::<Result<_, _>>()?;
     // Latency: one batch per model, interleaved ABAB... so drift hits all alike.
     let runners: Vec<Runner> =
-        models.iter().map(|(_, m, _)| Runner::new(&m.onnx, batch, &[])).collect::<Result<_, _>>()?;
+        models.iter().map(|(_, m, _)| Runner::on(runtime, &m.onnx, batch, &[], threads)).collect::<Result<_, _>>()?;
     let mut one = nd::ArrayD::zeros(runners[0].input_shape.clone());
     let k = inputs.shape()[0].min(runners[0].input_shape[0]);
     one.slice_axis_mut(nd::Axis(0), (0..k).into()).assign(&inputs.slice_axis(nd::Axis(0), (0..k).into()));

@@ -18,7 +18,7 @@ use serde::Serialize;
 
 use crate::data::{DataError, Dataset, Preprocess, Resize};
 use crate::fit::{self, Cross, FitError, FitKind, Moments, Solver};
-use crate::model::run::{nd, tensor_shapes, RunError, Runner};
+use crate::model::run::{nd, tensor_shapes, RunError, Runner, Runtime};
 use crate::onnx::build::{attr_int, attr_ints, f32_tensor, f32_value_info, i64_tensor, node, value_info_dims, Dim};
 use crate::onnx::graph::{prune, GraphIndex};
 use crate::onnx::OnnxModel;
@@ -136,6 +136,10 @@ pub struct ProbeOptions {
     pub refit: bool,
     /// Pooled training rows kept to report training accuracy (bounded memory).
     pub train_eval_rows: usize,
+    /// What runs the backbone, on how many threads (ONNX Runtime's; tract's
+    /// come from the caller's executor scope).
+    pub runtime: Runtime,
+    pub threads: usize,
 }
 
 impl ProbeOptions {
@@ -147,6 +151,8 @@ impl ProbeOptions {
             batch: 16,
             refit: true,
             train_eval_rows: 5000,
+            runtime: Runtime::Tract,
+            threads: 1,
         }
     }
 }
@@ -533,7 +539,7 @@ pub fn probe(
     let cut = cut(model, feature)?;
     let layout = feature_shape(&cut, feature)?;
     let (d, k) = (layout.dim(), classes.len());
-    let runner = Runner::new(&cut, options.batch, &[])?;
+    let runner = Runner::on(&options.runtime, &cut, options.batch, &[], options.threads)?;
     let passes = Passes { runner: &runner, pre, layout, pooling: options.pooling, progress };
     let fit_err = |source| ProbeError::Fit { tensor: feature.to_string(), source };
 

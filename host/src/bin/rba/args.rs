@@ -10,7 +10,9 @@ use rba_host::calibrate::shard::Shard;
 use rba_host::calibrate::{self, CaptureOptions, Statistics};
 use rba_host::data::preprocess::parse_scale;
 use rba_host::data::{Dataset, Holdout, Hw, Layout, Preprocess, PreprocessOptions};
+use rba_host::model::run::{self, Runtime};
 use rba_host::model::Model;
+use rba_protocol::RuntimeKind;
 
 use crate::progress::Terminal;
 
@@ -129,6 +131,38 @@ pub struct CalibrationArgs {
     pub boundaries: Option<Vec<String>>,
     #[command(flatten)]
     pub preprocess: PreprocessArgs,
+    #[command(flatten)]
+    pub runtime: HostRuntimeArgs,
+}
+
+/// What runs the model on this machine: capture, probe features, evaluation.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct HostRuntimeArgs {
+    /// Run the model here with tract (built in) or onnxruntime (ONNX Runtime's library on the
+    /// CPU: --ort-library, else $ORT_DYLIB_PATH, python3's onnxruntime package, system folders).
+    #[arg(long = "runtime", value_name = "RUNTIME", default_value = "tract", value_parser = parse_runtime)]
+    pub kind: RuntimeKind,
+    /// ONNX Runtime's library (the file or its folder) for --runtime onnxruntime.
+    #[arg(long, value_name = "PATH")]
+    pub ort_library: Option<PathBuf>,
+}
+
+impl HostRuntimeArgs {
+    pub fn runtime(&self) -> anyhow::Result<Runtime> {
+        Ok(match self.kind {
+            RuntimeKind::Tract => {
+                if self.ort_library.is_some() {
+                    anyhow::bail!("--ort-library applies to --runtime onnxruntime");
+                }
+                Runtime::Tract
+            }
+            RuntimeKind::OnnxRuntime => run::onnxruntime(self.ort_library.clone())?,
+        })
+    }
+}
+
+pub fn parse_runtime(s: &str) -> Result<RuntimeKind, String> {
+    RuntimeKind::from_name(s).ok_or_else(|| format!("unknown runtime '{s}' (tract or onnxruntime)"))
 }
 
 pub fn all_cores() -> usize {
@@ -204,7 +238,8 @@ pub fn calibrate(
         }
         None => {
             let Prepared { model, pre, calibration, .. } = &prepared;
-            let options = CaptureOptions { batch: args.batch, max_span, threads: args.threads, fold };
+            let runtime = args.runtime.runtime()?;
+            let options = CaptureOptions { batch: args.batch, max_span, threads: args.threads, fold, runtime };
             let batches = calibration.batches(pre, args.batch).map(|b| b.map(|(x, _labels)| x));
             calibrate::capture(model, batches, Some(calibration.len()), &options, &Terminal::stderr())?
         }

@@ -14,7 +14,7 @@ use rba_host::report::text;
 use rba_protocol::{EpPolicy, ExecutionProvider, RunPolicy, RuntimeKind, RuntimeRequest};
 
 use super::deploy::{connect, deployed_line};
-use crate::args::{LinkArgs, PreprocessArgs};
+use crate::args::{parse_runtime, LinkArgs, PreprocessArgs};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -63,10 +63,6 @@ pub struct Args {
     /// listed); fallback: run with what registered and report it (default: the board's).
     #[arg(long, value_name = "POLICY", value_parser = parse_policy)]
     ep_policy: Option<EpPolicy>,
-}
-
-fn parse_runtime(s: &str) -> Result<RuntimeKind, String> {
-    RuntimeKind::from_name(s).ok_or_else(|| format!("unknown runtime '{s}' (tract or onnxruntime)"))
 }
 
 fn parse_ep(s: &str) -> Result<ExecutionProvider, String> {

@@ -57,7 +57,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let prepared = prepare(c)?;
     let provenance = provenance(c, &prepared)?;
     let Prepared { model, pre, calibration, .. } = prepared;
-    let options = CaptureOptions { batch: c.batch, max_span: args.max_span, threads: c.threads, fold: !args.no_fold };
+    let runtime = c.runtime.runtime()?;
+    let options =
+        CaptureOptions { batch: c.batch, max_span: args.max_span, threads: c.threads, fold: !args.no_fold, runtime };
     let positions = shard.positions(calibration.len(), provenance.group_images);
     let part = calibration.select(&positions)?;
     if shard != Shard::WHOLE {

@@ -192,6 +192,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let budget = args.budget()?;
     let c = &args.calibration;
     let (batch, seed, threads) = (c.batch, c.seed, c.threads);
+    let runtime = c.runtime.runtime()?;
     let fold = matches!(args.translator, TranslatorKind::Folded | TranslatorKind::Auto);
     let Calibrated { model, pre, stats, calibration, held_out } =
         calibrate(c, args.max_span, fold, args.stats.stats.as_deref())?;
@@ -217,7 +218,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let spans: Vec<(Span, TranslatorKind)> =
             selection.replacements.iter().map(|r| (r.span, r.translator)).collect();
         let (refit, replacements) = compact::refit_sequentially(&model, &spans, |partial, max_span| {
-            let options = CaptureOptions { batch, max_span, threads, fold: true };
+            let options = CaptureOptions { batch, max_span, threads, fold: true, runtime: runtime.clone() };
             let batches = calibration.batches(&pre, batch).map(|b| b.map(|(x, _labels)| x));
             calibrate::capture(partial, batches, Some(calibration.len()), &options, &progress)
                 .map_err(|e| CompactError::Budget(e.to_string()))

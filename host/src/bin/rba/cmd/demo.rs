@@ -11,6 +11,7 @@ use rba_host::board::{self, build_eval_bundle, BenchOptions, ModelArtifact};
 use rba_host::compact::{self, evaluate, Budget, CacheOptions, HeldOut, SelectOptions, TranslatorKind};
 use rba_host::data::{Holdout, PreprocessOptions};
 use rba_host::demo::{DemoModel, Digits, Split};
+use rba_host::model::run::Runtime;
 use rba_host::model::{inspect, Model};
 use rba_host::onnx::{write_atomically, DataPlacement};
 use rba_host::report::compaction::{self, Calibration, CompactionReport, DataUsed};
@@ -21,7 +22,7 @@ use rba_protocol::RunPolicy;
 
 use super::compact::translator_parser;
 use super::deploy::connect;
-use crate::args::{all_cores, calibrate, Calibrated, CalibrationArgs, LinkArgs, PreprocessArgs};
+use crate::args::{all_cores, calibrate, Calibrated, CalibrationArgs, HostRuntimeArgs, LinkArgs, PreprocessArgs};
 use crate::progress::Terminal;
 
 #[derive(clap::Args)]
@@ -77,6 +78,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         threads: all_cores(),
         boundaries: None,
         preprocess: PreprocessArgs::default(),
+        runtime: HostRuntimeArgs::default(),
     };
     let fold = matches!(args.translator, TranslatorKind::Folded | TranslatorKind::Auto);
     let Calibrated { model, pre, stats, calibration: calibration_set, held_out } =
@@ -175,6 +177,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Some(&test_labels),
         50,
         5,
+        &Runtime::Tract,
+        1,
     )?;
     println!(
         "{:<22} {:>10} {:>12} {:>8} {:>8} {:>8} {:>11} {:>11} {:>24} {:>8}",

@@ -4,11 +4,12 @@ use std::path::PathBuf;
 
 use rba_host::compact::evaluate;
 use rba_host::data::{Dataset, Preprocess};
+use rba_host::model::run::with_tract_threads;
 use rba_host::model::Model;
 use rba_host::onnx::write_atomically;
 use rba_host::report::text;
 
-use crate::args::PreprocessArgs;
+use crate::args::{all_cores, HostRuntimeArgs, PreprocessArgs};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -31,6 +32,11 @@ pub struct Args {
     json: Option<PathBuf>,
     #[command(flatten)]
     preprocess: PreprocessArgs,
+    #[command(flatten)]
+    runtime: HostRuntimeArgs,
+    /// Inference threads (default: all cores).
+    #[arg(long, default_value_t = all_cores())]
+    threads: usize,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -43,8 +49,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let pre = Preprocess::for_model(&(&args.preprocess).into(), &loaded[0].1.onnx)?;
     let dataset = Dataset::open(&args.data)?.subset(args.samples, None);
     let (inputs, labels) = dataset.load_all(&pre)?;
-    let rows = evaluate::evaluate(&loaded, &inputs, labels.as_deref(), args.batch, args.rounds)?;
-    println!("{} images from {}", dataset.len(), dataset.name());
+    let runtime = args.runtime.runtime()?;
+    let rows = with_tract_threads(args.threads, || {
+        evaluate::evaluate(&loaded, &inputs, labels.as_deref(), args.batch, args.rounds, &runtime, args.threads)
+    })?;
+    println!("{} images from {} on {}", dataset.len(), dataset.name(), args.runtime.kind.name());
     print!("{}", text::evaluation(&rows));
     if let Some(path) = args.json {
         write_atomically(&path, &serde_json::to_vec_pretty(&rows)?)?;

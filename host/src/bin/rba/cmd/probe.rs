@@ -7,10 +7,11 @@ use clap::builder::{PossibleValuesParser, TypedValueParser};
 use rba_host::data::{Dataset, Holdout, Preprocess};
 use rba_host::demo::load_model_spec;
 use rba_host::fit::probe::{self, Pooling, ProbeOptions, DEFAULT_LAMBDAS};
+use rba_host::model::run::with_tract_threads;
 use rba_host::onnx::DataPlacement;
 use rba_host::report::text;
 
-use crate::args::PreprocessArgs;
+use crate::args::{all_cores, HostRuntimeArgs, PreprocessArgs};
 use crate::progress::Terminal;
 
 #[derive(clap::Args)]
@@ -55,6 +56,11 @@ pub struct Args {
     no_refit: bool,
     #[command(flatten)]
     preprocess: PreprocessArgs,
+    #[command(flatten)]
+    runtime: HostRuntimeArgs,
+    /// Inference threads (default: all cores).
+    #[arg(long, default_value_t = all_cores())]
+    threads: usize,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -71,10 +77,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         relative_lambdas: args.lambdas.unwrap_or_else(|| DEFAULT_LAMBDAS.to_vec()),
         batch: args.batch,
         refit: !args.no_refit,
+        runtime: args.runtime.runtime()?,
+        threads: args.threads,
         ..ProbeOptions::new(&args.feature)
     };
     eprintln!("probe: {} training and {} validation images from {}", train.len(), val.len(), data.name());
-    let result = probe::probe(&model, &train, &val, &pre, &options, &Terminal::stderr())?;
+    let result =
+        with_tract_threads(args.threads, || probe::probe(&model, &train, &val, &pre, &options, &Terminal::stderr()))?;
     result.model.save(&args.out, &DataPlacement::Inline)?;
     print!("{}", text::probe(&result));
     println!("wrote {} (output '{}', metadata '{}')", args.out.display(), probe::OUTPUT, probe::METADATA_KEY);
