@@ -22,7 +22,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use rba_host::calibrate::{capture, CaptureOptions};
-use rba_host::model::run::{input_shape, nd, Runner};
+use rba_host::model::run::{self as host_run, input_shape, nd, Runner, Runtime};
 use rba_host::model::Model;
 use rba_host::progress::Silent;
 use rba_testkit::bench::*;
@@ -38,8 +38,8 @@ fn batches(model: &Model, images: usize) -> impl Iterator<Item = Result<nd::Arra
     })
 }
 
-fn options(threads: usize) -> CaptureOptions {
-    CaptureOptions { batch: BATCH, threads, ..Default::default() }
+fn options(threads: usize, runtime: &Runtime) -> CaptureOptions {
+    CaptureOptions { batch: BATCH, threads, runtime: runtime.clone(), ..Default::default() }
 }
 
 fn child_rss(spec: &str, images: usize) -> u64 {
@@ -50,8 +50,8 @@ fn child_rss(spec: &str, images: usize) -> u64 {
     String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0)
 }
 
-/// Seconds for one pass of `images` through a plain tract forward.
-fn tract_forward(model: &Model, runner: &Runner, images: usize) -> f64 {
+/// Seconds for one pass of `images` through a plain forward (the runner's runtime).
+fn forward(model: &Model, runner: &Runner, images: usize) -> f64 {
     let t = Instant::now();
     for b in batches(model, images) {
         let b = b.expect("batch");
@@ -71,6 +71,15 @@ fn throughput(spec: &str, threads: usize) {
         .unwrap_or(if large { 32 } else { 400 })
         .max(BATCH);
     let runner = Runner::new(&model.onnx, BATCH, &[]).expect("runner");
+    // rba's capture on onnxruntime (`--runtime onnxruntime`) against a plain
+    // forward of the same library, threads and batch in this process.
+    let ort_rt = match host_run::onnxruntime(None) {
+        Ok(rt) => Some((Runner::on(&rt, &model.onnx, BATCH, &[], threads).expect("onnxruntime runner"), rt)),
+        Err(e) => {
+            note(&format!("capture {}: rba on onnxruntime skipped: {e}", label(spec)));
+            None
+        }
+    };
     let file = model_file(spec);
     let ort_args = vec![
         script("ort_forward.py").display().to_string(),
@@ -85,15 +94,28 @@ fn throughput(spec: &str, threads: usize) {
         "1".into(),
     ];
     // Warm-up (first-run allocations, page faults of the weights).
-    tract_forward(&model, &runner, BATCH);
-    capture(&model, batches(&model, BATCH), Some(BATCH), &options(threads), &Silent).expect("capture");
-    // Interleave the measurements so machine noise hits all alike; keep the best round of each.
-    let (mut forward, mut stats, mut ort) = (f64::INFINITY, f64::INFINITY, None::<Result<f64, String>>);
-    for _round in 0..3 {
-        forward = forward.min(tract_forward(&model, &runner, images));
+    let tract = Runtime::Tract;
+    let capture_secs = |runtime: &Runtime, n: usize| {
         let t = Instant::now();
-        capture(&model, batches(&model, images), Some(images), &options(threads), &Silent).expect("capture");
-        stats = stats.min(t.elapsed().as_secs_f64());
+        capture(&model, batches(&model, n), Some(n), &options(threads, runtime), &Silent).expect("capture");
+        t.elapsed().as_secs_f64()
+    };
+    forward(&model, &runner, BATCH);
+    capture_secs(&tract, BATCH);
+    if let Some((r, rt)) = &ort_rt {
+        forward(&model, r, BATCH);
+        capture_secs(rt, BATCH);
+    }
+    // Interleave the measurements so machine noise hits all alike; keep the best round of each.
+    let (mut plain, mut stats, mut ort) = (f64::INFINITY, f64::INFINITY, None::<Result<f64, String>>);
+    let (mut ort_plain, mut ort_stats) = (f64::INFINITY, f64::INFINITY);
+    for _round in 0..3 {
+        plain = plain.min(forward(&model, &runner, images));
+        stats = stats.min(capture_secs(&tract, images));
+        if let Some((r, rt)) = &ort_rt {
+            ort_plain = ort_plain.min(forward(&model, r, images));
+            ort_stats = ort_stats.min(capture_secs(rt, images));
+        }
         if python().is_some() && !matches!(ort, Some(Err(_))) {
             let r = run_python(&ort_args, "images_per_s");
             ort = Some(match (ort, r) {
@@ -102,7 +124,7 @@ fn throughput(spec: &str, threads: usize) {
             });
         }
     }
-    let (fwd_ips, cap_ips) = (images as f64 / forward, images as f64 / stats);
+    let (fwd_ips, cap_ips) = (images as f64 / plain, images as f64 / stats);
     let name = label(spec);
     println!("{name}: {images} images per round, batch {BATCH}, {threads} threads, best of 3 interleaved rounds");
     row(
@@ -113,6 +135,25 @@ fn throughput(spec: &str, threads: usize) {
         "-",
         None,
     );
+    if ort_rt.is_some() {
+        let (plain_ips, stats_ips) = (images as f64 / ort_plain, images as f64 / ort_stats);
+        row(
+            &format!("capture {name} on onnxruntime: rba forward+statistics vs plain onnxruntime forward ({threads} threads)"),
+            &format!("{stats_ips:.2} img/s"),
+            &format!("{plain_ips:.2} img/s"),
+            stats_ips / plain_ips,
+            if large { ">= 0.9" } else { "-" },
+            large.then_some(stats_ips / plain_ips >= 0.9),
+        );
+        row(
+            &format!("capture {name}: rba on onnxruntime vs rba on tract ({threads} threads)"),
+            &format!("{stats_ips:.2} img/s"),
+            &format!("{cap_ips:.2} img/s"),
+            stats_ips / cap_ips,
+            "-",
+            None,
+        );
+    }
     match ort {
         Some(Ok(ort_ips)) => {
             row(
@@ -184,7 +225,7 @@ fn main() {
         let (spec, images) = job.rsplit_once('=').expect("spec=images");
         let model = load(spec);
         let n: usize = images.parse().expect("count");
-        capture(&model, batches(&model, n), Some(n), &options(threads), &Silent).expect("capture");
+        capture(&model, batches(&model, n), Some(n), &options(threads, &Runtime::Tract), &Silent).expect("capture");
         println!("{}", peak_rss_kib());
         return;
     }

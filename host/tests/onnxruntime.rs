@@ -147,3 +147,75 @@ fn host_onnxruntime_with_a_missing_library_says_where_it_looked() {
     assert!(text.starts_with("onnxruntime is not available: "), "{text}");
     assert!(text.contains("/nonexistent/libonnxruntime.so.1.20.1"), "{text}");
 }
+
+/// `rba evaluate --runtime onnxruntime` and `rba analyze --runtime
+/// onnxruntime` through the binary: the same accuracy and agreement as on
+/// tract, the same report shape; a library that is not there is an error.
+#[test]
+fn cli_evaluate_and_analyze_on_onnxruntime() {
+    let Some(lib) = onnxruntime::require_library("rba evaluate --runtime onnxruntime") else { return };
+    let rba = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_rba")).args(args).output().expect("run rba");
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        eprintln!("$ rba {}\n{text}", args.join(" "));
+        (out.status.success(), text)
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let lib = lib.display().to_string();
+    let rows = |runtime: &str| {
+        let json = dir.path().join(format!("{runtime}.json"));
+        let json_arg = json.display().to_string();
+        let mut args = vec!["evaluate", "demo:vit", "--data", "demo:test", "--samples", "200", "--rounds", "3"];
+        args.extend(["--runtime", runtime, "--json", &json_arg]);
+        if runtime == "onnxruntime" {
+            args.extend(["--ort-library", &lib]);
+        }
+        let (ok, text) = rba(&args);
+        assert!(ok, "{text}");
+        assert!(text.contains(&format!("200 images from demo:test on {runtime}")), "{text}");
+        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).expect("json")).expect("valid json");
+        v
+    };
+    let (t, o) = (rows("tract"), rows("onnxruntime"));
+    assert_eq!(t[0]["accuracy_top1"], o[0]["accuracy_top1"], "the same top-1 on the same digits");
+    assert!(t[0]["accuracy_top1"].as_f64().unwrap() > 0.9);
+
+    let report = dir.path().join("analysis");
+    let report_arg = report.display().to_string();
+    let (ok, text) = rba(&[
+        "analyze",
+        "demo:resnet",
+        "--data",
+        "demo",
+        "--samples",
+        "40",
+        "--batch",
+        "20",
+        "--runtime",
+        "onnxruntime",
+        "--ort-library",
+        &lib,
+        "--out",
+        &report_arg,
+    ]);
+    assert!(ok, "{text}");
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(report.join("report.json")).expect("json")).expect("valid json");
+    assert_eq!(v["blocks"].as_array().map(Vec::len), Some(9));
+
+    let (ok, text) = rba(&[
+        "evaluate",
+        "demo:vit",
+        "--data",
+        "demo:test",
+        "--runtime",
+        "onnxruntime",
+        "--ort-library",
+        "/nonexistent/ort",
+    ]);
+    assert!(!ok);
+    assert!(text.contains("error: onnxruntime is not available: ") && text.contains("/nonexistent/ort"), "{text}");
+    let (ok, text) = rba(&["evaluate", "demo:vit", "--data", "demo:test", "--ort-library", &lib]);
+    assert!(!ok);
+    assert!(text.contains("--ort-library applies to --runtime onnxruntime"), "{text}");
+}
