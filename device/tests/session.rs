@@ -585,7 +585,15 @@ fn tcp_loopback_with_key_and_busy() {
     drop(c);
     // Wrong key: AuthFailed; the next host still gets in.
     let wrong = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
-    let e = Client::connect_tcp(addr, tcp_config(wrong)).map(|_| ()).unwrap_err();
+    // The dropped session may still be closing: Busy until it has.
+    let mut e = ClientError::Remote(RemoteError::Busy);
+    for _ in 0..50 {
+        e = Client::connect_tcp(addr, tcp_config(wrong)).map(|_| ()).unwrap_err();
+        if !matches!(e, ClientError::Remote(RemoteError::Busy)) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
     assert!(matches!(e, ClientError::AuthFailed), "{e:?}");
     let mut ok = None;
     for _ in 0..50 {
