@@ -71,6 +71,7 @@ fn activation(model: &str, bytes: &[u8]) -> ActivateRequest {
         threads: None,
         warmup: RunPolicy::default(),
         runs: RunPolicy::default(),
+        runtime: None,
     }
 }
 

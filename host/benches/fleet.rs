@@ -137,6 +137,7 @@ fn deploy(boards: &[FleetBoard], model: ModelArtifact, parallel: usize) -> Durat
         threads: None,
         warmup: RunPolicy::default(),
         runs: RunPolicy::default(),
+        runtime: None,
     };
     let options = FleetOptions { parallel, pinning: Pinning::Off, ..FleetOptions::default() };
     let started = Instant::now();

@@ -14,7 +14,7 @@ use alloc::vec::Vec;
 use serde::{Deserialize, Serialize};
 
 use crate::gate::{Gate, GateCheck, GateFigures};
-use crate::message::{BenchmarkResult, EvalResult, RunPolicy, Sha256Digest};
+use crate::message::{BenchmarkResult, EvalResult, RunPolicy, RuntimeRequest, Sha256Digest};
 
 /// Most history entries a status answer carries per application.
 pub const MAX_STATUS_HISTORY: u32 = 1000;
@@ -37,6 +37,9 @@ pub struct ActivateRequest {
     /// `runs.min_time_ms == 0`: the board's default of 20 runs when a gate needs one).
     pub warmup: RunPolicy,
     pub runs: RunPolicy,
+    /// The runtime the gates are measured on (`None`: tract): the one the
+    /// application will run the model with.
+    pub runtime: Option<RuntimeRequest>,
 }
 
 /// Restore the generation that was active before the current one.

@@ -84,7 +84,7 @@ pub use secure::{fingerprint, Identity};
 pub use server::{serve, serve_proved, serve_tcp, DeviceHandler, Job, ServerConfig, ServerError, SessionEnd};
 
 /// Version of the wire format. Peers must agree exactly.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// Version of this crate, sent in the handshake.
 pub const RBA_VERSION: &str = env!("CARGO_PKG_VERSION");

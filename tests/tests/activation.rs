@@ -203,6 +203,7 @@ fn status_and_rollback_over_tcp_a_pty_the_local_and_the_emulated_board() {
             threads: None,
             warmup: RunPolicy::default(),
             runs: RunPolicy::default(),
+            runtime: None,
         };
         assert_eq!(c.activate(&req, go).unwrap().outcome, ActivationOutcome::Activated);
     }

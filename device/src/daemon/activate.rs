@@ -74,13 +74,13 @@ impl Daemon {
             return Err(RemoteError::BadRequest("top1 and agreement gates need an eval bundle".into()));
         }
         let evaluation = match &req.eval_bundle {
-            Some(bundle) => Some(self.run_evaluation(&eval_request(&req.model, bundle, req.threads), job)?),
+            Some(bundle) => Some(self.run_evaluation(&eval_request(req, bundle), job)?),
             None => None,
         };
         let benchmark = if need_bench || !is_zero(req.runs) {
             let (warmup, runs) =
                 if is_zero(req.runs) { (DEFAULT_GATE_WARMUP, DEFAULT_GATE_RUNS) } else { (req.warmup, req.runs) };
-            let r = bench_request(&req.model, req.threads, warmup, runs, req.eval_bundle.clone());
+            let r = bench_request(req, warmup, runs);
             Some(self.run_benchmark(&r, job)?)
         } else {
             None
@@ -300,18 +300,20 @@ impl Daemon {
     }
 }
 
-/// The evaluation a gate runs (one place to build it).
-fn eval_request(model: &str, bundle: &str, threads: Option<u32>) -> EvalRequest {
-    EvalRequest { model: model.into(), bundle: bundle.into(), threads, runtime: None }
+/// The evaluation a gate runs (one place to build it), on the request's runtime.
+fn eval_request(req: &ActivateRequest, bundle: &str) -> EvalRequest {
+    EvalRequest { model: req.model.clone(), bundle: bundle.into(), threads: req.threads, runtime: req.runtime.clone() }
 }
 
-/// The benchmark a gate runs (one place to build it).
-fn bench_request(
-    model: &str,
-    threads: Option<u32>,
-    warmup: RunPolicy,
-    runs: RunPolicy,
-    input_bundle: Option<String>,
-) -> BenchmarkRequest {
-    BenchmarkRequest { model: model.into(), threads, warmup, runs, input_bundle, runtime: None }
+/// The benchmark a gate runs (one place to build it), fed from the eval
+/// bundle when there is one, on the request's runtime.
+fn bench_request(req: &ActivateRequest, warmup: RunPolicy, runs: RunPolicy) -> BenchmarkRequest {
+    BenchmarkRequest {
+        model: req.model.clone(),
+        threads: req.threads,
+        warmup,
+        runs,
+        input_bundle: req.eval_bundle.clone(),
+        runtime: req.runtime.clone(),
+    }
 }

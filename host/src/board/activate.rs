@@ -6,6 +6,7 @@
 use rba_protocol::gate::needs;
 use rba_protocol::{
     hex, ActivateRequest, ActivationOutcome, ActivationResult, AppStatus, EvalBundle, Gate, GateCheck, RunPolicy,
+    RuntimeRequest,
 };
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -25,6 +26,8 @@ pub struct ActivationPlan {
     /// The on-device benchmark for latency and memory gates.
     pub warmup: RunPolicy,
     pub runs: RunPolicy,
+    /// The runtime the gates are measured on (`None`: tract).
+    pub runtime: Option<RuntimeRequest>,
 }
 
 impl ActivationPlan {
@@ -93,6 +96,7 @@ pub fn deploy_and_activate(device: &mut Device, plan: &ActivationPlan) -> Result
         threads: plan.threads,
         warmup: plan.warmup,
         runs: plan.runs,
+        runtime: plan.runtime.clone(),
     };
     let result = device.activate(&req)?;
     Ok(BoardActivation { deployed: Some(deployed), result: Some(result), before })

@@ -269,10 +269,13 @@ pub fn request() -> impl Strategy<Value = Request> {
             }),
         any::<u32>().prop_map(|target| Request::Cancel { target }),
         any::<u64>().prop_map(|nonce| Request::Ping { nonce }),
-        (s(), s(), digest(), vec(gate(), 0..4), option::of(s()), option::of(any::<u32>()), policy(), policy())
-            .prop_map(|(app, model, sha256, gates, eval_bundle, threads, warmup, runs)| Request::Activate(
-                ActivateRequest { app, model, sha256, gates, eval_bundle, threads, warmup, runs }
-            )),
+        (
+            (s(), s(), digest(), vec(gate(), 0..4)),
+            (option::of(s()), option::of(any::<u32>()), policy(), policy(), option::of(runtime_request()))
+        )
+            .prop_map(|((app, model, sha256, gates), (eval_bundle, threads, warmup, runs, runtime))| {
+                Request::Activate(ActivateRequest { app, model, sha256, gates, eval_bundle, threads, warmup, runs, runtime })
+            }),
         (option::of(s()), any::<u32>()).prop_map(|(app, history)| Request::AppStatus { app, history }),
         (s(), option::of(any::<u64>()))
             .prop_map(|(app, from_generation)| Request::Rollback(RollbackRequest { app, from_generation })),

@@ -12,7 +12,7 @@ use rba_host::data::preprocess::parse_scale;
 use rba_host::data::{Dataset, Holdout, Hw, Layout, Preprocess, PreprocessOptions};
 use rba_host::model::run::{self, Runtime};
 use rba_host::model::Model;
-use rba_protocol::RuntimeKind;
+use rba_protocol::{EpPolicy, ExecutionProvider, RuntimeKind, RuntimeRequest};
 
 use crate::progress::Terminal;
 
@@ -159,6 +159,61 @@ impl HostRuntimeArgs {
             RuntimeKind::OnnxRuntime => run::onnxruntime(self.ort_library.clone())?,
         })
     }
+}
+
+/// The runtime on the board and its execution providers (`rba bench`, and
+/// the gates of `rba deploy --activate` and `rba fleet deploy`).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct BoardRuntimeArgs {
+    /// The runtime on the board: tract (built in) or onnxruntime (the board's ONNX Runtime
+    /// library).
+    #[arg(long, value_name = "RUNTIME", value_parser = parse_runtime)]
+    pub runtime: Option<RuntimeKind>,
+    /// onnxruntime's execution providers, in order of preference (cpu, xnnpack, cuda,
+    /// tensorrt; default: the board profile's).
+    #[arg(long, value_name = "EP,...", value_delimiter = ',', value_parser = parse_ep)]
+    pub ep: Vec<ExecutionProvider>,
+    /// strict: fail when a provider does not register or nodes run elsewhere (the CPU, unless
+    /// listed); fallback: run with what registered and report it (default: the board's).
+    #[arg(long, value_name = "POLICY", value_parser = parse_policy)]
+    pub ep_policy: Option<EpPolicy>,
+}
+
+impl BoardRuntimeArgs {
+    /// Whether providers or a policy were given (they mean onnxruntime).
+    pub fn names_providers(&self) -> bool {
+        !self.ep.is_empty() || self.ep_policy.is_some()
+    }
+
+    /// The request for `kind`, with the providers and policy given (`None`: tract).
+    pub fn request(&self, kind: RuntimeKind) -> Option<RuntimeRequest> {
+        match kind {
+            RuntimeKind::Tract => None,
+            RuntimeKind::OnnxRuntime => Some(RuntimeRequest::onnxruntime(self.ep.clone(), self.ep_policy)),
+        }
+    }
+
+    /// The runtime asked for (providers without `--runtime` mean onnxruntime).
+    pub fn kind(&self) -> anyhow::Result<RuntimeKind> {
+        let kind = match self.runtime {
+            Some(k) => k,
+            None if self.names_providers() => RuntimeKind::OnnxRuntime,
+            None => RuntimeKind::Tract,
+        };
+        if kind == RuntimeKind::Tract && self.names_providers() {
+            anyhow::bail!("--ep and --ep-policy choose onnxruntime's execution providers; tract runs on the CPU");
+        }
+        Ok(kind)
+    }
+}
+
+fn parse_ep(s: &str) -> Result<ExecutionProvider, String> {
+    ExecutionProvider::from_name(s)
+        .ok_or_else(|| format!("unknown execution provider '{s}' (cpu, xnnpack, cuda or tensorrt)"))
+}
+
+fn parse_policy(s: &str) -> Result<EpPolicy, String> {
+    EpPolicy::from_name(s).ok_or_else(|| format!("unknown policy '{s}' (strict or fallback)"))
 }
 
 pub fn parse_runtime(s: &str) -> Result<RuntimeKind, String> {

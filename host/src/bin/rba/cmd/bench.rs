@@ -11,10 +11,10 @@ use rba_host::board::{build_eval_bundle, BenchArm, BenchOptions, ModelArtifact};
 use rba_host::onnx::write_atomically;
 use rba_host::report::device::{DeviceReport, Evaluation, DEVICE_SCHEMA_VERSION};
 use rba_host::report::text;
-use rba_protocol::{EpPolicy, ExecutionProvider, RunPolicy, RuntimeKind, RuntimeRequest};
+use rba_protocol::{RunPolicy, RuntimeKind, RuntimeRequest};
 
 use super::deploy::{connect, deployed_line};
-use crate::args::{parse_runtime, LinkArgs, PreprocessArgs};
+use crate::args::{parse_runtime, BoardRuntimeArgs, LinkArgs, PreprocessArgs};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -48,60 +48,30 @@ pub struct Args {
     /// Also write the results (raw samples included) as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
-    /// The runtime on the board: tract (built in) or onnxruntime (the board's ONNX Runtime
-    /// library).
-    #[arg(long, value_name = "RUNTIME", value_parser = parse_runtime, conflicts_with = "runtimes")]
-    runtime: Option<RuntimeKind>,
+    #[command(flatten)]
+    board_runtime: BoardRuntimeArgs,
     /// Compare one model under two runtimes, interleaved (e.g. tract,onnxruntime).
-    #[arg(long, value_name = "A,B", value_delimiter = ',', value_parser = parse_runtime, conflicts_with = "model2")]
+    #[arg(long, value_name = "A,B", value_delimiter = ',', value_parser = parse_runtime, conflicts_with_all = ["model2", "runtime"])]
     runtimes: Option<Vec<RuntimeKind>>,
-    /// onnxruntime's execution providers, in order of preference (cpu, xnnpack, cuda,
-    /// tensorrt; default: the board profile's).
-    #[arg(long, value_name = "EP,...", value_delimiter = ',', value_parser = parse_ep)]
-    ep: Vec<ExecutionProvider>,
-    /// strict: fail when a provider does not register or nodes run elsewhere (the CPU, unless
-    /// listed); fallback: run with what registered and report it (default: the board's).
-    #[arg(long, value_name = "POLICY", value_parser = parse_policy)]
-    ep_policy: Option<EpPolicy>,
-}
-
-fn parse_ep(s: &str) -> Result<ExecutionProvider, String> {
-    ExecutionProvider::from_name(s)
-        .ok_or_else(|| format!("unknown execution provider '{s}' (cpu, xnnpack, cuda or tensorrt)"))
-}
-
-fn parse_policy(s: &str) -> Result<EpPolicy, String> {
-    EpPolicy::from_name(s).ok_or_else(|| format!("unknown policy '{s}' (strict or fallback)"))
 }
 
 impl Args {
-    /// The request for `kind`, with the providers and policy given.
-    fn request(&self, kind: RuntimeKind) -> Option<RuntimeRequest> {
-        match kind {
-            RuntimeKind::Tract => None,
-            RuntimeKind::OnnxRuntime => Some(RuntimeRequest::onnxruntime(self.ep.clone(), self.ep_policy)),
-        }
-    }
-
     /// The runtime of each arm: one per model, or the two compared.
     fn arm_runtimes(&self, models: usize) -> anyhow::Result<Vec<Option<RuntimeRequest>>> {
-        let ort_flags = !self.ep.is_empty() || self.ep_policy.is_some();
-        let kinds: Vec<RuntimeKind> = match (&self.runtimes, self.runtime) {
-            (Some(list), _) => {
+        let r = &self.board_runtime;
+        let kinds: Vec<RuntimeKind> = match &self.runtimes {
+            Some(list) => {
                 if list.len() != 2 {
                     bail!("--runtimes takes two runtimes to compare (e.g. tract,onnxruntime), got {}", list.len());
                 }
+                if r.names_providers() && !list.contains(&RuntimeKind::OnnxRuntime) {
+                    bail!("--ep and --ep-policy choose onnxruntime's execution providers; tract runs on the CPU");
+                }
                 list.clone()
             }
-            (None, Some(kind)) => vec![kind; models],
-            // Providers without a runtime: onnxruntime is meant.
-            (None, None) if ort_flags => vec![RuntimeKind::OnnxRuntime; models],
-            (None, None) => vec![RuntimeKind::Tract; models],
+            None => vec![r.kind()?; models],
         };
-        if ort_flags && !kinds.contains(&RuntimeKind::OnnxRuntime) {
-            bail!("--ep and --ep-policy choose onnxruntime's execution providers; tract runs on the CPU");
-        }
-        Ok(kinds.into_iter().map(|k| self.request(k)).collect())
+        Ok(kinds.into_iter().map(|k| r.request(k)).collect())
     }
 }
 

@@ -9,7 +9,7 @@ use rba_host::report::apps;
 use rba_host::report::text::format_bytes;
 use rba_protocol::{ActivationOutcome, Gate, RunPolicy};
 
-use crate::args::{LinkArgs, PreprocessArgs};
+use crate::args::{BoardRuntimeArgs, LinkArgs, PreprocessArgs};
 use crate::progress::Terminal;
 
 /// How a model is judged before it becomes active (`rba deploy --activate`
@@ -43,6 +43,10 @@ pub struct GateArgs {
     pub threads: Option<u32>,
     #[command(flatten)]
     pub preprocess: PreprocessArgs,
+    /// The gates are measured on this runtime: the one the application runs the model
+    /// with.
+    #[command(flatten)]
+    pub runtime: BoardRuntimeArgs,
 }
 
 /// A parsed `--gate` list.
@@ -80,6 +84,7 @@ impl GateArgs {
             threads: self.threads,
             warmup: RunPolicy { count: if benchmark { self.warmup } else { 0 }, min_time_ms: 0 },
             runs: RunPolicy { count: if benchmark { self.runs } else { 0 }, min_time_ms: 0 },
+            runtime: self.runtime.request(self.runtime.kind()?),
         };
         plan.validate()?;
         Ok(plan)
@@ -109,8 +114,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         artifact.name = device_name(n);
     }
     let Some(app) = args.activate else {
-        if args.gates.gate.is_some() || args.gates.eval.is_some() {
-            anyhow::bail!("--gate and --eval judge a model before it becomes active: add --activate APP");
+        let runtime = &args.gates.runtime;
+        if args.gates.gate.is_some() || args.gates.eval.is_some() || runtime.runtime.is_some() || runtime.names_providers() {
+            anyhow::bail!(
+                "--gate, --eval, --runtime and --ep judge a model before it becomes active: add --activate APP"
+            );
         }
         let mut device = connect(&args.link)?;
         let d = device.deploy(&artifact)?;
