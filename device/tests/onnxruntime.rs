@@ -264,3 +264,47 @@ fn a_missing_library_a_non_library_and_a_too_old_one_each_say_so() {
         board.join().unwrap();
     }
 }
+
+/// Gates run on the runtime the application uses: an activation asking
+/// strictly for CUDA on a CPU-only library fails with ONNX Runtime's error
+/// and activates nothing; on onnxruntime's CPU the gates hold and the
+/// evaluation and benchmark behind them say onnxruntime ran them.
+#[test]
+fn gates_run_on_the_runtime_the_application_uses() {
+    let Some(lib) = require_library("gates on onnxruntime") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (dev, board) = spawn_inproc(options(dir.path(), Some(lib)));
+    let mut c = client(&dev);
+    let set = model_eval_set(&DemoModel::Resnet.load().unwrap(), 50);
+    c.upload(ArtifactKind::Model, "resnet", DemoModel::Resnet.bytes(), |_| {}).unwrap();
+    c.upload(ArtifactKind::EvalBundle, "digits", &set.bundle, |_| {}).unwrap();
+    let go = |_: &Progress| std::ops::ControlFlow::Continue(());
+    let req = ActivateRequest {
+        app: "cam".into(),
+        model: "resnet".into(),
+        sha256: rba_testkit::sha256(DemoModel::Resnet.bytes()),
+        gates: parse_gates("top1>=50,agreement>=99,p99<=60000ms").unwrap(),
+        eval_bundle: Some("digits".into()),
+        threads: Some(1),
+        warmup: RunPolicy { count: 1, min_time_ms: 0 },
+        runs: RunPolicy { count: 3, min_time_ms: 0 },
+        runtime: ort(&[], None),
+    };
+    let strict_cuda =
+        ActivateRequest { runtime: ort(&[ExecutionProvider::Cuda], Some(EpPolicy::Strict)), ..req.clone() };
+    match remote(c.activate(&strict_cuda, go).unwrap_err()) {
+        RemoteError::Unsupported(m) => assert!(m.contains("the cuda execution provider did not register"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(c.app_status(Some("cam"), 10).unwrap().iter().all(|s| s.active.is_none()), "nothing activated");
+    let r = c.activate(&req, go).unwrap();
+    assert_eq!(r.outcome, ActivationOutcome::Activated, "{:?}", r.checks);
+    assert!(r.checks.iter().all(|g| g.passed) && r.checks.len() == 3, "{:?}", r.checks);
+    let (e, b) = (r.evaluation.unwrap(), r.benchmark.unwrap());
+    assert_eq!((e.runtime.runtime, b.runtime.runtime), (RuntimeKind::OnnxRuntime, RuntimeKind::OnnxRuntime));
+    assert_eq!(e.top1_agreement, Some(1.0));
+    assert_eq!(b.samples_ns.len(), 3);
+    drop(c);
+    drop(dev);
+    board.join().unwrap();
+}

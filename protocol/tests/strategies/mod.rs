@@ -274,7 +274,17 @@ pub fn request() -> impl Strategy<Value = Request> {
             (option::of(s()), option::of(any::<u32>()), policy(), policy(), option::of(runtime_request()))
         )
             .prop_map(|((app, model, sha256, gates), (eval_bundle, threads, warmup, runs, runtime))| {
-                Request::Activate(ActivateRequest { app, model, sha256, gates, eval_bundle, threads, warmup, runs, runtime })
+                Request::Activate(ActivateRequest {
+                    app,
+                    model,
+                    sha256,
+                    gates,
+                    eval_bundle,
+                    threads,
+                    warmup,
+                    runs,
+                    runtime,
+                })
             }),
         (option::of(s()), any::<u32>()).prop_map(|(app, history)| Request::AppStatus { app, history }),
         (s(), option::of(any::<u64>()))

@@ -115,7 +115,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     let Some(app) = args.activate else {
         let runtime = &args.gates.runtime;
-        if args.gates.gate.is_some() || args.gates.eval.is_some() || runtime.runtime.is_some() || runtime.names_providers() {
+        if args.gates.gate.is_some()
+            || args.gates.eval.is_some()
+            || runtime.runtime.is_some()
+            || runtime.names_providers()
+        {
             anyhow::bail!(
                 "--gate, --eval, --runtime and --ep judge a model before it becomes active: add --activate APP"
             );
