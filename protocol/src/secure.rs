@@ -1555,7 +1555,10 @@ mod tests {
         let mut future = preamble(Mode::Psk);
         future[5..7].copy_from_slice(&(PROTOCOL_VERSION + 1).to_be_bytes());
         let f = ServerHandshake::new(&id, None).feed(&future[..7]);
-        assert!(matches!(f.outcome, Outcome::Failed(HandshakeError::VersionMismatch { requested: 4, .. })));
+        assert!(matches!(
+            f.outcome,
+            Outcome::Failed(HandshakeError::VersionMismatch { requested, .. }) if requested == PROTOCOL_VERSION + 1
+        ));
         assert_eq!(f.reply[7], Status::VersionMismatch.byte());
         // A v1 device (or a fake one) answering with an unauthenticated Welcome.
         let (mut c, _) = ClientHandshake::start(Some(&key(1))).unwrap();
