@@ -34,7 +34,7 @@ pub enum RunError {
     #[error("{path}: inference failed: {reason}")]
     Run { path: String, reason: String },
     #[error("{path}: {source}")]
-    Runtime { path: String, source: RuntimeError },
+    Runtime { path: String, source: Box<RuntimeError> },
     /// ONNX Runtime is not usable here (no library, too old).
     #[error("onnxruntime is not available: {0}")]
     Unavailable(String),
@@ -74,7 +74,7 @@ enum Pick {
 
 enum Engine {
     Tract(Arc<TypedRunnableModel>),
-    Ort { model: LoadedModel, picks: Vec<Pick> },
+    Ort { model: Box<LoadedModel>, picks: Vec<Pick> },
 }
 
 /// A model prepared for a fixed batch size. A concrete batch is both faster
@@ -176,11 +176,11 @@ impl Runner {
             let threads = u32::try_from(threads.max(1)).unwrap_or(u32::MAX);
             let loaded = runtime
                 .load(&bytes, input_shape[0], None, threads)
-                .map_err(|source| RunError::Runtime { path: path.clone(), source })?;
+                .map_err(|source| RunError::Runtime { path: path.clone(), source: Box::new(source) })?;
             let mut outputs: Vec<String> = model.graph().output.iter().map(|o| o.name().to_string()).collect();
             outputs.extend(extra_outputs.iter().cloned());
             return Ok(Self {
-                engine: Engine::Ort { model: loaded, picks },
+                engine: Engine::Ort { model: Box::new(loaded), picks },
                 path,
                 input_shape,
                 outputs,
@@ -212,7 +212,7 @@ impl Runner {
             return result.into_iter().map(|v| tract::to_f32_array(v).map_err(|e| run_err(format!("{e:#}")))).collect();
         };
         self.check_shape(&input)?;
-        let runtime = |source| RunError::Runtime { path: self.path.clone(), source };
+        let runtime = |source| RunError::Runtime { path: self.path.clone(), source: Box::new(source) };
         let prepared = model.prepare(vec![input.iter().copied().collect()]).map_err(runtime)?;
         let mut outputs: Vec<Option<(Vec<usize>, Vec<f32>)>> =
             model.run_f32(&prepared).map_err(runtime)?.into_iter().map(Some).collect();
