@@ -156,7 +156,13 @@ impl HostRuntimeArgs {
                 }
                 Runtime::Tract
             }
-            RuntimeKind::OnnxRuntime => run::onnxruntime(self.ort_library.clone())?,
+            RuntimeKind::OnnxRuntime => {
+                let runtime = run::onnxruntime(self.ort_library.clone())?;
+                if let Runtime::OnnxRuntime(setup) = &runtime {
+                    eprintln!("the model runs here on onnxruntime ({}, CPU)", setup.library.display());
+                }
+                runtime
+            }
         })
     }
 }
