@@ -39,6 +39,7 @@ fn main() {
             request: RuntimeRequest::onnxruntime(vec![], None),
             profile: Default::default(),
             cache_dir: cache.path().to_path_buf(),
+            no_spinning: false,
         })),
         Err(why) => {
             note(&format!("tract vs onnxruntime skipped: {why}"));

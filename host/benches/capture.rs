@@ -74,7 +74,19 @@ fn throughput(spec: &str, threads: usize) {
     // rba's capture on onnxruntime (`--runtime onnxruntime`) against a plain
     // forward of the same library, threads and batch in this process.
     let ort_rt = match host_run::onnxruntime(None) {
-        Ok(rt) => Some((Runner::on(&rt, &model.onnx, BATCH, &[], threads).expect("onnxruntime runner"), rt)),
+        Ok(rt) => {
+            // The baseline: ONNX Runtime's plain forward with its defaults
+            // (idle threads spin).
+            let mut defaults = rt.clone();
+            if let Runtime::OnnxRuntime(setup) = &mut defaults {
+                setup.no_spinning = false;
+            }
+            let plain = Runner::on(&defaults, &model.onnx, BATCH, &[], threads).expect("onnxruntime runner");
+            // The forward the capture runs: every boundary an extra output.
+            let boundaries = &model.blocks.boundaries;
+            let exposed = Runner::on(&rt, &model.onnx, BATCH, boundaries, threads).expect("onnxruntime runner");
+            Some((plain, exposed, rt))
+        }
         Err(e) => {
             note(&format!("capture {}: rba on onnxruntime skipped: {e}", label(spec)));
             None
@@ -102,18 +114,20 @@ fn throughput(spec: &str, threads: usize) {
     };
     forward(&model, &runner, BATCH);
     capture_secs(&tract, BATCH);
-    if let Some((r, rt)) = &ort_rt {
+    if let Some((r, exposed, rt)) = &ort_rt {
         forward(&model, r, BATCH);
+        forward(&model, exposed, BATCH);
         capture_secs(rt, BATCH);
     }
     // Interleave the measurements so machine noise hits all alike; keep the best round of each.
     let (mut plain, mut stats, mut ort) = (f64::INFINITY, f64::INFINITY, None::<Result<f64, String>>);
-    let (mut ort_plain, mut ort_stats) = (f64::INFINITY, f64::INFINITY);
+    let (mut ort_plain, mut ort_exposed, mut ort_stats) = (f64::INFINITY, f64::INFINITY, f64::INFINITY);
     for _round in 0..3 {
         plain = plain.min(forward(&model, &runner, images));
         stats = stats.min(capture_secs(&tract, images));
-        if let Some((r, rt)) = &ort_rt {
+        if let Some((r, exposed, rt)) = &ort_rt {
             ort_plain = ort_plain.min(forward(&model, r, images));
+            ort_exposed = ort_exposed.min(forward(&model, exposed, images));
             ort_stats = ort_stats.min(capture_secs(rt, images));
         }
         if python().is_some() && !matches!(ort, Some(Err(_))) {
@@ -137,6 +151,17 @@ fn throughput(spec: &str, threads: usize) {
     );
     if ort_rt.is_some() {
         let (plain_ips, stats_ips) = (images as f64 / ort_plain, images as f64 / ort_stats);
+        let exposed_ips = images as f64 / ort_exposed;
+        row(
+            &format!(
+                "capture {name} on onnxruntime: forward with every boundary an output vs plain ({threads} threads)"
+            ),
+            &format!("{exposed_ips:.2} img/s"),
+            &format!("{plain_ips:.2} img/s"),
+            exposed_ips / plain_ips,
+            "-",
+            None,
+        );
         row(
             &format!("capture {name} on onnxruntime: rba forward+statistics vs plain onnxruntime forward ({threads} threads)"),
             &format!("{stats_ips:.2} img/s"),

@@ -177,6 +177,7 @@ impl Daemon {
                     request: r.clone(),
                     profile: self.config.onnxruntime.profile.clone(),
                     cache_dir: self.store.root().join("onnxruntime").join("tensorrt"),
+                    no_spinning: false,
                 }))
             }
         }

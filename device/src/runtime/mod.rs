@@ -96,6 +96,12 @@ pub struct OrtSetup {
     /// Where TensorRT keeps engines and timings (the store's
     /// `onnxruntime/tensorrt`).
     pub cache_dir: PathBuf,
+    /// Idle intra-op threads sleep instead of spinning
+    /// (`session.intra_op.allow_spinning = 0`): for a caller whose own
+    /// threads need the cores between runs (the host's capture, which
+    /// folds statistics while the next batch runs).
+    #[serde(default)]
+    pub no_spinning: bool,
 }
 
 impl OrtSetup {

@@ -137,7 +137,8 @@ pub(crate) fn load(
         .map_err(session_err("intra-op threads"))?
         .with_inter_threads(1)
         .map_err(session_err("inter-op threads"))?;
-    for (k, v) in &plan.session_config {
+    let spinning = setup.no_spinning.then(|| ("session.intra_op.allow_spinning".to_string(), "0".to_string()));
+    for (k, v) in plan.session_config.iter().chain(spinning.iter()) {
         builder = builder.with_config_entry(k, v).map_err(session_err("session configuration"))?;
     }
     let profile_dir = tempfile::Builder::new()

@@ -53,6 +53,9 @@ pub fn onnxruntime(library: Option<PathBuf>) -> Result<Runtime, RunError> {
         profile: Default::default(),
         // TensorRT's caches; the host registers only the CPU provider.
         cache_dir: std::env::temp_dir().join("rba-onnxruntime"),
+        // The capture folds statistics on its own threads while the next
+        // batch runs: spinning idle ONNX Runtime threads would take their cores.
+        no_spinning: true,
     }))
 }
 
