@@ -46,10 +46,7 @@ fn main() {
             None
         }
     };
-    let mut specs = vec!["demo:vit".to_string()];
-    if let Ok(extra) = std::env::var("RBA_BENCH_MODELS") {
-        specs.extend(extra.split(',').filter(|s| !s.is_empty()).map(str::to_string));
-    }
+    let specs = model_specs();
     for spec in &specs {
         let model = load(spec);
         let name = label(spec);

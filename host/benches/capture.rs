@@ -257,10 +257,7 @@ fn main() {
     if !run_as_bench("capture") {
         return;
     }
-    let mut specs = vec!["demo:vit".to_string()];
-    if let Ok(extra) = std::env::var("RBA_BENCH_MODELS") {
-        specs.extend(extra.split(',').filter(|s| !s.is_empty()).map(str::to_string));
-    }
+    let specs = model_specs();
     for spec in &specs {
         throughput(spec, threads);
     }

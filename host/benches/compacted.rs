@@ -20,10 +20,7 @@ fn main() {
     let threads = threads();
     tract_threads(threads);
     let batch: usize = std::env::var("RBA_BENCH_LATENCY_BATCH").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
-    let mut specs = vec!["demo:vit".to_string()];
-    if let Ok(extra) = std::env::var("RBA_BENCH_MODELS") {
-        specs.extend(extra.split(',').filter(|s| !s.is_empty()).map(str::to_string));
-    }
+    let specs = model_specs();
     for spec in &specs {
         let model = load(spec);
         let name = label(spec);

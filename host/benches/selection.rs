@@ -117,10 +117,7 @@ fn main() {
         return;
     }
     let threads = threads();
-    let mut specs = vec!["demo:vit".to_string()];
-    if let Ok(extra) = std::env::var("RBA_BENCH_MODELS") {
-        specs.extend(extra.split(',').filter(|s| !s.is_empty()).map(str::to_string));
-    }
+    let specs = model_specs();
     let mut models: Vec<(String, String, Model)> = Vec::new();
     for spec in &specs {
         let model = load(spec);

@@ -40,6 +40,16 @@ pub fn load(spec: &str) -> Model {
     Model::new(onnx, None).expect("blocks")
 }
 
+/// The models a bench runs: the demo ViT, then `RBA_BENCH_MODELS`
+/// (comma-separated ONNX files, e.g. the ViT-S; opt-in).
+pub fn model_specs() -> Vec<String> {
+    let mut specs = vec!["demo:vit".to_string()];
+    if let Ok(extra) = std::env::var("RBA_BENCH_MODELS") {
+        specs.extend(extra.split(',').filter(|s| !s.is_empty()).map(str::to_string));
+    }
+    specs
+}
+
 /// A short label for a model spec.
 pub fn label(spec: &str) -> String {
     match spec {
