@@ -538,13 +538,10 @@ fn thread_error(e: io::Error) -> RemoteError {
     RemoteError::Internal(format!("cannot start a thread: {e}"))
 }
 
-/// Starts a worker of `program`, checks that it answers; returns how long
-/// that took.
-pub fn self_test(program: &Path) -> Result<Duration, String> {
-    let started = Instant::now();
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
-    let nonce = (u64::from(std::process::id()) << 32) | u64::from(nanos);
-    let request = Request { build: build_id(), task: Task::SelfTest { nonce } };
+/// One question to a fresh worker of `program`: its answer within
+/// [`SELF_TEST_TIMEOUT`], or why none came.
+fn ask(program: &Path, task: Task) -> Result<Event, String> {
+    let request = Request { build: build_id(), task };
     let mut worker = Worker::spawn(program, &request).map_err(|e| match e {
         RemoteError::Internal(m) => m,
         e => e.to_string(),
@@ -552,18 +549,27 @@ pub fn self_test(program: &Path) -> Result<Duration, String> {
     let answer = worker.events.recv_timeout(SELF_TEST_TIMEOUT);
     let status = worker.finish(Duration::from_secs(2));
     match answer {
-        Ok(Ok(Event::Alive { nonce: n, build })) if n == nonce && build == build_id() => Ok(started.elapsed()),
         Ok(Ok(Event::Done(Err(e)))) => Err(e.to_string()),
-        Ok(Ok(Event::Probed(_))) => Err("an answer to another question".into()),
-        Ok(Ok(other)) => Err(format!("an unexpected answer {other:?}")),
+        Ok(Ok(event)) => Ok(event),
         Ok(Err(ReadEnd::Garbled(why))) => Err(format!("a garbled answer: {why}")),
         Ok(Err(ReadEnd::Closed)) | Err(RecvTimeoutError::Disconnected) => {
             let tail = worker.stderr_tail();
-            let status = status.map_or_else(|| "no exit status".into(), |s| s.to_string());
-            let last = tail.lines().last().map(|l| format!(": {l}")).unwrap_or_default();
-            Err(format!("it ended without answering ({status}){last}"))
+            let why = status.map_or_else(|| "vanished".to_string(), |s| death_message(s, &tail, 0));
+            Err(format!("the worker {why} without answering"))
         }
         Err(RecvTimeoutError::Timeout) => Err(format!("no answer within {} s", SELF_TEST_TIMEOUT.as_secs())),
+    }
+}
+
+/// Starts a worker of `program`, checks that it answers; returns how long
+/// that took.
+pub fn self_test(program: &Path) -> Result<Duration, String> {
+    let started = Instant::now();
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    let nonce = (u64::from(std::process::id()) << 32) | u64::from(nanos);
+    match ask(program, Task::SelfTest { nonce })? {
+        Event::Alive { nonce: n, build } if n == nonce && build == build_id() => Ok(started.elapsed()),
+        other => Err(format!("an unexpected answer {other:?}")),
     }
 }
 
@@ -571,26 +577,10 @@ pub fn self_test(program: &Path) -> Result<Duration, String> {
 /// a library that crashes while loading takes only the worker down);
 /// returns its version and providers, or why it did not load.
 pub fn probe(program: &Path, library: &Path) -> Result<(String, Vec<String>), String> {
-    let request = Request { build: build_id(), task: Task::Probe { library: library.to_path_buf() } };
-    let mut worker = Worker::spawn(program, &request).map_err(|e| match e {
-        RemoteError::Internal(m) => m,
-        e => e.to_string(),
-    })?;
-    let answer = worker.events.recv_timeout(SELF_TEST_TIMEOUT);
-    let status = worker.finish(Duration::from_secs(2));
-    match answer {
-        Ok(Ok(Event::Probed(r))) => r,
-        Ok(Ok(Event::Done(Err(e)))) => Err(e.to_string()),
-        Ok(Ok(_)) => Err("the worker answered another question".into()),
-        Ok(Err(ReadEnd::Garbled(why))) => Err(format!("a garbled answer: {why}")),
-        Ok(Err(ReadEnd::Closed)) | Err(RecvTimeoutError::Disconnected) => {
-            let tail = worker.stderr_tail();
-            let why = status.map_or_else(|| "vanished".to_string(), |s| death_message(s, &tail, 0));
-            Err(format!("loading {} in a worker process: the worker {why}", library.display()))
-        }
-        Err(RecvTimeoutError::Timeout) => {
-            Err(format!("loading {} took more than {} s", library.display(), SELF_TEST_TIMEOUT.as_secs()))
-        }
+    let loading = |why: String| format!("loading {} in a worker process: {why}", library.display());
+    match ask(program, Task::Probe { library: library.to_path_buf() }).map_err(loading)? {
+        Event::Probed(r) => r,
+        _ => Err(loading("the worker answered another question".into())),
     }
 }
 
