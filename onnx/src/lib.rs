@@ -278,7 +278,15 @@ impl OnnxModel {
 /// Writes `bytes` to `path` through a temporary file in the same directory and
 /// a rename, so readers see either the old file or the complete new one.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), OnnxError> {
-    let write_err = |source| OnnxError::Write { path: path.into(), source };
+    write_atomically_with(path, |f| f.write_all(bytes)).map_err(|source| OnnxError::Write { path: path.into(), source })
+}
+
+/// [`write_atomically`] for a writer that streams: `write` fills the
+/// temporary file, which is synced and renamed to `path` only if it succeeds.
+pub fn write_atomically_with<T>(
+    path: &Path,
+    write: impl FnOnce(&mut fs::File) -> std::io::Result<T>,
+) -> std::io::Result<T> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
@@ -288,11 +296,11 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), OnnxError> {
     // (0644 before the umask), as any other tool would write it.
     #[cfg(unix)]
     builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644));
-    let mut tmp = builder.tempfile_in(dir).map_err(write_err)?;
-    tmp.write_all(bytes).map_err(write_err)?;
-    tmp.as_file().sync_all().map_err(write_err)?;
-    tmp.persist(path).map_err(|e| write_err(e.error))?;
-    Ok(())
+    let mut tmp = builder.tempfile_in(dir)?;
+    let written = write(tmp.as_file_mut())?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(written)
 }
 
 /// Every tensor of the model: initializers, Constant node attributes, and the

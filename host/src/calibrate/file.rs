@@ -366,18 +366,7 @@ impl StatsFile {
     /// renamed, so a failure never leaves a partial file); returns its size.
     pub fn write(&self, path: &Path) -> Result<u64, StatsFileError> {
         let err = |e: std::io::Error| StatsFileError::Write { path: path.display().to_string(), reason: e.to_string() };
-        let dir = match path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d,
-            _ => Path::new("."),
-        };
-        let mut builder = tempfile::Builder::new();
-        #[cfg(unix)]
-        builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644));
-        let mut tmp = builder.tempfile_in(dir).map_err(err)?;
-        let size = self.write_to(tmp.as_file_mut()).map_err(err)?;
-        tmp.as_file().sync_all().map_err(err)?;
-        tmp.persist(path).map_err(|e| err(e.error))?;
-        Ok(size)
+        rba_onnx::write_atomically_with(path, |f| self.write_to(f)).map_err(err)
     }
 
     /// Reads and verifies a file: magic, version, length, checksum, payload
